@@ -1,0 +1,170 @@
+"""The ``backy-gevent`` console script.
+
+gevent and psycopg2 are patched here, before anything else is imported, because
+modules imported earlier would keep unpatched sockets, locks and threads.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+from backy_gevent import pgwait  # noqa: E402 - must follow the patch
+
+pgwait.install()
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from backy_gevent.config import OPTIONS, ConfigError, Settings, load_settings  # noqa: E402
+
+log = logging.getLogger("backy_gevent.cli")
+
+#: Options that take a list get a repeatable flag with a singular name.
+_LIST_FLAGS = {
+    "queues": "--queue",
+    "workers": "--worker",
+    "imports": "--import",
+    "disable_plugins": "--disable-plugin",
+}
+#: Options that only the runner uses; their flags are on ``run`` alone.
+_RUN_OPTIONS = (
+    "queues",
+    "workers",
+    "metrics_host",
+    "metrics_port",
+    "shutdown_timeout",
+    "fetch_limit",
+)
+
+
+class UsageError(Exception):
+    """Bad input on the command line: printed as one line, exit status 2."""
+
+
+def _add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    for option in OPTIONS:
+        if option.name not in names:
+            continue
+        flag = _LIST_FLAGS.get(option.name, "--" + option.name.replace("_", "-"))
+        if option.name in _LIST_FLAGS:
+            parser.add_argument(flag, dest=option.name, action="append", help=option.help)
+        else:
+            parser.add_argument(flag, dest=option.name, metavar="VALUE", help=option.help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="Python config file (also BACKY_CONFIG)")
+    _add_option_flags(
+        common, [o.name for o in OPTIONS if o.name not in _RUN_OPTIONS]
+    )
+    parser = argparse.ArgumentParser(
+        prog="backy-gevent", description="Background jobs on PostgreSQL and gevent."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("setup", parents=[common], help="create or update the jobs table")
+    run = commands.add_parser("run", parents=[common], help="run jobs until stopped")
+    _add_option_flags(run, _RUN_OPTIONS)
+    enqueue = commands.add_parser("enqueue", parents=[common], help="enqueue one job")
+    enqueue.add_argument("worker", help="registered worker name")
+    enqueue.add_argument("args", nargs="?", default="{}", help="job args as a JSON object")
+    enqueue.add_argument("--job-queue", dest="job_queue", help="queue (default: the worker's)")
+    enqueue.add_argument("--delay", type=float, help="seconds before it may run")
+    enqueue.add_argument("--priority", type=int, help="lower runs first")
+    enqueue.add_argument("--unique-key", help="skip if a job with this key waits or runs")
+    commands.add_parser("workers", parents=[common], help="list registered workers")
+    commands.add_parser("plugins", parents=[common], help="list hook plugins")
+    commands.add_parser("jobs", parents=[common], help="job counts by worker, queue, state")
+    for name, text in (("retry", "run failed or cancelled jobs again"), ("cancel", "cancel jobs")):
+        sub = commands.add_parser(name, parents=[common], help=text)
+        sub.add_argument("ids", nargs="+", type=int, metavar="JOB_ID")
+    prune = commands.add_parser("prune", parents=[common], help="delete finished jobs")
+    prune.add_argument("--older-than", type=float, default=0.0, metavar="SECONDS")
+    prune.add_argument("--failed", action="store_true", help="also failed jobs")
+    prune.add_argument("--cancelled", action="store_true", help="also cancelled jobs")
+    return parser
+
+
+def settings_from(arguments: argparse.Namespace, environ: dict[str, str]) -> Settings:
+    """Settings from the parsed flags, the environment and the config file."""
+    flags = {o.name: getattr(arguments, o.name, None) for o in OPTIONS}
+    return load_settings(flags=flags, environ=environ, config_file=arguments.config)
+
+
+@contextlib.contextmanager
+def database(settings: Settings, environ: dict[str, str]) -> Iterator[Settings]:
+    """Settings with a usable DSN: the configured one, libpq's PG* variables, or the
+    embedded server (started here and stopped when the last user exits)."""
+    if settings.dsn is not None:
+        yield settings
+        return
+    from backy_gevent import embedded
+
+    if embedded.dsn_configured(environ):
+        yield settings.replace(dsn="postgresql://")
+        return
+    data_dir = Path(settings.data_dir) if settings.data_dir else embedded.default_data_dir(environ)
+    with contextlib.ExitStack() as stack:
+        try:
+            dsn = stack.enter_context(embedded.embedded_server(data_dir))
+        except embedded.EmbeddedUnavailable as exc:
+            raise UsageError(str(exc)) from None
+        from backy_gevent.client import Client
+
+        ready = settings.replace(dsn=dsn)
+        client = Client(ready, registry=None)
+        try:
+            client.setup()
+        finally:
+            client.close()
+        yield ready
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the console script; returns the exit status."""
+    from backy_gevent import commands
+    from backy_gevent.plugins import PluginError
+    from backy_gevent.runner import SchemaMissing
+    from backy_gevent.worker import WorkerError
+
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    environ = dict(os.environ)
+    try:
+        settings = settings_from(arguments, environ)
+        _configure_logging(settings.log_level)
+        handler = getattr(commands, "command_" + arguments.command)
+        needs_db = arguments.command not in ("workers", "plugins")
+        if not needs_db:
+            return int(handler(arguments, settings))
+        with database(settings, environ) as ready:
+            return int(handler(arguments, ready))
+    except (ConfigError, UsageError, WorkerError, PluginError) as exc:
+        print(f"backy-gevent: error: {exc}", file=sys.stderr)
+        return 2
+    except SchemaMissing as exc:
+        print(f"backy-gevent: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def print_json(value: Any) -> None:
+    """Print one JSON document (dates as ISO strings)."""
+    print(json.dumps(value, default=str, indent=2, sort_keys=True))

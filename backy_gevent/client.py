@@ -1,0 +1,294 @@
+"""Enqueue, cancel and retry jobs, and read the queue: the API an application calls.
+
+``Client`` holds a configured connection source and a worker registry. The module-level
+functions in ``backy_gevent`` use a default Client built from the configuration on first
+use; nothing connects or registers at import time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import psycopg2.extras
+
+from backy_gevent import schema
+from backy_gevent.config import Settings, load_settings
+from backy_gevent.connections import ConnectionPool
+from backy_gevent.job import CANCELLED, COMPLETED, FAILED, Job
+from backy_gevent.plugins import Hooks
+from backy_gevent.queries import Queries
+from backy_gevent.worker import Registry, Worker
+
+#: Option names of ``enqueue``; a job arg of the same name must be passed in ``args``.
+ENQUEUE_OPTIONS = ("run_at", "delay", "priority", "queue", "unique_key", "connection")
+
+
+def encode_args(args: Mapping[str, Any]) -> str:
+    """JSON for a job's args; TypeError naming the first key JSON can't hold."""
+    if not isinstance(args, Mapping):
+        raise TypeError(f"job args must be a dict, not {type(args).__name__}")
+    try:
+        return json.dumps(dict(args), allow_nan=False)
+    except (TypeError, ValueError):
+        pass
+    # Slow path, only for bad input: find the key to name in the error.
+    for key, value in args.items():
+        if not isinstance(key, str):
+            raise TypeError(f"job arg keys must be strings, got {key!r}")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"job arg {key!r} can't be stored as JSON: {exc}") from None
+    raise TypeError("job args can't be stored as JSON")
+
+
+class Client:
+    """Talks to one jobs table: enqueue, cancel, retry, inspect.
+
+    ``Client(dsn=..., table_name=..., retry_count=...)`` takes any option of
+    ``backy_gevent.config.Settings`` as a keyword; options not given come from the
+    environment (``BACKY_*``) and the defaults. ``registry`` defaults to the workers
+    registered through entry points (loaded on first use).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        registry: Registry | None = None,
+        hooks: Hooks | None = None,
+        pool: ConnectionPool | None = None,
+        **options: Any,
+    ) -> None:
+        if settings is None:
+            settings = load_settings(flags=options)
+        elif options:
+            settings = settings.replace(**options)
+        self.settings = settings
+        self.queries = Queries(settings.table_name)
+        self.hooks = hooks
+        self._registry = registry
+        self._pool = pool
+
+    @property
+    def registry(self) -> Registry:
+        """The workers this client knows, discovered from entry points on first use."""
+        if self._registry is None:
+            self._registry = Registry.discover(self.settings.imports)
+        return self._registry
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The client's own connections, opened on first use."""
+        if self._pool is None:
+            if self.settings.dsn is None:
+                raise RuntimeError(
+                    "no database configured: pass dsn=..., set BACKY_DSN, or run through"
+                    " the backy-gevent command, which starts the embedded server"
+                )
+            self._pool = ConnectionPool(self.settings.dsn, size=4)
+        return self._pool
+
+    def close(self) -> None:
+        """Close the client's connections (not a caller's)."""
+        if self._pool is not None:
+            self._pool.close()
+
+    # -- running statements -------------------------------------------------------------
+
+    def _fetch(self, query: Any, params: Mapping[str, Any], connection: Any = None) -> list[Any]:
+        """Run one statement on the caller's connection, or a pooled autocommit one."""
+        if connection is not None:
+            with connection.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                cur.execute(query, params)
+                return cur.fetchall() if cur.description else []
+        with self.pool.borrow() as conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    def setup(self) -> list[schema.Migration]:
+        """Apply missing migrations (idempotent); return those applied."""
+        with self.pool.borrow() as conn:
+            conn.autocommit = False
+            try:
+                return schema.migrate(conn, self.settings.table_name)
+            finally:
+                conn.rollback()
+                conn.autocommit = True
+
+    # -- enqueueing ---------------------------------------------------------------------
+
+    def worker_class(self, name: str) -> type[Worker]:
+        """The class registered under ``name``."""
+        return self.registry.get(name).cls
+
+    def enqueue(
+        self,
+        worker: str | type[Worker],
+        args: Mapping[str, Any] | None = None,
+        *,
+        run_at: datetime.datetime | None = None,
+        delay: float | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        unique_key: str | None = None,
+        connection: Any = None,
+        **kwargs: Any,
+    ) -> Job:
+        """Write one job and return it.
+
+        ``args`` and ``kwargs`` merge into the job's args. With ``connection`` (the
+        caller's psycopg2 connection) the job commits or rolls back with the caller's
+        transaction. ``delay`` (seconds) counts from this call. With ``unique_key``,
+        while a job holding that key waits or runs, that job is returned and nothing is
+        written. Args JSON can't hold raise TypeError; an unknown worker raises
+        ``WorkerError``; nothing is written in either case.
+        """
+        merged = dict(args or {})
+        merged.update(kwargs)
+        return self.enqueue_many(
+            worker,
+            [merged],
+            run_at=run_at,
+            delay=delay,
+            priority=priority,
+            queue=queue,
+            unique_keys=None if unique_key is None else [unique_key],
+            connection=connection,
+        )[0]
+
+    def enqueue_many(
+        self,
+        worker: str | type[Worker],
+        list_of_args: Iterable[Mapping[str, Any]],
+        *,
+        run_at: datetime.datetime | None = None,
+        delay: float | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        unique_keys: Sequence[str | None] | None = None,
+        connection: Any = None,
+    ) -> list[Job]:
+        """Write many jobs of one worker in one round trip; return them in input order.
+
+        ``unique_keys``, when given, holds one key (or None) per job.
+        """
+        name = self.registry.name_of(worker)
+        worker_class = self.registry.get(name).cls
+        encoded = [encode_args(args) for args in list_of_args]
+        if not encoded:
+            return []
+        if unique_keys is None:
+            unique_keys = [None] * len(encoded)
+        elif len(unique_keys) != len(encoded):
+            raise ValueError("unique_keys must hold one key (or None) per job")
+        if run_at is not None and delay is not None:
+            raise ValueError("give run_at or delay, not both")
+        if run_at is not None and run_at.tzinfo is None:
+            raise ValueError("run_at must be timezone-aware (for example datetime.UTC)")
+        if delay is not None and not (isinstance(delay, (int, float)) and math.isfinite(delay)):
+            raise ValueError(f"delay must be a number of seconds, not {delay!r}")
+        if queue is not None and not (isinstance(queue, str) and queue):
+            raise ValueError(f"queue must be a non-empty string, not {queue!r}")
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise ValueError(f"priority must be an integer, not {priority!r}")
+        retry_count = worker_class.retry_count
+        if retry_count is None:
+            retry_count = self.settings.retry_count
+        count = len(encoded)
+        params = {
+            "workers": [name] * count,
+            "args": encoded,
+            "queues": [queue or worker_class.queue] * count,
+            "priorities": [worker_class.priority if priority is None else priority] * count,
+            "max_attempts": [retry_count + 1] * count,
+            "run_ats": [run_at] * count,
+            "delays": [max(0.0, float(delay or 0))] * count,
+            "unique_keys": list(unique_keys),
+            "channel": self.queries.channel,
+        }
+        rows = self._fetch(self.queries.insert_jobs, params, connection)
+        written = [Job.from_row(row) for row in rows]
+        by_key = {job.unique_key: job for job in written if job.unique_key is not None}
+        missing = [key for key in unique_keys if key is not None and key not in by_key]
+        if missing:
+            for row in self._fetch(
+                self.queries.get_unique, {"unique_keys": missing}, connection
+            ):
+                by_key[row["unique_key"]] = Job.from_row(row)
+        # Rows come back in id order, which is input order for the keyless ones.
+        keyless = iter(job for job in written if job.unique_key is None)
+        result = [by_key[key] if key is not None else next(keyless) for key in unique_keys]
+        if written and self.hooks is not None:
+            self.hooks.call("backy_job_enqueued", jobs=written)
+        return result
+
+    # -- managing jobs ------------------------------------------------------------------
+
+    def get_job(self, job_id: int) -> Job | None:
+        """The job with this id, or None when there is no such row."""
+        rows = self._fetch(self.queries.get_job, {"id": job_id})
+        return Job.from_row(rows[0]) if rows else None
+
+    def cancel(self, job_id: int) -> Job | None:
+        """Cancel a waiting or running job; None when it is not waiting or running.
+
+        A running attempt is not interrupted, but its outcome is no longer recorded.
+        """
+        rows = self._fetch(self.queries.cancel, {"id": job_id})
+        return Job.from_row(rows[0]) if rows else None
+
+    def retry(self, job_id: int) -> Job | None:
+        """Make a failed or cancelled job available now, with its history and a fresh
+        set of retries; None when it is not failed or cancelled."""
+        job = self.get_job(job_id)
+        if job is None or job.state not in (FAILED, CANCELLED):
+            return None
+        retry_count = self.settings.retry_count
+        if job.worker in self.registry:
+            configured = self.worker_class(job.worker).retry_count
+            retry_count = retry_count if configured is None else configured
+        rows = self._fetch(
+            self.queries.retry,
+            {"id": job_id, "attempts": retry_count + 1, "channel": self.queries.channel},
+        )
+        return Job.from_row(rows[0]) if rows else None
+
+    def prune(self, older_than: float = 0.0, states: Sequence[str] = (COMPLETED,)) -> int:
+        """Delete finished rows in ``states`` older than ``older_than`` seconds."""
+        with self.pool.borrow() as conn, conn.cursor() as cur:
+            cur.execute(
+                self.queries.prune, {"states": list(states), "older_than": older_than}
+            )
+            return int(cur.rowcount)
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Job counts by worker, queue and state, with the oldest due job's wait."""
+        return [dict(row) for row in self._fetch(self.queries.stats, {})]
+
+
+class DefaultClient:
+    """Holds the client that the module-level functions use, built on first use.
+
+    The one instance lives in ``backy_gevent`` itself; ``configure`` replaces its client.
+    """
+
+    def __init__(self) -> None:
+        self._client: Client | None = None
+        self._options: dict[str, Any] = {}
+
+    def configure(self, **options: Any) -> None:
+        """Set options (as ``Client`` takes them) for the default client; rebuild it."""
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+        self._options = options
+
+    def get(self) -> Client:
+        if self._client is None:
+            self._client = Client(**self._options)
+        return self._client

@@ -1,0 +1,184 @@
+"""What each ``backy-gevent`` subcommand does, once flags and settings are parsed.
+
+Each ``command_<name>(arguments, settings)`` returns the exit status. The console
+script (cli.py) has patched gevent before this module is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import Any
+
+import gevent
+
+from backy_gevent.client import Client
+from backy_gevent.config import Settings
+from backy_gevent.job import COMPLETED
+from backy_gevent.plugins import Hooks, build_plugin_manager
+from backy_gevent.queries import Queries
+from backy_gevent.runner import Runner
+from backy_gevent.worker import Registry
+
+
+def _emit(value: Any) -> None:
+    print(json.dumps(value, default=str, indent=2, sort_keys=True))
+
+
+def _registry(settings: Settings) -> Registry:
+    return Registry.discover(settings.imports)
+
+
+def _client(settings: Settings) -> Client:
+    return Client(settings, registry=_registry(settings))
+
+
+def command_setup(arguments: argparse.Namespace, settings: Settings) -> int:
+    client = Client(settings, registry=Registry())
+    try:
+        applied = client.setup()
+    finally:
+        client.close()
+    if applied:
+        for migration in applied:
+            print(f"applied migration {migration.version:04d} {migration.name}")
+    else:
+        print(f"jobs table {settings.table_name!r} is up to date")
+    return 0
+
+
+def command_run(arguments: argparse.Namespace, settings: Settings) -> int:
+    registry = _registry(settings).restricted(settings.workers)
+    plugin_manager = build_plugin_manager(disabled=settings.disable_plugins)
+    runner = Runner(settings, registry, Hooks(plugin_manager), dsn=str(settings.dsn))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # The handler only sets a flag; the runner's main greenlet does the work.
+        gevent.signal_handler(signum, runner.request_stop)
+    runner.run()
+    return 0
+
+
+def command_enqueue(arguments: argparse.Namespace, settings: Settings) -> int:
+    from backy_gevent.cli import UsageError
+
+    try:
+        args = json.loads(arguments.args)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"args: not valid JSON ({exc})") from None
+    if not isinstance(args, dict):
+        raise UsageError("args: must be a JSON object, like '{\"name\": \"x\"}'")
+    client = _client(settings)
+    try:
+        job = client.enqueue(
+            arguments.worker,
+            args,
+            queue=arguments.job_queue,
+            delay=arguments.delay,
+            priority=arguments.priority,
+            unique_key=arguments.unique_key,
+        )
+    finally:
+        client.close()
+    _emit({"id": job.id, "worker": job.worker, "queue": job.queue, "state": job.state,
+           "run_at": job.run_at, "args": job.args})
+    return 0
+
+
+def command_workers(arguments: argparse.Namespace, settings: Settings) -> int:
+    registry = _registry(settings)
+    if not len(registry):
+        print("no workers registered (install a package with backy.workers entry points)")
+        return 0
+    for registration in registry:
+        cls = registration.cls
+        retry_count = settings.retry_count if cls.retry_count is None else cls.retry_count
+        print(
+            f"{registration.name}\t{registration.path}\t{registration.source}\t"
+            f"queue={cls.queue} priority={cls.priority} max_runtime={cls.max_runtime:g}"
+            f" max_concurrency={cls.max_concurrency or 'unlimited'}"
+            f" requeue_delay={cls.requeue_delay:g} retry_count={retry_count}"
+        )
+    return 0
+
+
+def command_plugins(arguments: argparse.Namespace, settings: Settings) -> int:
+    plugin_manager = build_plugin_manager(disabled=settings.disable_plugins)
+    dists = {id(plugin): dist for plugin, dist in plugin_manager.list_plugin_distinfo()}
+    rows = []
+    for name, plugin in plugin_manager.list_name_plugin():
+        dist = dists.get(id(plugin))
+        source = f"{dist.project_name} {dist.version}" if dist else "built-in"
+        hooks = sorted(caller.name for caller in plugin_manager.get_hookcallers(plugin) or [])
+        rows.append(f"{name}\t{source}\t{', '.join(hooks) or '(no hooks)'}")
+    print("\n".join(rows) if rows else "no plugins")
+    return 0
+
+
+def command_jobs(arguments: argparse.Namespace, settings: Settings) -> int:
+    client = Client(settings, registry=Registry())
+    try:
+        stats = client.stats()
+        with client.pool.borrow() as conn, conn.cursor() as cur:
+            cur.execute(Queries(settings.table_name).list_runners)
+            runners = cur.fetchall()
+    finally:
+        client.close()
+    if not stats:
+        print("no jobs")
+    else:
+        print(f"{'WORKER':24} {'QUEUE':12} {'STATE':10} {'JOBS':>8} {'OLDEST WAIT':>12}")
+        for row in stats:
+            wait = "" if row["oldest_wait"] is None else f"{row['oldest_wait']:.1f}s"
+            print(
+                f"{row['worker']:24} {row['queue']:12} {row['state']:10}"
+                f" {row['jobs']:>8} {wait:>12}"
+            )
+    print(f"\n{len(runners)} runners")
+    for runner in runners:
+        print(f"  {runner['id']}  workers={','.join(runner['workers'])}"
+              f"  heartbeat={runner['heartbeat_at']:%Y-%m-%d %H:%M:%S%z}")
+    return 0
+
+
+def _each_job(arguments: argparse.Namespace, settings: Settings, action: str) -> int:
+    client = _client(settings)
+    status = 0
+    try:
+        for job_id in arguments.ids:
+            job = getattr(client, action)(job_id)
+            if job is None:
+                current = client.get_job(job_id)
+                state = current.state if current else "missing"
+                print(f"job {job_id}: not changed (it is {state})", file=sys.stderr)
+                status = 1
+            else:
+                print(f"job {job_id}: {job.state}")
+    finally:
+        client.close()
+    return status
+
+
+def command_retry(arguments: argparse.Namespace, settings: Settings) -> int:
+    return _each_job(arguments, settings, "retry")
+
+
+def command_cancel(arguments: argparse.Namespace, settings: Settings) -> int:
+    return _each_job(arguments, settings, "cancel")
+
+
+def command_prune(arguments: argparse.Namespace, settings: Settings) -> int:
+    states = [COMPLETED]
+    if arguments.failed:
+        states.append("failed")
+    if arguments.cancelled:
+        states.append("cancelled")
+    client = Client(settings, registry=Registry())
+    try:
+        deleted = client.prune(arguments.older_than, states)
+    finally:
+        client.close()
+    print(f"deleted {deleted} jobs")
+    return 0
+

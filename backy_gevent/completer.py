@@ -1,0 +1,203 @@
+"""Writes the outcomes of attempts to the database, in batches, until they are written.
+
+Successes and hand-backs are written many per statement: while one batch is in flight the
+next one gathers, so the batch size follows the load with no added delay. Failures are
+written one per statement (each carries its own error and delay). A write that fails
+because the database is away is retried with backoff; an outcome is never dropped while
+the runner lives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent.event import Event
+
+from backy_gevent.connections import CONNECTION_ERRORS, ConnectionPool
+from backy_gevent.job import Job
+from backy_gevent.queries import Queries
+
+log = logging.getLogger("backy_gevent.completer")
+
+
+class Backoff:
+    """Growing, capped sleeps between tries while the database is away."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        return float(min(self.cap, self.first * 2 ** (self.failures - 1)))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Completer:
+    """The runner's outcome sink (see ``executor.OutcomeSink``)."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        queries: Queries,
+        runner_id: str,
+        *,
+        delete_finished_jobs: bool,
+        on_retry_scheduled: Callable[[float], None] = lambda delay: None,
+    ) -> None:
+        self.pool = pool
+        self.queries = queries
+        self.runner_id = runner_id
+        self.delete_finished_jobs = delete_finished_jobs
+        self.on_retry_scheduled = on_retry_scheduled
+        self._completed: list[tuple[int, int]] = []
+        self._handed_back: list[tuple[int, int]] = []
+        self._failed: list[tuple[Job, dict[str, Any], float | None]] = []
+        self._wake = Event()
+        self._idle = Event()
+        self._idle.set()
+        self._stopping = False
+        self.lost = 0  # outcomes the database no longer wanted (job rescued or cancelled)
+
+    # -- the sink -------------------------------------------------------------------
+
+    def completed(self, job: Job) -> None:
+        self._completed.append((job.id, job.attempt))
+        self._nudge()
+
+    def failed(self, job: Job, error: dict[str, Any], retry_in: float | None) -> None:
+        self._failed.append((job, error, retry_in))
+        self._nudge()
+
+    def handed_back(self, job: Job) -> None:
+        self._handed_back.append((job.id, job.attempt))
+        self._nudge()
+
+    def touch(self, job: Job, lease: float) -> None:
+        """Extend a running job's lease now (called from the job's greenlet)."""
+        try:
+            with self.pool.borrow() as conn, conn.cursor() as cur:
+                cur.execute(
+                    self.queries.touch,
+                    {"id": job.id, "attempt": job.attempt, "lease": lease,
+                     "runner_id": self.runner_id},
+                )
+                extended = cur.fetchone()
+        except CONNECTION_ERRORS as exc:
+            log.warning("could not extend the lease of job %s: %s", job.id, exc)
+            return
+        if extended is None:
+            log.warning("job %s is no longer this runner's (cancelled or rescued)", job.id)
+        else:
+            job.expires_at = extended["expires_at"]
+
+    def _nudge(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Outcomes not yet written."""
+        return len(self._completed) + len(self._handed_back) + len(self._failed)
+
+    # -- the writer loop ------------------------------------------------------------
+
+    def run(self) -> None:
+        """Write outcomes as they come until ``stop`` is called and all are written."""
+        backoff = Backoff()
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                self.flush()
+            except CONNECTION_ERRORS as exc:
+                delay = backoff.next_delay()
+                log.warning("writing outcomes failed (%s); retrying in %.1fs", exc, delay)
+                gevent.sleep(delay)
+                self._wake.set()
+                continue
+            backoff.reset()
+            if not self.pending:
+                self._idle.set()
+                if self._stopping:
+                    return
+
+    def stop(self) -> None:
+        """Finish after writing what is pending."""
+        self._stopping = True
+        self._wake.set()
+
+    def wait_written(self, timeout: float | None) -> bool:
+        """Wait until every outcome so far is written; False on timeout."""
+        return bool(self._idle.wait(timeout))
+
+    def flush(self) -> None:
+        """Write everything pending now; what fails to write stays pending."""
+        with self.pool.borrow() as conn, conn.cursor() as cur:
+            if self._completed:
+                batch, self._completed = self._completed, []
+                query = (
+                    self.queries.complete_delete
+                    if self.delete_finished_jobs
+                    else self.queries.complete_keep
+                )
+                try:
+                    written = self._write_batch(cur, query, batch)
+                except BaseException:
+                    self._completed[:0] = batch
+                    raise
+                self._note_lost("completions", len(batch) - written)
+            if self._handed_back:
+                batch, self._handed_back = self._handed_back, []
+                try:
+                    written = self._write_batch(
+                        cur, self.queries.hand_back, batch, channel=self.queries.channel
+                    )
+                except BaseException:
+                    self._handed_back[:0] = batch
+                    raise
+                self._note_lost("hand-backs", len(batch) - written)
+            while self._failed:
+                job, error, retry_in = self._failed[0]
+                cur.execute(
+                    self.queries.fail,
+                    {
+                        "id": job.id,
+                        "attempt": job.attempt,
+                        "delay": retry_in or 0.0,
+                        "error": json.dumps(error),
+                        "runner_id": self.runner_id,
+                    },
+                )
+                row = cur.fetchone()
+                self._failed.pop(0)
+                if row is None:
+                    self._note_lost("failures", 1)
+                elif row["state"] == "available" and retry_in is not None:
+                    self.on_retry_scheduled(retry_in)
+
+    def _write_batch(
+        self, cur: Any, query: Any, batch: list[tuple[int, int]], **extra: Any
+    ) -> int:
+        ids, attempts = zip(*batch, strict=True)
+        cur.execute(
+            query,
+            {"ids": list(ids), "attempts": list(attempts), "runner_id": self.runner_id, **extra},
+        )
+        return len(cur.fetchall())
+
+    def _note_lost(self, what: str, count: int) -> None:
+        if count > 0:
+            self.lost += count
+            log.warning(
+                "%d %s were not recorded: their jobs were cancelled or rescued meanwhile",
+                count,
+                what,
+            )

@@ -1,0 +1,256 @@
+"""One frozen Settings object built from a config file, BACKY_* variables and flags.
+
+Precedence is flag > environment > file > default. Every value is parsed and checked
+once, here; a bad one raises ``ConfigError`` with one line naming the option and the
+value, which the console script prints before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import runpy
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import psycopg2.extensions
+
+
+class ConfigError(ValueError):
+    """A configuration value is unusable; the message names the option and the value."""
+
+
+def default_retry_delay(retry: int) -> float:
+    """Backy's default, ``retry**3 + 100`` milliseconds, in seconds."""
+    return (retry**3 + 100) / 1000
+
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return _text(value)
+
+
+def _dsn(value: Any) -> str | None:
+    dsn = _optional_text(value)
+    if dsn is not None:
+        try:
+            psycopg2.extensions.parse_dsn(dsn)
+        except psycopg2.ProgrammingError as exc:
+            raise ValueError(f"not a libpq DSN or URI ({str(exc).strip()})") from None
+    return dsn
+
+
+def _identifier(value: Any) -> str:
+    name = _text(value)
+    if not _IDENTIFIER.match(name):
+        raise ValueError(
+            "must be a plain lower-case SQL identifier (letters, digits, _; at most 63)"
+        )
+    return name
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("expected true/false, 1/0, yes/no or on/off")
+
+
+def _number(value: Any, *, minimum: float, integer: bool = False, exclusive: bool = False) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    try:
+        number = int(value) if integer else float(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected " + ("a whole number" if integer else "a number")) from None
+    if integer and isinstance(value, float) and value != int(value):
+        raise ValueError("expected a whole number")
+    if not math.isfinite(number) or number < minimum or (exclusive and number == minimum):
+        relation = "greater than" if exclusive else "at least"
+        raise ValueError(f"must be {relation} {minimum:g}")
+    return number
+
+
+def _seconds(value: Any) -> float:
+    return float(_number(value, minimum=0, exclusive=True))
+
+
+def _non_negative_seconds(value: Any) -> float:
+    return float(_number(value, minimum=0))
+
+
+def _count(value: Any) -> int:
+    return int(_number(value, minimum=0, integer=True))
+
+
+def _port(value: Any) -> int:
+    port = int(_number(value, minimum=0, integer=True))
+    if port > 65535:
+        raise ValueError("must be at most 65535")
+    return port
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = [_text(part).strip() for part in value]
+    else:
+        raise ValueError("expected a list or a comma-separated string")
+    return tuple(item for item in items if item)
+
+
+def _log_level(value: Any) -> str:
+    level = _text(value).lower()
+    if level not in _LOG_LEVELS:
+        raise ValueError("expected one of " + ", ".join(_LOG_LEVELS))
+    return level
+
+
+def _retry_delay(value: Any) -> Callable[[int], float]:
+    if callable(value):
+        return value  # type: ignore[no-any-return]
+    # A number from the environment or a flag means a constant delay.
+    constant = _non_negative_seconds(value)
+    return lambda retry: constant
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """How one setting is named, parsed and defaulted."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("dsn", _dsn, None, "libpq DSN or URI; none at all starts the embedded server"),
+    Option("table_name", _identifier, "jobs", "name of the jobs table"),
+    Option("retry_count", _count, 3, "retries after the first attempt"),
+    Option("retry_delay", _retry_delay, default_retry_delay, "seconds before retry N"),
+    Option("poll_interval", _seconds, 1.0, "seconds between polls (LISTEN/NOTIFY wakes sooner)"),
+    Option("delete_finished_jobs", _boolean, True, "delete completed jobs instead of keeping"),
+    Option("queues", _names, (), "queues to serve; empty means every queue of the workers"),
+    Option("workers", _names, (), "restrict the runner to these worker names"),
+    Option("imports", _names, (), "extra worker classes as module:Class, besides entry points"),
+    Option("disable_plugins", _names, (), "hook plugins (by name) not to load"),
+    Option("metrics_host", _text, "127.0.0.1", "address the metrics server binds"),
+    Option("metrics_port", _port, 9721, "metrics server port; 0 disables it"),
+    Option("shutdown_timeout", _non_negative_seconds, 30.0, "seconds to let jobs finish on stop"),
+    Option("log_level", _log_level, "info", "logging level"),
+    Option("fetch_limit", lambda v: max(1, _count(v)), 100, "most jobs claimed at once per worker"),
+    Option("data_dir", _optional_text, None, "embedded server's data directory"),
+)
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every option, parsed and checked. Build it with ``load_settings``."""
+
+    dsn: str | None = None
+    table_name: str = "jobs"
+    retry_count: int = 3
+    retry_delay: Callable[[int], float] = default_retry_delay
+    poll_interval: float = 1.0
+    delete_finished_jobs: bool = True
+    queues: tuple[str, ...] = ()
+    workers: tuple[str, ...] = ()
+    imports: tuple[str, ...] = ()
+    disable_plugins: tuple[str, ...] = ()
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9721
+    shutdown_timeout: float = 30.0
+    log_level: str = "info"
+    fetch_limit: int = 100
+    data_dir: str | None = None
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some options changed, each parsed and checked like any other source."""
+        return dataclasses.replace(self, **{k: _parse(k, v) for k, v in changes.items()})
+
+
+def _parse(name: str, value: Any) -> Any:
+    option = _BY_NAME.get(name)
+    if option is None:
+        raise ConfigError(f"unknown option {name!r}")
+    try:
+        return option.parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"option {name}: bad value {value!r}: {exc}") from None
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Run a Python config file (gunicorn style) and return the options it sets.
+
+    Module-level names that match an option are taken; private names, modules and the
+    like are ignored, so the file may import what it needs. A name that looks like an
+    option but isn't one is an error, so a typo doesn't silently do nothing.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"option config: bad value {str(path)!r}: no such file")
+    try:
+        namespace = runpy.run_path(str(file))
+    except Exception as exc:
+        raise ConfigError(f"option config: bad value {str(path)!r}: {exc!r}") from None
+    values: dict[str, Any] = {}
+    for key, value in namespace.items():
+        if key.startswith("_") or isinstance(value, type(os)):
+            continue
+        if key in _BY_NAME:
+            values[key] = value
+        elif key.islower() and not callable(value):
+            raise ConfigError(f"option {key}: unknown option in config file {str(path)!r}")
+    return values
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Options set through ``BACKY_<OPTION>`` variables (``BACKY_DSN``, ``BACKY_RETRY_COUNT``...)."""
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        key = "BACKY_" + option.name.upper()
+        if key in environ:
+            values[option.name] = environ[key]
+    return values
+
+
+def load_settings(
+    *,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Build Settings from defaults, then the config file, the environment and flags.
+
+    The config file is ``config_file``, else ``BACKY_CONFIG`` from the environment.
+    Flags whose value is None count as not given.
+    """
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    path = config_file or environ.get("BACKY_CONFIG")
+    if path:
+        merged.update(read_config_file(path))
+    merged.update(read_environment(environ))
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    return Settings(**{name: _parse(name, value) for name, value in merged.items()})

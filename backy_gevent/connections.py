@@ -1,0 +1,92 @@
+"""A small pool of autocommit psycopg2 connections that drops broken ones.
+
+Each greenlet borrows a connection for one operation and gives it back; a connection
+that raised a connection-level error is closed rather than returned, and the next
+borrower gets a fresh one. Works with threads too (the lock and queue are gevent's own
+when gevent has patched the process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+
+#: Errors after which a connection is not trusted again.
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+def connect(dsn: str, *, autocommit: bool = True, application_name: str = "backy-gevent") -> Any:
+    """Open one connection with dict-like rows (``RealDictCursor``)."""
+    conn = psycopg2.connect(
+        dsn,
+        application_name=application_name,
+        cursor_factory=psycopg2.extras.RealDictCursor,
+        # Notice a dead peer (network cut, killed server) in seconds, not hours.
+        keepalives=1,
+        keepalives_idle=5,
+        keepalives_interval=2,
+        keepalives_count=3,
+    )
+    conn.autocommit = autocommit
+    return conn
+
+
+class ConnectionPool:
+    """At most ``size`` connections to ``dsn``; ``borrow()`` waits when all are out."""
+
+    def __init__(self, dsn: str, size: int = 4, *, application_name: str = "backy-gevent"):
+        self.dsn = dsn
+        self.size = size
+        self.application_name = application_name
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(size)
+        self._closed = False
+
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[Any]:
+        """A connection for one operation, in autocommit mode."""
+        if self._closed:
+            raise psycopg2.InterfaceError("the connection pool is closed")
+        self._slots.acquire()
+        conn = None
+        try:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = connect(self.dsn, application_name=self.application_name)
+            yield conn
+        except BaseException as exc:
+            if conn is not None and (
+                isinstance(exc, CONNECTION_ERRORS) or conn.closed or not _is_idle(conn)
+            ):
+                conn.close()
+                conn = None
+            raise
+        finally:
+            if conn is not None:
+                if self._closed or conn.closed:
+                    conn.close()
+                else:
+                    self._idle.put(conn)
+            self._slots.release()
+
+    def close(self) -> None:
+        """Close idle connections; borrowed ones close when given back."""
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                break
+
+
+def _is_idle(conn: Any) -> bool:
+    status = conn.info.transaction_status
+    return bool(status == psycopg2.extensions.TRANSACTION_STATUS_IDLE)

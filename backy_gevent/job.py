@@ -1,0 +1,88 @@
+"""The Job record and its states; plain data, no I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Callable, Mapping
+from typing import Any
+
+AVAILABLE = "available"
+RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+#: Every state a row can be in, in the order a job normally passes through them.
+STATES = (AVAILABLE, RUNNING, COMPLETED, FAILED, CANCELLED)
+
+
+class JobTimeout(BaseException):
+    """Raised inside a job that ran past its ``max_runtime``.
+
+    A BaseException, like ``gevent.Timeout``, so that a worker's ``except Exception``
+    does not swallow it.
+    """
+
+    def __init__(self, job_id: int, seconds: float) -> None:
+        super().__init__(f"job {job_id} ran past max_runtime ({seconds:g}s)")
+        self.job_id = job_id
+        self.seconds = seconds
+
+
+@dataclasses.dataclass
+class Job:
+    """One row of the jobs table, as Python sees it.
+
+    ``attempt`` is 1 during the first run. ``errors`` holds one entry per failed attempt
+    (attempt, time, error type, message and traceback). ``touch()`` works only on a job
+    handed to ``Worker.perform`` by a runner: it restarts the attempt's ``max_runtime``
+    clock and extends the job's lease in the database.
+    """
+
+    id: int
+    worker: str
+    args: dict[str, Any]
+    queue: str
+    priority: int
+    state: str
+    attempt: int
+    max_attempts: int
+    run_at: datetime.datetime
+    enqueued_at: datetime.datetime
+    errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    unique_key: str | None = None
+    attempted_at: datetime.datetime | None = None
+    finished_at: datetime.datetime | None = None
+    expires_at: datetime.datetime | None = None
+    runner_id: str | None = None
+    # Set by the executor while an attempt runs; ``touch`` calls it.
+    _toucher: Callable[[], None] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Job:
+        """Build a Job from a row of the jobs table (a mapping of column to value)."""
+        names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+        return cls(**{k: v for k, v in row.items() if k in names})
+
+    @property
+    def retries_left(self) -> int:
+        """How many more attempts may follow this one if it fails."""
+        return max(0, self.max_attempts - self.attempt)
+
+    def touch(self) -> None:
+        """Tell the runner this job is alive: restart ``max_runtime`` and extend the lease.
+
+        Raises ``RuntimeError`` when called on a job that is not being run by a runner
+        in this process (for example a Job returned by ``enqueue``).
+        """
+        if self._toucher is None:
+            raise RuntimeError(f"job {self.id} is not running in this process; nothing to touch")
+        self._toucher()
+
+
+def touch(job: Job) -> None:
+    """Module-level form of ``job.touch()``, as in Backy's ``Backy.touch(job)``."""
+    job.touch()

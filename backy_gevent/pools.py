@@ -1,0 +1,117 @@
+"""A pool of long-lived greenlets per worker, sized by the worker's ``max_concurrency``.
+
+Greenlets are reused from job to job (starting one costs about as much as the rest of a
+job's overhead); a pool with unlimited concurrency grows to what it needs and lets
+greenlets that stay idle for a minute go.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import gevent
+from gevent.event import Event
+from gevent.queue import Empty, Queue
+
+from backy_gevent.executor import Executor
+from backy_gevent.job import Job
+from backy_gevent.worker import Registration
+
+log = logging.getLogger("backy_gevent.pools")
+
+IDLE_GREENLET_SECONDS = 60.0
+
+
+class WorkerPool:
+    """Runs the claimed jobs of one worker, at most ``max_concurrency`` at a time."""
+
+    def __init__(
+        self,
+        registration: Registration,
+        executor: Executor,
+        *,
+        fetch_limit: int,
+        on_slot_free: Callable[[WorkerPool], None],
+    ) -> None:
+        self.registration = registration
+        self.name = registration.name
+        self.capacity = registration.cls.max_concurrency
+        self.fetch_limit = fetch_limit
+        self.executor = executor
+        self.on_slot_free = on_slot_free
+        self.in_flight = 0  # claimed and not finished: waiting in the queue or running
+        self.maybe_more = True  # the table may hold more due jobs of this worker
+        self._queue: Queue[Job] = Queue()
+        self._idle = 0
+        self._greenlets: set[gevent.Greenlet] = set()
+        self._drained = Event()
+        self._drained.set()
+
+    def free_slots(self) -> int:
+        """How many jobs to claim now: the free slots, or a batch when unlimited."""
+        if self.capacity is None:
+            return max(0, self.fetch_limit - self._queue.qsize())
+        return max(0, min(self.capacity - self.in_flight, self.fetch_limit))
+
+    @property
+    def running(self) -> int:
+        """Jobs of this worker in flight in this process."""
+        return self.in_flight
+
+    def submit(self, job: Job) -> None:
+        """Queue a claimed job; a free greenlet (or a new one, within capacity) runs it."""
+        self.in_flight += 1
+        self._drained.clear()
+        self._queue.put(job)
+        if self._idle < self._queue.qsize() and (
+            self.capacity is None or len(self._greenlets) < self.capacity
+        ):
+            greenlet = gevent.spawn(self._serve)
+            self._greenlets.add(greenlet)
+            greenlet.link(self._greenlets.discard)
+
+    def _serve(self) -> None:
+        while True:
+            self._idle += 1
+            try:
+                job = self._queue.get(timeout=IDLE_GREENLET_SECONDS)
+            except Empty:
+                return
+            finally:
+                self._idle -= 1
+            try:
+                self.executor.run(job, self.registration)
+            except gevent.GreenletExit:
+                self._finish()
+                raise
+            except BaseException:
+                log.exception("the executor failed on job %s; the lease will rescue it", job.id)
+            self._finish()
+
+    def _finish(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._drained.set()
+        self.on_slot_free(self)
+
+    def take_unstarted(self) -> list[Job]:
+        """Remove and return the claimed jobs no greenlet has started (for shutdown)."""
+        jobs = []
+        while True:
+            try:
+                jobs.append(self._queue.get_nowait())
+            except Empty:
+                break
+        self.in_flight -= len(jobs)
+        if not self.in_flight:
+            self._drained.set()
+        return jobs
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait until no job is in flight; True if that happened within ``timeout``."""
+        return bool(self._drained.wait(timeout))
+
+    def stop(self) -> None:
+        """End the idle greenlets (after the jobs are drained or handed back)."""
+        gevent.killall(list(self._greenlets), block=True, timeout=5)

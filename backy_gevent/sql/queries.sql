@@ -1,0 +1,186 @@
+-- Every statement backy-gevent runs against the jobs table, one named block each.
+-- A block starts with "-- name: NAME" and a comment saying what it is for. {table},
+-- {runners} and {channel} are identifiers filled in by psycopg2.sql; %(x)s are values.
+
+-- name: insert_jobs
+-- Enqueue one or many jobs in one statement. A job whose unique_key is already taken by
+-- a waiting or running job is not inserted; insert_jobs then returns fewer rows and the
+-- client reads the existing job. The NOTIFY wakes runners at commit.
+WITH inserted AS (
+    INSERT INTO {table} (worker, args, queue, priority, max_attempts, run_at, unique_key)
+    SELECT w, a, q, p, m, coalesce(r, clock_timestamp() + make_interval(secs => d)), u
+    FROM unnest(%(workers)s::text[], %(args)s::jsonb[], %(queues)s::text[],
+                %(priorities)s::int[], %(max_attempts)s::int[], %(run_ats)s::timestamptz[],
+                %(delays)s::float8[], %(unique_keys)s::text[])
+         AS t(w, a, q, p, m, r, d, u)
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'running')
+    DO NOTHING
+    RETURNING *
+), notified AS (
+    SELECT pg_notify(%(channel)s, '') FROM inserted LIMIT 1
+)
+SELECT inserted.* FROM inserted LEFT JOIN notified ON true ORDER BY id;
+
+-- name: get_unique
+-- The waiting or running job that holds a unique_key.
+SELECT * FROM {table}
+WHERE unique_key = ANY(%(unique_keys)s) AND state IN ('available', 'running');
+
+-- name: claim
+-- Take up to "lim" available jobs of each worker for this runner, one statement for all
+-- workers. SKIP LOCKED lets runners claim side by side without ever taking one job twice;
+-- the lease (expires_at) bounds how long a dead runner can hold a job.
+WITH wanted AS (
+    SELECT * FROM unnest(%(workers)s::text[], %(limits)s::int[], %(leases)s::float8[])
+         AS w(worker, lim, lease)
+), picked AS (
+    SELECT j.id, wanted.lease
+    FROM wanted CROSS JOIN LATERAL (
+        SELECT id FROM {table}
+        WHERE state = 'available' AND worker = wanted.worker AND run_at <= now()
+          AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+        ORDER BY priority, run_at, id
+        LIMIT wanted.lim
+        FOR UPDATE SKIP LOCKED
+    ) j
+)
+UPDATE {table} t
+SET state = 'running', attempt = t.attempt + 1, runner_id = %(runner_id)s,
+    attempted_at = now(), expires_at = now() + make_interval(secs => picked.lease)
+FROM picked
+WHERE t.id = picked.id
+RETURNING t.*;
+
+-- name: complete_delete
+-- Finish successful attempts by deleting their rows. (id, attempt) is the lease token:
+-- a job that was rescued and claimed again meanwhile is not touched.
+DELETE FROM {table} t
+USING unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
+WHERE t.id = done.id AND t.attempt = done.attempt AND t.state = 'running'
+  AND t.runner_id = %(runner_id)s
+RETURNING t.id;
+
+-- name: complete_keep
+-- Finish successful attempts by marking them completed (delete_finished_jobs = false).
+UPDATE {table} t
+SET state = 'completed', finished_at = now(), expires_at = NULL, runner_id = NULL
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
+WHERE t.id = done.id AND t.attempt = done.attempt AND t.state = 'running'
+  AND t.runner_id = %(runner_id)s
+RETURNING t.id;
+
+-- name: fail
+-- Record a failed attempt: append the error and either schedule the next attempt at
+-- now() + delay or, past max_attempts, mark the job failed.
+UPDATE {table}
+SET state = CASE WHEN attempt < max_attempts THEN 'available' ELSE 'failed' END,
+    run_at = CASE WHEN attempt < max_attempts
+                  THEN now() + make_interval(secs => %(delay)s) ELSE run_at END,
+    finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE now() END,
+    errors = errors || jsonb_build_array(%(error)s::jsonb),
+    expires_at = NULL, runner_id = NULL
+WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'running'
+  AND runner_id = %(runner_id)s
+RETURNING state, run_at;
+
+-- name: hand_back
+-- Give unfinished attempts back on shutdown without spending an attempt.
+WITH back AS (
+    UPDATE {table} t
+    SET state = 'available', attempt = t.attempt - 1, expires_at = NULL, runner_id = NULL
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
+    WHERE t.id = done.id AND t.attempt = done.attempt AND t.state = 'running'
+      AND t.runner_id = %(runner_id)s
+    RETURNING t.id
+), notified AS (
+    SELECT pg_notify(%(channel)s, '') FROM back LIMIT 1
+)
+SELECT back.id FROM back LEFT JOIN notified ON true;
+
+-- name: touch
+-- Extend a running attempt's lease; no row means the job is no longer this runner's.
+UPDATE {table}
+SET expires_at = now() + make_interval(secs => %(lease)s)
+WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'running'
+  AND runner_id = %(runner_id)s
+RETURNING expires_at;
+
+-- name: rescue
+-- Take back running jobs whose lease ran out (their runner died or froze). The lost
+-- attempt counts: a job that kills its runner each time ends failed, not in a loop.
+WITH rescued AS (
+    UPDATE {table}
+    SET state = CASE WHEN attempt < max_attempts THEN 'available' ELSE 'failed' END,
+        finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE now() END,
+        run_at = now(),
+        errors = errors || jsonb_build_array(jsonb_build_object(
+            'attempt', attempt, 'at', now(), 'error', 'LeaseExpired',
+            'message', 'runner ' || runner_id || ' stopped renewing the lease',
+            'traceback', NULL)),
+        expires_at = NULL, runner_id = NULL
+    WHERE state = 'running' AND expires_at < now()
+    RETURNING id, worker, queue, state
+), notified AS (
+    SELECT pg_notify(%(channel)s, '') FROM rescued WHERE state = 'available' LIMIT 1
+)
+SELECT rescued.* FROM rescued LEFT JOIN notified ON true;
+
+-- name: cancel
+-- Cancel a waiting job, or mark a running one cancelled (its runner's result is then
+-- ignored: the lease token no longer matches a running row).
+UPDATE {table}
+SET state = 'cancelled', finished_at = now(), expires_at = NULL, runner_id = NULL
+WHERE id = %(id)s AND state IN ('available', 'running')
+RETURNING *;
+
+-- name: retry
+-- Make a failed or cancelled job available now with a fresh set of retries.
+WITH retried AS (
+    UPDATE {table}
+    SET state = 'available', run_at = now(), finished_at = NULL,
+        max_attempts = attempt + %(attempts)s
+    WHERE id = %(id)s AND state IN ('failed', 'cancelled')
+    RETURNING *
+), notified AS (
+    SELECT pg_notify(%(channel)s, '') FROM retried
+)
+SELECT retried.* FROM retried LEFT JOIN notified ON true;
+
+-- name: get_job
+-- One job by id.
+SELECT * FROM {table} WHERE id = %(id)s;
+
+-- name: prune
+-- Purge finished rows (completed, and optionally failed and cancelled) older than a cutoff.
+DELETE FROM {table}
+WHERE state = ANY(%(states)s::text[])
+  AND finished_at < now() - make_interval(secs => %(older_than)s);
+
+-- name: stats
+-- Counts by worker, queue and state, and the oldest due waiting job's age in seconds.
+SELECT worker, queue, state, count(*) AS jobs,
+       extract(epoch FROM now() - min(run_at) FILTER (
+           WHERE state = 'available' AND run_at <= now()))::float8 AS oldest_wait
+FROM {table}
+GROUP BY worker, queue, state
+ORDER BY worker, queue, state;
+
+-- name: heartbeat
+-- A live runner announces itself or beats; rows of runners silent for a long while
+-- (they died without saying goodbye) are dropped.
+WITH beat AS (
+    INSERT INTO {runners} (id, hostname, pid, workers, queues)
+    VALUES (%(id)s, %(hostname)s, %(pid)s, %(workers)s, %(queues)s)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+)
+DELETE FROM {runners}
+WHERE heartbeat_at < now() - make_interval(secs => %(forget_after)s) AND id <> %(id)s;
+
+-- name: unregister_runner
+-- A runner that stops cleanly removes its row.
+DELETE FROM {runners} WHERE id = %(id)s;
+
+-- name: list_runners
+-- Runners that beat recently.
+SELECT id, hostname, pid, workers, queues, started_at, heartbeat_at FROM {runners}
+ORDER BY started_at;

@@ -1,0 +1,1 @@
+"""Example workers for backy-gevent, registered as backy.workers entry points."""
