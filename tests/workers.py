@@ -1,0 +1,127 @@
+"""Small workers for the tests. Each records its runs in the ``runs`` table of the
+test's schema (``BACKY_TEST_RECORD_DSN``), so a test can assert on what really ran.
+
+Runners load them with ``--import tests.workers:Name`` (see conftest's ``runner``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import gevent
+import psycopg2
+
+import backy_gevent as backy
+
+RUNS_TABLE = """
+CREATE TABLE IF NOT EXISTS runs (
+    job_id bigint NOT NULL,
+    attempt integer NOT NULL,
+    worker text NOT NULL,
+    pid integer NOT NULL,
+    args jsonb,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz
+)
+"""
+
+
+def record(job: backy.Job, *, finished: bool = False) -> None:
+    """Write one row into ``runs`` for this attempt (or mark it finished)."""
+    conn = psycopg2.connect(os.environ["BACKY_TEST_RECORD_DSN"])
+    try:
+        with conn, conn.cursor() as cur:
+            if finished:
+                cur.execute(
+                    "UPDATE runs SET finished_at = clock_timestamp()"
+                    " WHERE job_id = %s AND attempt = %s AND pid = %s",
+                    (job.id, job.attempt, os.getpid()),
+                )
+            else:
+                cur.execute(
+                    "INSERT INTO runs (job_id, attempt, worker, pid, args)"
+                    " VALUES (%s, %s, %s, %s, %s::jsonb)",
+                    (job.id, job.attempt, job.worker, os.getpid(),
+                     psycopg2.extras.Json(job.args)),
+                )
+    finally:
+        conn.close()
+
+
+import psycopg2.extras  # noqa: E402
+
+
+class Record(backy.Worker):
+    """Records the run and returns."""
+
+    name = "record"
+    max_runtime = 10.0
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
+        record(job)
+        record(job, finished=True)
+
+
+class Sleep(backy.Worker):
+    """Records, sleeps ``seconds`` (touching every ``touch_every`` if set), records the end."""
+
+    name = "sleep"
+    max_runtime = 1.0
+    requeue_delay = 1.0
+    retry_count = 0
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
+        record(job)
+        seconds = float(args.get("seconds", 0.5))
+        touch_every = args.get("touch_every")
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            gevent.sleep(min(left, float(touch_every or left)))
+            if touch_every:
+                backy.touch(job)
+        record(job, finished=True)
+
+
+class Limited(backy.Worker):
+    """Sleeps briefly with at most two running at once per runner."""
+
+    name = "limited"
+    max_concurrency = 2
+    max_runtime = 5.0
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
+        record(job)
+        gevent.sleep(float(args.get("seconds", 0.2)))
+        record(job, finished=True)
+
+
+class Fail(backy.Worker):
+    """Always raises; retries twice, 0.2 s apart."""
+
+    name = "fail"
+    retry_count = 2
+
+    def retry_delay(self, retry: int) -> float:
+        return 0.2
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
+        record(job)
+        raise ValueError(f"boom on attempt {job.attempt}")
+
+
+class Crash(backy.Worker):
+    """Kills its own runner process with SIGKILL: a job that takes its runner down."""
+
+    name = "crash"
+    max_runtime = 1.0
+    requeue_delay = 1.0
+    retry_count = 1
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
+        record(job)
+        os.kill(os.getpid(), 9)
+
+
+ALL = (Record, Sleep, Limited, Fail, Crash)
