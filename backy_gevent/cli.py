@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--older-than", type=float, default=0.0, metavar="SECONDS")
     prune.add_argument("--failed", action="store_true", help="also failed jobs")
     prune.add_argument("--cancelled", action="store_true", help="also cancelled jobs")
+    bench = commands.add_parser(
+        "bench", parents=[common], help="measure jobs/s against pgbench on this server"
+    )
+    bench.add_argument("--jobs", type=int, default=20000, help="no-op jobs to run")
+    bench.add_argument("--runners", type=int, default=1, help="runner processes")
+    bench.add_argument("--pgbench-clients", type=int, default=4, help="pgbench -c")
     return parser
 
 

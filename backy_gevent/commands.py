@@ -182,3 +182,16 @@ def command_prune(arguments: argparse.Namespace, settings: Settings) -> int:
     print(f"deleted {deleted} jobs")
     return 0
 
+
+
+def command_bench(arguments: argparse.Namespace, settings: Settings) -> int:
+    from backy_gevent.bench import run_bench
+
+    result = run_bench(
+        settings,
+        jobs=arguments.jobs,
+        runners=arguments.runners,
+        pgbench_clients=arguments.pgbench_clients,
+    )
+    print(result.report())
+    return 0

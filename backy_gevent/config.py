@@ -226,7 +226,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Options set through ``BACKY_<OPTION>`` variables (``BACKY_DSN``, ``BACKY_RETRY_COUNT``...)."""
+    """Options set through ``BACKY_<OPTION>`` variables (``BACKY_DSN``, ``BACKY_RETRY_COUNT``)."""
     values: dict[str, Any] = {}
     for option in OPTIONS:
         key = "BACKY_" + option.name.upper()

@@ -132,7 +132,7 @@ class Executor:
             deadline.cancel()
             self.sink.handed_back(job)
             raise
-        except BaseException as exc:  # noqa: BLE001 - a job's error is its outcome
+        except BaseException as exc:  # a job's error, whatever it is, is its outcome
             deadline.cancel()
             timed_out = exc is deadline.error
             self._fail(job, worker, exc, timed_out=timed_out)

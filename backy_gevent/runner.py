@@ -237,7 +237,7 @@ class Runner:
             if not wanted:
                 continue
             try:
-                jobs = self._claim(wanted)
+                self._claim(wanted)
             except CONNECTION_ERRORS as exc:
                 self.stopping.wait(self._db_failed("claiming jobs", exc, backoff))
                 self._wake.set()
