@@ -50,6 +50,10 @@ class UsageError(Exception):
     """Bad input on the command line: printed as one line, exit status 2."""
 
 
+class DatabaseUnavailable(Exception):
+    """The embedded server failed to start: printed with its log's tail, exit status 1."""
+
+
 def _add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
     for option in OPTIONS:
         if option.name not in names:
@@ -107,8 +111,25 @@ def settings_from(arguments: argparse.Namespace, environ: dict[str, str]) -> Set
     return load_settings(flags=flags, environ=environ, config_file=arguments.config)
 
 
+def embedded_connection_limit(settings: Settings, command: str) -> int:
+    """The embedded server's max_connections, sized to fit a runner's concurrency.
+
+    A runner holds 5 connections of its own, and each running job may open one; unlimited
+    workers count as ``fetch_limit``. Never below 100, so that several processes fit.
+    """
+    if command != "run":
+        return 100
+    from backy_gevent.worker import Registry
+
+    registry = Registry.discover(settings.imports).restricted(settings.workers)
+    jobs = sum(r.cls.max_concurrency or settings.fetch_limit for r in registry)
+    return max(100, 20 + jobs)
+
+
 @contextlib.contextmanager
-def database(settings: Settings, environ: dict[str, str]) -> Iterator[Settings]:
+def database(
+    settings: Settings, environ: dict[str, str], *, max_connections: int = 100
+) -> Iterator[Settings]:
     """Settings with a usable DSN: the configured one, libpq's PG* variables, or the
     embedded server (started here and stopped when the last user exits)."""
     if settings.dsn is not None:
@@ -122,9 +143,13 @@ def database(settings: Settings, environ: dict[str, str]) -> Iterator[Settings]:
     data_dir = Path(settings.data_dir) if settings.data_dir else embedded.default_data_dir(environ)
     with contextlib.ExitStack() as stack:
         try:
-            dsn = stack.enter_context(embedded.embedded_server(data_dir))
+            dsn = stack.enter_context(
+                embedded.embedded_server(data_dir, max_connections=max_connections)
+            )
         except embedded.EmbeddedUnavailable as exc:
             raise UsageError(str(exc)) from None
+        except embedded.EmbeddedServerError as exc:
+            raise DatabaseUnavailable(str(exc)) from None
         from backy_gevent.client import Client
 
         ready = settings.replace(dsn=dsn)
@@ -161,12 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         needs_db = arguments.command not in ("workers", "plugins")
         if not needs_db:
             return int(handler(arguments, settings))
-        with database(settings, environ) as ready:
+        limit = 100 if settings.dsn else embedded_connection_limit(settings, arguments.command)
+        with database(settings, environ, max_connections=limit) as ready:
             return int(handler(arguments, ready))
     except (ConfigError, UsageError, WorkerError, PluginError) as exc:
         print(f"backy-gevent: error: {exc}", file=sys.stderr)
         return 2
-    except SchemaMissing as exc:
+    except (SchemaMissing, DatabaseUnavailable) as exc:
         print(f"backy-gevent: error: {exc}", file=sys.stderr)
         return 1
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -65,9 +67,15 @@ def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     else:
         from backy_gevent import embedded
 
-        data_dir = tmp_path_factory.mktemp("embedded")
-        with embedded.embedded_server(data_dir) as dsn:
-            yield dsn
+        # Not under pytest's 0700 temporary root: as root, the server runs as an
+        # unprivileged account that must reach its data directory.
+        data_dir = Path(tempfile.mkdtemp(prefix="backy-test-embedded-"))
+        data_dir.chmod(0o755)
+        try:
+            with embedded.embedded_server(data_dir, max_connections=200) as dsn:
+                yield dsn
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def with_search_path(dsn: str, schema: str) -> str:
