@@ -22,7 +22,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
 
 from backy_gevent.config import OPTIONS, ConfigError, Settings, load_settings  # noqa: E402
 
@@ -54,6 +54,13 @@ class DatabaseUnavailable(Exception):
     """The embedded server failed to start: printed with its log's tail, exit status 1."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit status 2), like a bad option."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
     for option in OPTIONS:
         if option.name not in names:
@@ -67,12 +74,12 @@ def _add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", help="Python config file (also BACKY_CONFIG)")
     _add_option_flags(
         common, [o.name for o in OPTIONS if o.name not in _RUN_OPTIONS]
     )
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="backy-gevent", description="Background jobs on PostgreSQL and gevent."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import psycopg2.errors
 import psycopg2.extras
 
 from backy_gevent import schema
@@ -31,14 +32,16 @@ def encode_args(args: Mapping[str, Any]) -> str:
     """JSON for a job's args; TypeError naming the first key JSON can't hold."""
     if not isinstance(args, Mapping):
         raise TypeError(f"job args must be a dict, not {type(args).__name__}")
+    # json.dumps would turn a key like 1 into "1": the job would not get its args back.
+    for key in args:
+        if not isinstance(key, str):
+            raise TypeError(f"job arg keys must be strings, got {key!r}")
     try:
         return json.dumps(dict(args), allow_nan=False)
     except (TypeError, ValueError):
         pass
     # Slow path, only for bad input: find the key to name in the error.
     for key, value in args.items():
-        if not isinstance(key, str):
-            raise TypeError(f"job arg keys must be strings, got {key!r}")
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -148,6 +151,8 @@ class Client:
         written. Args JSON can't hold raise TypeError; an unknown worker raises
         ``WorkerError``; nothing is written in either case.
         """
+        if args is not None and not isinstance(args, Mapping):
+            raise TypeError(f"job args must be a dict, not {type(args).__name__}")
         merged = dict(args or {})
         merged.update(kwargs)
         return self.enqueue_many(
@@ -178,7 +183,9 @@ class Client:
         ``unique_keys``, when given, holds one key (or None) per job.
         """
         name = self.registry.name_of(worker)
-        worker_class = self.registry.get(name).cls
+        # A class with a name attribute may be enqueued without an entry point here (the
+        # runner that runs it must still register it).
+        worker_class = worker if isinstance(worker, type) else self.registry.get(name).cls
         encoded = [encode_args(args) for args in list_of_args]
         if not encoded:
             return []
@@ -244,7 +251,11 @@ class Client:
 
     def retry(self, job_id: int) -> Job | None:
         """Make a failed or cancelled job available now, with its history and a fresh
-        set of retries; None when it is not failed or cancelled."""
+        set of retries; None when it is not failed or cancelled.
+
+        Raises ValueError when another job holding the same ``unique_key`` is waiting
+        or running (the key allows one at a time).
+        """
         job = self.get_job(job_id)
         if job is None or job.state not in (FAILED, CANCELLED):
             return None
@@ -252,10 +263,16 @@ class Client:
         if job.worker in self.registry:
             configured = self.worker_class(job.worker).retry_count
             retry_count = retry_count if configured is None else configured
-        rows = self._fetch(
-            self.queries.retry,
-            {"id": job_id, "attempts": retry_count + 1, "channel": self.queries.channel},
-        )
+        try:
+            rows = self._fetch(
+                self.queries.retry,
+                {"id": job_id, "attempts": retry_count + 1, "channel": self.queries.channel},
+            )
+        except psycopg2.errors.UniqueViolation:
+            raise ValueError(
+                f"job {job_id} can't run again while another job with its unique_key"
+                f" {job.unique_key!r} is waiting or running"
+            ) from None
         return Job.from_row(rows[0]) if rows else None
 
     def prune(self, older_than: float = 0.0, states: Sequence[str] = (COMPLETED,)) -> int:

@@ -28,7 +28,9 @@ def default_retry_delay(retry: int) -> float:
     return (retry**3 + 100) / 1000
 
 
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# At most 45 characters: every other object is named after the table with a suffix of up
+# to 18 ("_running_has_lease"), and PostgreSQL cuts names at 63 bytes.
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,44}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -58,7 +60,7 @@ def _identifier(value: Any) -> str:
     name = _text(value)
     if not _IDENTIFIER.match(name):
         raise ValueError(
-            "must be a plain lower-case SQL identifier (letters, digits, _; at most 63)"
+            "must be a plain lower-case SQL identifier (letters, digits, _; at most 45)"
         )
     return name
 
@@ -127,7 +129,7 @@ def _log_level(value: Any) -> str:
 
 def _retry_delay(value: Any) -> Callable[[int], float]:
     if callable(value):
-        return value  # type: ignore[no-any-return]
+        return value
     # A number from the environment or a flag means a constant delay.
     constant = _non_negative_seconds(value)
     return lambda retry: constant

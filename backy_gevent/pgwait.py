@@ -2,9 +2,10 @@
 
 psycogreen lets psycopg2 yield to the gevent hub while a query runs. When the waiting
 greenlet is interrupted (a ``JobTimeout``, a hand-back at shutdown), the query would go
-on running on the server and leave the connection busy. This callback wraps psycogreen's:
-on an interrupt it sends a cancel request, waits until the server has given up the
-query, and then re-raises the interrupt.
+on running on the server, holding its locks, long after the job gave up. This callback wraps
+psycogreen's: on an interrupt it sends a cancel request, waits until the server has
+given up the query, and then re-raises the interrupt. (psycopg2 then closes that
+connection, as it does whenever a wait callback raises; the point is the server side.)
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ def cancelling_wait_callback(conn: Any, timeout: float | None = None) -> None:
     except BaseException as interrupt:
         try:
             conn.cancel()
-            # Drain: the server answers the cancel with an error (or the query had
-            # finished); either way the connection is idle again afterwards.
+            # Wait for the server's answer to the cancel (an error, or the result of a
+            # query that finished first), so the query is over before we go on.
             gevent_wait_callback(conn, timeout)
         except psycopg2.Error:
             pass

@@ -190,7 +190,7 @@ class Runner:
 
     def _db_failed(self, what: str, exc: BaseException, backoff: Backoff) -> float:
         delay = backoff.next_delay()
-        self.db_error = str(exc).strip() or type(exc).__name__
+        self.db_error = " ".join(str(exc).split()) or type(exc).__name__
         log.warning("%s: database error (%s); retrying in %.1fs", what, self.db_error, delay)
         return delay
 

@@ -1,0 +1,355 @@
+"""The real ``backy-gevent`` console script: subcommands, bad input, exit statuses,
+configuration precedence, ``python -m backy_gevent``, and gevent patched first."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backy_gevent.client import Client
+from tests import workers
+from tests.conftest import ROOT, RunnerProcess, cli_env, query, run_cli, wait_until
+
+IMPORTS = ",".join(f"tests.workers:{cls.__name__}" for cls in workers.ALL)
+
+
+def cli(dsn: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the console script with the test workers importable."""
+    return run_cli(*args, dsn=dsn, env=cli_env(dsn, BACKY_IMPORTS=IMPORTS, **env))
+
+
+def count_jobs(db: Any) -> int:
+    return int(query(db, "SELECT count(*) FROM jobs")[0][0])
+
+
+def table_exists(db: Any, name: str = "jobs") -> bool:
+    return query(db, "SELECT to_regclass(%s)", name)[0][0] is not None
+
+
+def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("backy-gevent: error: ")
+    return lines[0]
+
+
+# -- bad configuration: one line naming the option and the value, exit status 2 ----------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "option", "value"),
+    [
+        (["run", "--poll-interval", "-1"], {}, "poll_interval", "-1"),
+        (["setup", "--poll-interval", "-0.5"], {}, "poll_interval", "-0.5"),
+        (["setup"], {"BACKY_POLL_INTERVAL": "-2"}, "poll_interval", "-2"),
+        (["setup", "--table-name", "bad name"], {}, "table_name", "bad name"),
+        (["setup"], {"BACKY_TABLE_NAME": "jobs;drop"}, "table_name", "jobs;drop"),
+        (["setup", "--dsn", "not a dsn"], {}, "dsn", "not a dsn"),
+        (["run"], {"BACKY_DSN": "postgresql://[oops"}, "dsn", "postgresql://[oops"),
+        (["setup"], {"BACKY_DELETE_FINISHED_JOBS": "maybe"}, "delete_finished_jobs", "maybe"),
+        (["setup", "--retry-count", "lots"], {}, "retry_count", "lots"),
+        (["run", "--metrics-port", "70000"], {}, "metrics_port", "70000"),
+        (["run", "--shutdown-timeout", "-1"], {}, "shutdown_timeout", "-1"),
+        (["setup", "--log-level", "chatty"], {}, "log_level", "chatty"),
+    ],
+)
+def test_bad_value_is_one_line_and_exit_2(
+    dsn: str, db: Any, args: list[str], env: dict[str, str], option: str, value: str
+) -> None:
+    line = one_error_line(cli(dsn, *args, **env))
+    assert option in line
+    assert repr(value) in line
+    assert not table_exists(db)  # nothing was done
+
+
+def test_bad_value_in_a_config_file(dsn: str, db: Any, tmp_path: Path) -> None:
+    config = tmp_path / "conf.py"
+    config.write_text("poll_interval = -3\n")
+    line = one_error_line(cli(dsn, "setup", "--config", str(config)))
+    assert "poll_interval" in line and "-3" in line
+    config.write_text("pol_interval = 3\n")
+    assert "pol_interval" in one_error_line(cli(dsn, "setup", "--config", str(config)))
+    assert "no such file" in one_error_line(cli(dsn, "setup", "--config", "/nonexistent.py"))
+    assert not table_exists(db)
+
+
+def test_run_before_setup_says_what_to_do(dsn: str) -> None:
+    done = cli(dsn, "run", "--metrics-port", "0")
+    assert done.returncode == 1
+    assert "backy-gevent setup" in done.stderr
+
+
+# -- workers and registration ---------------------------------------------------------
+
+
+def test_duplicate_worker_names_are_a_start_up_error(dsn: str, client: Client) -> None:
+    done = run_cli(
+        "run", "--metrics-port", "0",
+        "--import", "tests.workers:Record", "--import", "tests.workers:RecordTwin",
+        dsn=dsn,
+    )
+    line = one_error_line(done)
+    assert "two workers named 'record'" in line
+    assert "tests.workers:Record " in line and "tests.workers:RecordTwin" in line
+    assert " started: " not in done.stderr
+
+
+def test_unknown_worker_restriction_is_an_error(dsn: str, client: Client) -> None:
+    line = one_error_line(cli(dsn, "run", "--metrics-port", "0", "--worker", "ghost"))
+    assert "unknown worker 'ghost'" in line
+
+
+def test_workers_lists_name_class_source_and_settings(dsn: str) -> None:
+    done = cli(dsn, "workers")
+    assert done.returncode == 0, done.stderr
+    lines = {line.split("\t")[0]: line.split("\t") for line in done.stdout.splitlines()}
+    name, path, source, settings = lines["limited"]
+    assert (name, path, source) == ("limited", "tests.workers:Limited", "imports")
+    assert "max_concurrency=2" in settings
+    assert "max_runtime=5" in settings
+    assert "retry_count=3" in settings  # the configured default
+    assert "retry_count=2" in lines["fail"][3]  # the worker's own
+
+
+# -- precedence through the console script --------------------------------------------------
+
+
+def test_precedence_flag_over_environment_over_file(dsn: str, tmp_path: Path) -> None:
+    config = tmp_path / "conf.py"
+    config.write_text("retry_count = 5\n")
+
+    def retry_count_of_record(*args: str, **env: str) -> str:
+        done = cli(dsn, "workers", *args, **env)
+        assert done.returncode == 0, done.stderr
+        [line] = [line for line in done.stdout.splitlines() if line.startswith("record\t")]
+        return line.rsplit("retry_count=", 1)[1]
+
+    assert retry_count_of_record() == "3"
+    assert retry_count_of_record("--config", str(config)) == "5"
+    assert retry_count_of_record(BACKY_CONFIG=str(config)) == "5"
+    assert retry_count_of_record("--config", str(config), BACKY_RETRY_COUNT="6") == "6"
+    assert retry_count_of_record(
+        "--config", str(config), "--retry-count", "7", BACKY_RETRY_COUNT="6"
+    ) == "7"
+
+
+# -- setup -------------------------------------------------------------------------------
+
+
+def test_setup_is_idempotent(dsn: str, db: Any) -> None:
+    first = cli(dsn, "setup")
+    assert first.returncode == 0, first.stderr
+    assert "applied migration 0001" in first.stdout
+    second = cli(dsn, "setup")
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout
+    assert table_exists(db)
+    custom = cli(dsn, "setup", BACKY_TABLE_NAME="other_jobs")
+    assert custom.returncode == 0 and "applied migration 0001" in custom.stdout
+    assert table_exists(db, "other_jobs")
+
+
+# -- enqueue --------------------------------------------------------------------------------
+
+
+def test_enqueue_writes_the_job_and_prints_it(dsn: str, db: Any, client: Client) -> None:
+    done = cli(dsn, "enqueue", "record", '{"name": "foo bar", "n": [1, 2]}', "--priority", "3",
+               "--job-queue", "mail")
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert printed["worker"] == "record"
+    assert printed["args"] == {"name": "foo bar", "n": [1, 2]}
+    row = query(db, "SELECT args, queue, priority, state FROM jobs WHERE id = %s", printed["id"])
+    assert row == [({"name": "foo bar", "n": [1, 2]}, "mail", 3, "available")]
+
+
+def test_enqueue_with_delay_and_unique_key(dsn: str, db: Any, client: Client) -> None:
+    first = json.loads(cli(dsn, "enqueue", "record", "--unique-key", "k", "--delay", "60").stdout)
+    again = json.loads(cli(dsn, "enqueue", "record", '{"x": 1}', "--unique-key", "k").stdout)
+    assert again["id"] == first["id"]
+    assert count_jobs(db) == 1
+    [(waits,)] = query(db, "SELECT extract(epoch FROM run_at - now()) FROM jobs")
+    assert 55 < waits <= 60
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["record", "{not json"], "not valid JSON"),
+        (["record", "{'single': 'quotes'}"], "not valid JSON"),
+        (["record", "[1, 2]"], "JSON object"),
+        (["record", '"text"'], "JSON object"),
+        (["no_such_worker", "{}"], "unknown worker 'no_such_worker'"),
+    ],
+)
+def test_enqueue_bad_input_exits_2_and_writes_nothing(
+    dsn: str, db: Any, client: Client, args: list[str], expected: str
+) -> None:
+    assert expected in one_error_line(cli(dsn, "enqueue", *args))
+    assert count_jobs(db) == 0
+
+
+# -- jobs, retry, cancel, prune ------------------------------------------------------------
+
+
+def test_jobs_shows_counts_and_oldest_wait(dsn: str, db: Any, client: Client) -> None:
+    client.enqueue_many(workers.Record, [{"n": 1}, {"n": 2}, {"n": 3}])
+    client.enqueue(workers.Fail, queue="mail", delay=600)
+    query(db, "UPDATE jobs SET run_at = now() - interval '90 seconds' WHERE worker = 'record'")
+    done = cli(dsn, "jobs")
+    assert done.returncode == 0, done.stderr
+    rows = {tuple(line.split()[:3]): line.split()[3:] for line in done.stdout.splitlines()}
+    count, wait = rows[("record", "default", "available")]
+    assert count == "3"
+    assert 90 <= float(wait.rstrip("s")) < 120
+    assert rows[("fail", "mail", "available")] == ["1"]  # not due: no wait shown
+    assert "0 runners" in done.stdout
+
+
+def test_retry_and_cancel_from_the_cli(
+    dsn: str, db: Any, client: Client, runner: Callable[..., RunnerProcess]
+) -> None:
+    runner("--poll-interval", "0.2")
+    failing = client.enqueue(workers.Fail)
+    # The cancelled job is due before the sentinel: once the sentinel ran, the cancelled
+    # job would have run too, had the cancel not held.
+    doomed = client.enqueue(workers.Record, {"n": "cancelled"}, delay=1.5)
+    sentinel = client.enqueue(workers.Record, {"n": "sentinel"}, delay=1.6)
+
+    done = cli(dsn, "cancel", str(doomed.id))
+    assert (done.returncode, done.stdout.strip()) == (0, f"job {doomed.id}: cancelled")
+    again = cli(dsn, "cancel", str(doomed.id))
+    assert again.returncode == 1
+    assert "not changed (it is cancelled)" in again.stderr
+
+    def state(job_id: int) -> Any:
+        return query(db, "SELECT state FROM jobs WHERE id = %s", job_id)
+
+    def attempts(job_id: int) -> list[int]:
+        return [r[0] for r in query(db, "SELECT attempt FROM runs WHERE job_id = %s"
+                                        " ORDER BY started_at", job_id)]
+
+    wait_until(lambda: state(failing.id) == [("failed",)], timeout=10, what="first failure")
+    wait_until(lambda: state(sentinel.id) == [], timeout=10, what="the sentinel to run")
+    assert attempts(doomed.id) == []
+    assert state(doomed.id) == [("cancelled",)]
+
+    done = cli(dsn, "retry", str(failing.id))
+    assert (done.returncode, done.stdout.strip()) == (0, f"job {failing.id}: available")
+    wait_until(lambda: len(attempts(failing.id)) == 6 and state(failing.id) == [("failed",)],
+               timeout=15, what="three fresh attempts")
+    assert attempts(failing.id) == [1, 2, 3, 4, 5, 6]
+    [(errors,)] = query(db, "SELECT errors FROM jobs WHERE id = %s", failing.id)
+    assert [e["attempt"] for e in errors] == [1, 2, 3, 4, 5, 6]  # the history is kept
+
+    done = cli(dsn, "retry", str(doomed.id))
+    assert done.returncode == 0
+    wait_until(lambda: attempts(doomed.id) == [1], timeout=10, what="the retried job to run")
+
+    missing = cli(dsn, "retry", "987654321")
+    assert missing.returncode == 1
+    assert "missing" in missing.stderr
+
+
+def test_retry_refused_while_the_unique_key_is_taken(dsn: str, db: Any, client: Client) -> None:
+    first = client.enqueue(workers.Record, unique_key="nightly")
+    client.cancel(first.id)
+    holder = client.enqueue(workers.Record, unique_key="nightly")
+    done = cli(dsn, "retry", str(first.id), str(holder.id))
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2, done.stderr  # one line per job, no traceback
+    assert "unique_key 'nightly'" in lines[0]
+    assert "not changed (it is available)" in lines[1]
+
+
+def test_prune_from_the_cli(dsn: str, db: Any, client: Client) -> None:
+    jobs = client.enqueue_many(workers.Record, [{"n": n} for n in range(5)])
+    ids = [job.id for job in jobs]
+    query(db, "UPDATE jobs SET state = 'completed', finished_at = now() WHERE id = ANY(%s)",
+          ids[:2])
+    query(db, "UPDATE jobs SET state = 'failed', finished_at = now() WHERE id = %s", ids[2])
+    query(db, "UPDATE jobs SET state = 'cancelled', finished_at = now() WHERE id = %s", ids[3])
+
+    def prune(*args: str) -> str:
+        done = cli(dsn, "prune", *args)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert prune("--older-than", "3600") == "deleted 0 jobs"
+    assert prune() == "deleted 2 jobs"
+    assert prune("--failed", "--cancelled") == "deleted 2 jobs"
+    assert query(db, "SELECT id FROM jobs") == [(ids[4],)]  # the waiting one stays
+
+
+def test_prune_what_a_runner_kept(
+    dsn: str, db: Any, client: Client, runner: Callable[..., RunnerProcess]
+) -> None:
+    runner("--poll-interval", "0.2", "--delete-finished-jobs", "off")
+    client.enqueue_many(workers.Record, [{"n": n} for n in range(3)])
+    wait_until(
+        lambda: query(db, "SELECT count(*) FROM jobs WHERE state = 'completed'") == [(3,)],
+        timeout=10, what="three completed rows",
+    )
+    assert cli(dsn, "prune").stdout.strip() == "deleted 3 jobs"
+    assert count_jobs(db) == 0
+
+
+# -- how the script starts -----------------------------------------------------------------
+
+
+def test_python_dash_m_backy_gevent(dsn: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "backy_gevent", "workers"],
+        env=cli_env(dsn, BACKY_IMPORTS="tests.workers:Record"),
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "record\ttests.workers:Record\timports" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "backy_gevent", "setup", "--poll-interval", "-1"],
+        env=cli_env(dsn), capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert "poll_interval" in one_error_line(bad)
+
+
+def test_console_script_patches_gevent_and_psycopg2_first() -> None:
+    """Importing the console script's module patches gevent before it imports anything
+    else of its own (psycopg2, the config, the runner), then makes psycopg2 green."""
+    code = "\n".join([
+        "import sys",
+        "from gevent import monkey",
+        "seen = []",
+        "real_patch_all = monkey.patch_all",
+        "def spy(*args, **kwargs):",
+        "    seen.extend(sys.modules)",
+        "    return real_patch_all(*args, **kwargs)",
+        "monkey.patch_all = spy",
+        "import backy_gevent.cli",
+        "assert seen, 'patch_all was not called'",
+        "early = sorted(m for m in seen if m.startswith(('psycopg2', 'psycogreen', 'pluggy'))",
+        "               or (m.startswith('backy_gevent.') and m != 'backy_gevent.cli'))",
+        "assert not early, f'imported before patch_all: {early}'",
+        "import psycopg2.extensions",
+        "from backy_gevent import pgwait",
+        "for name in ('socket', 'select', 'threading', 'time', 'ssl', 'subprocess'):",
+        "    assert monkey.is_module_patched(name), name",
+        "assert psycopg2.extensions.get_wait_callback() is pgwait.cancelling_wait_callback",
+        "print('ok')",
+    ])
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
+
+
+def test_the_installed_script_enters_through_the_patching_module() -> None:
+    script = Path(sys.executable).with_name("backy-gevent").read_text()
+    assert "from backy_gevent.cli import main" in script

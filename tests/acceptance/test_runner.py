@@ -1,0 +1,425 @@
+"""``backy-gevent run`` as a subprocess, with real signals and a real database.
+
+Workers record each attempt in the ``runs`` table (tests/workers.py); the assertions are
+on those rows, on the jobs table, on exit statuses and on the runner's log. Timings
+come from database timestamps and are checked against bounds derived from the options.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import itertools
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from backy_gevent.client import Client
+from backy_gevent.worker import Registry
+from tests import workers
+from tests.conftest import RunnerProcess, cli_env, query, wait_until
+
+POLL = 0.2
+FAST = ("--poll-interval", str(POLL))
+Runner = Callable[..., RunnerProcess]
+
+
+def runs(db: Any, job_id: int | None = None) -> list[dict[str, Any]]:
+    """The recorded attempts, oldest first."""
+    sql = "SELECT job_id, attempt, worker, pid, args, started_at, finished_at FROM runs"
+    rows = query(db, sql + " WHERE job_id = %s ORDER BY started_at", job_id) if job_id else (
+        query(db, sql + " ORDER BY started_at")
+    )
+    names = ("job_id", "attempt", "worker", "pid", "args", "started_at", "finished_at")
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def job_row(db: Any, job_id: int) -> dict[str, Any] | None:
+    with db.cursor() as cur:
+        cur.execute("SELECT * FROM jobs WHERE id = %s", (job_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        return dict(zip([c.name for c in cur.description], row, strict=True))
+
+
+def state(db: Any, job_id: int) -> str | None:
+    row = job_row(db, job_id)
+    return None if row is None else str(row["state"])
+
+
+def count_jobs(db: Any) -> int:
+    return int(query(db, "SELECT count(*) FROM jobs")[0][0])
+
+
+def seconds(delta: datetime.timedelta) -> float:
+    return delta.total_seconds()
+
+
+def db_now(db: Any) -> datetime.datetime:
+    return query(db, "SELECT clock_timestamp()")[0][0]  # type: ignore[no-any-return]
+
+
+def max_overlap(intervals: list[tuple[datetime.datetime, datetime.datetime]]) -> int:
+    """The most intervals open at one instant (an end before a start at a tie)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+                    key=lambda event: (event[0], event[1]))
+    open_now = highest = 0
+    for _, step in events:
+        open_now += step
+        highest = max(highest, open_now)
+    return highest
+
+
+# -- each job once, args intact ------------------------------------------------------
+
+
+def test_two_runners_run_each_of_200_jobs_exactly_once(
+    runner: Runner, client: Client, db: Any
+) -> None:
+    first = runner(*FAST, "--fetch-limit", "5")
+    second = runner(*FAST, "--fetch-limit", "5")
+    batch = [
+        {"n": n, "text": f"job {n}: ünïcødé ✓", "nested": {"list": [n, None, True, 2.5]}}
+        for n in range(200)
+    ]
+    started = time.monotonic()
+    jobs = client.enqueue_many(workers.Record, batch)
+    wait_until(
+        lambda: count_jobs(db) == 0, timeout=60, what="all 200 jobs to complete and be deleted"
+    )
+    elapsed = time.monotonic() - started
+    done = runs(db)
+    assert len(done) == 200, "a job ran twice or not at all"
+    assert sorted(run["job_id"] for run in done) == sorted(job.id for job in jobs)
+    by_id = {run["job_id"]: run for run in done}
+    for job, args in zip(jobs, batch, strict=True):
+        assert by_id[job.id]["args"] == args
+        assert by_id[job.id]["attempt"] == 1
+        assert by_id[job.id]["finished_at"] is not None
+    per_runner = collections.Counter(run["pid"] for run in done)
+    assert set(per_runner) == {first.process.pid, second.process.pid}, per_runner
+    print(f"\n200 jobs on two runners: {elapsed:.2f}s, split {sorted(per_runner.values())}")
+
+
+def test_a_row_of_an_unknown_worker_stalls_nothing(
+    runner: Runner, client: Client, db: Any
+) -> None:
+    # Ghost rows first in line (lowest priority number, oldest), more than a fetch.
+    query(
+        db,
+        "INSERT INTO jobs (worker, priority, run_at)"
+        " SELECT 'ghost', -100, now() - interval '1 hour' FROM generate_series(1, 150)",
+    )
+    proc = runner(*FAST)
+    jobs = client.enqueue_many(workers.Record, [{"n": n} for n in range(20)])
+    wait_until(lambda: len(runs(db)) == 20 and count_jobs(db) == 150, timeout=15,
+               what="the known worker's jobs to run")
+    assert {run["job_id"] for run in runs(db)} == {job.id for job in jobs}
+    ghosts = query(db, "SELECT state, attempt, count(*) FROM jobs GROUP BY state, attempt")
+    assert ghosts == [("available", 0, 150)]
+    assert proc.process.poll() is None
+    assert "Traceback" not in proc.output
+
+
+# -- retries ----------------------------------------------------------------------------
+
+
+def test_retry_count_and_retry_delay_then_failed_with_history(
+    runner: Runner, client: Client, db: Any
+) -> None:
+    runner(*FAST)
+    job = client.enqueue(workers.Fail, n=1)
+    wait_until(lambda: state(db, job.id) == "failed", timeout=15, what="the job to fail")
+    attempts = runs(db, job.id)
+    assert [run["attempt"] for run in attempts] == [1, 2, 3]  # retry_count = 2
+    gaps = [seconds(b["started_at"] - a["started_at"]) for a, b in itertools.pairwise(attempts)]
+    for gap in gaps:
+        assert 0.2 <= gap < 0.2 + POLL + 1.0, gaps  # Fail.retry_delay = 0.2
+    row = job_row(db, job.id)
+    assert row is not None
+    assert row["attempt"] == 3
+    assert row["finished_at"] is not None
+    assert row["runner_id"] is None
+    errors = row["errors"]
+    assert [e["attempt"] for e in errors] == [1, 2, 3]
+    for number, entry in enumerate(errors, start=1):
+        assert entry["error"] == "builtins.ValueError"
+        assert entry["message"] == f"boom on attempt {number}"
+        assert f"ValueError: boom on attempt {number}" in entry["traceback"]
+        assert "in perform" in entry["traceback"]
+        assert datetime.datetime.fromisoformat(entry["at"])
+    # A new runner does not pick the failed job up again.
+    assert len(runs(db, job.id)) == 3
+
+
+def test_retry_delay_callable_from_a_python_config_file(
+    runner: Runner, settings: Any, db: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "backy_config.py"
+    config.write_text("def retry_delay(retry):\n    return 0.3 * retry\n\npoll_interval = 0.2\n")
+    enqueuer = Client(settings.replace(retry_count=2), registry=Registry.from_classes(*workers.ALL))
+    try:
+        enqueuer.setup()
+        job = enqueuer.enqueue(workers.FailDefault)
+    finally:
+        enqueuer.close()
+    runner("--config", str(config))
+    wait_until(lambda: state(db, job.id) == "failed", timeout=15, what="the job to fail")
+    attempts = runs(db, job.id)
+    assert [run["attempt"] for run in attempts] == [1, 2, 3]
+    first_gap = seconds(attempts[1]["started_at"] - attempts[0]["started_at"])
+    second_gap = seconds(attempts[2]["started_at"] - attempts[1]["started_at"])
+    assert 0.3 <= first_gap < 0.3 + 1.0
+    assert 0.6 <= second_gap < 0.6 + 1.0
+
+
+# -- max_runtime, touch, max_concurrency ---------------------------------------------------
+
+
+def test_max_runtime_stops_a_job_and_touch_keeps_a_long_one_alive(
+    runner: Runner, client: Client, db: Any
+) -> None:
+    runner(*FAST)
+    stuck = client.enqueue(workers.Sleep, seconds=5)  # max_runtime 1.0, never touches
+    alive = client.enqueue(workers.Sleep, seconds=2.5, touch_every=0.25)
+    wait_until(
+        lambda: state(db, stuck.id) == "failed" and job_row(db, alive.id) is None,
+        timeout=10, what="the stuck job to time out and the touched one to finish",
+    )
+    row = job_row(db, stuck.id)
+    assert row is not None
+    [error] = row["errors"]
+    assert error["error"] == "backy_gevent.job.JobTimeout"
+    ran_for = seconds(row["finished_at"] - row["attempted_at"])
+    assert workers.Sleep.max_runtime <= ran_for < workers.Sleep.max_runtime + 1.0
+    [stuck_run] = runs(db, stuck.id)
+    assert stuck_run["finished_at"] is None  # it never got to its end
+
+    [alive_run] = runs(db, alive.id)  # one attempt, never rescued or retried
+    assert alive_run["finished_at"] is not None
+    lived = seconds(alive_run["finished_at"] - alive_run["started_at"])
+    assert lived >= 2.5 > workers.Sleep.max_runtime + workers.Sleep.requeue_delay
+
+
+def test_max_concurrency_is_never_exceeded(runner: Runner, client: Client, db: Any) -> None:
+    runner(*FAST)
+    client.enqueue_many(workers.Limited, [{"seconds": 0.2}] * 10)
+    wait_until(lambda: count_jobs(db) == 0, timeout=15, what="the jobs to finish")
+    done = runs(db)
+    assert len(done) == 10
+    overlap = max_overlap([(run["started_at"], run["finished_at"]) for run in done])
+    assert overlap == workers.Limited.max_concurrency, overlap
+
+
+def test_notify_wakes_the_runner_at_commit_not_the_poll(
+    runner: Runner, client: Client, db: Any, dsn: str
+) -> None:
+    runner("--poll-interval", "30")  # only LISTEN/NOTIFY can make it claim in time
+    caller = psycopg2.connect(dsn)
+    try:
+        pending = client.enqueue(workers.Record, {"n": "in a transaction"}, connection=caller)
+        sentinel = client.enqueue(workers.Record, {"n": "sentinel"})
+        wait_until(lambda: runs(db, sentinel.id), timeout=3, what="a wake-up by NOTIFY")
+        assert runs(db, pending.id) == []  # not committed: invisible to the runner
+        caller.commit()
+        committed = time.monotonic()
+        wait_until(lambda: runs(db, pending.id), timeout=3, what="a wake-up at commit")
+        assert time.monotonic() - committed < 3.0
+    finally:
+        caller.close()
+
+
+def test_queue_and_worker_restrictions(runner: Runner, client: Client, db: Any) -> None:
+    runner(*FAST, "--queue", "mail", "--worker", "record", "--worker", "fail")
+    # Due first, but on a queue or of a worker this runner does not serve:
+    other_queue = client.enqueue(workers.Record, delay=-60)
+    other_worker = client.enqueue(workers.Limited, queue="mail", delay=-60)
+    served = client.enqueue(workers.Record, queue="mail")
+    wait_until(lambda: runs(db, served.id), timeout=10, what="the mail job to run")
+    assert runs(db, other_queue.id) == runs(db, other_worker.id) == []
+    assert state(db, other_queue.id) == state(db, other_worker.id) == "available"
+
+
+# -- a runner that dies -------------------------------------------------------------------
+
+
+def test_a_killed_runners_job_runs_again_within_the_bound(
+    runner: Runner, client: Client, db: Any
+) -> None:
+    first = runner(*FAST)
+    job = client.enqueue(workers.Hang, seconds=30)
+    wait_until(lambda: runs(db, job.id), timeout=10, what="the first attempt to start")
+    second = runner(*FAST, "--delete-finished-jobs", "false")
+    first.process.kill()  # SIGKILL: no hand-back, no goodbye
+    first.process.wait(10)
+    killed_at = db_now(db)
+    bound = workers.Hang.max_runtime + workers.Hang.requeue_delay + POLL + 1.0
+    wait_until(lambda: len(runs(db, job.id)) == 2, timeout=bound + 5,
+               what="the job to run again")
+    again = runs(db, job.id)[1]
+    recovery = seconds(again["started_at"] - killed_at)
+    print(f"\nkill -9 recovery: {recovery:.2f}s (bound {bound:.1f}s)")
+    assert recovery <= bound
+    assert again["attempt"] == 2  # the lost attempt counts
+    assert again["pid"] == second.process.pid
+    wait_until(lambda: state(db, job.id) == "completed", timeout=5, what="completion")
+    row = job_row(db, job.id)
+    assert row is not None
+    [lost] = row["errors"]
+    assert (lost["attempt"], lost["error"]) == (1, "LeaseExpired")
+
+
+def test_a_job_that_kills_its_runner_each_time_ends_failed(
+    runner: Runner, client: Client, db: Any
+) -> None:
+    job = client.enqueue(workers.Crash)
+    live = [runner(*FAST, wait=False)]  # it may die before it logs that it started
+
+    def failed_keeping_a_runner_alive() -> bool:
+        if live[-1].process.poll() is not None:
+            live.append(runner(*FAST, wait=False))
+        return state(db, job.id) == "failed"
+
+    wait_until(failed_keeping_a_runner_alive, timeout=20, what="the crashing job to fail")
+    attempts = runs(db, job.id)
+    assert [run["attempt"] for run in attempts] == [1, 2]  # retry_count = 1: no loop
+    assert [proc.process.wait(5) for proc in live[:2]] == [-signal.SIGKILL] * 2
+    bound = workers.Crash.max_runtime + workers.Crash.requeue_delay + POLL + 1.0
+    gap = seconds(attempts[1]["started_at"] - attempts[0]["started_at"])
+    print(f"\ncrash recovery: {gap:.2f}s (bound {bound:.1f}s)")
+    assert gap <= bound
+    row = job_row(db, job.id)
+    assert row is not None
+    assert [(e["attempt"], e["error"]) for e in row["errors"]] == [
+        (1, "LeaseExpired"), (2, "LeaseExpired"),
+    ]
+    assert row["finished_at"] is not None
+
+
+# -- shutdown ----------------------------------------------------------------------------
+
+
+def test_sigterm_finishes_short_jobs_hands_back_long_ones_and_exits_0(
+    runner: Runner, client: Client, db: Any
+) -> None:
+    proc = runner(*FAST, "--shutdown-timeout", "1")
+    short = client.enqueue_many(workers.Sleep, [{"seconds": 0.5}, {"seconds": 0.5}])
+    long = client.enqueue(workers.Hang, seconds=60)
+    wait_until(lambda: len(runs(db)) == 3, timeout=10, what="all three to start")
+    signalled = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0, proc.output
+    took = time.monotonic() - signalled
+    assert 1.0 <= took < 1.0 + 5.0  # waited for the shutdown timeout, then handed back
+    for job in short:
+        [run] = runs(db, job.id)
+        assert run["finished_at"] is not None
+        assert job_row(db, job.id) is None  # completed and deleted
+    row = job_row(db, long.id)
+    assert row is not None
+    assert row["state"] == "available"
+    assert row["attempt"] == 0  # the attempt was not spent
+    assert (row["runner_id"], row["expires_at"], row["errors"]) == (None, None, [])
+    assert runs(db, long.id)[0]["finished_at"] is None
+    assert "handing back 1 unfinished jobs" in proc.output
+    assert query(db, "SELECT count(*) FROM jobs_runners") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("first_signal", "second_signal"),
+    [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGTERM)],
+)
+def test_a_second_signal_stops_at_once(
+    runner: Runner, client: Client, db: Any, first_signal: int, second_signal: int
+) -> None:
+    proc = runner(*FAST, "--shutdown-timeout", "60")
+    job = client.enqueue(workers.Hang, seconds=60)
+    wait_until(lambda: runs(db, job.id), timeout=10, what="the job to start")
+    proc.signal(first_signal)
+    wait_until(lambda: "stopping" in proc.output, timeout=5, what="the warm shutdown")
+    assert proc.process.poll() is None  # still draining
+    signalled = time.monotonic()
+    proc.signal(second_signal)
+    assert proc.wait(timeout=10) == 0, proc.output
+    assert time.monotonic() - signalled < 3.0
+    row = job_row(db, job.id)
+    assert row is not None
+    assert (row["state"], row["attempt"]) == ("available", 0)  # handed back all the same
+
+
+# -- finished jobs -------------------------------------------------------------------------
+
+
+def test_delete_finished_jobs_false_keeps_completed_rows(
+    runner: Runner, client: Client, db: Any, dsn: str
+) -> None:
+    runner(*FAST, env=cli_env(dsn, BACKY_DELETE_FINISHED_JOBS="No"))
+    jobs = client.enqueue_many(workers.Record, [{"n": n} for n in range(3)])
+    wait_until(
+        lambda: query(db, "SELECT count(*) FROM jobs WHERE state = 'completed'") == [(3,)],
+        timeout=10, what="three completed rows",
+    )
+    for job in jobs:
+        row = job_row(db, job.id)
+        assert row is not None
+        assert row["finished_at"] is not None
+        assert (row["attempt"], row["runner_id"], row["expires_at"]) == (1, None, None)
+        assert len(runs(db, job.id)) == 1
+
+
+def test_delete_finished_jobs_true_deletes_rows(
+    runner: Runner, client: Client, db: Any
+) -> None:
+    runner(*FAST, "--delete-finished-jobs", "true")
+    job = client.enqueue(workers.Record)
+    failed = client.enqueue(workers.Fail)
+    wait_until(lambda: job_row(db, job.id) is None and state(db, failed.id) == "failed",
+               timeout=10, what="the job to be deleted")
+    assert len(runs(db, job.id)) == 1
+    assert job_row(db, failed.id) is not None  # failed rows stay, to be looked at
+
+
+# -- the database goes away --------------------------------------------------------------
+
+
+def terminate_backends(db: Any, pid: int) -> int:
+    """pg_terminate_backend every connection of the runner with this pid."""
+    rows = query(
+        db,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name LIKE 'backy-gevent%%' AND application_name LIKE %s",
+        f"%:{pid}:%",
+    )
+    return len(rows)
+
+
+def test_runner_recovers_when_its_connections_are_killed(
+    runner: Runner, client: Client, db: Any
+) -> None:
+    proc = runner(*FAST)
+    warm = client.enqueue(workers.Record)
+    wait_until(lambda: job_row(db, warm.id) is None, timeout=10, what="a first job")
+    in_flight = client.enqueue(workers.Hang, seconds=1.0)
+    wait_until(lambda: runs(db, in_flight.id), timeout=10, what="the long job to start")
+
+    assert terminate_backends(db, proc.process.pid) >= 2  # the pool's and the listener's
+    later = client.enqueue_many(workers.Record, [{"n": n} for n in range(20)])
+    wait_until(lambda: count_jobs(db) == 0, timeout=20, what="every job to finish")
+
+    assert terminate_backends(db, proc.process.pid) >= 1  # again, while idle
+    last = client.enqueue(workers.Record, n=99)
+    wait_until(lambda: job_row(db, last.id) is None, timeout=20, what="a job after that")
+
+    assert proc.process.poll() is None, proc.output
+    assert "database error" in proc.output  # it said what happened
+    done = runs(db)
+    expected = [warm.id, in_flight.id, *(job.id for job in later), last.id]
+    assert sorted(run["job_id"] for run in done) == sorted(expected)  # none lost, none twice
+    [hang_run] = runs(db, in_flight.id)
+    assert hang_run["finished_at"] is not None and hang_run["attempt"] == 1

@@ -1,0 +1,438 @@
+"""The Python API: enqueue in both forms, enqueue_many, unique_key, transactions,
+cancel, retry, prune, and every bad input (which must write nothing)."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+
+import backy_gevent as backy
+from backy_gevent.client import Client
+from backy_gevent.worker import WorkerError
+from tests import workers
+from tests.conftest import ROOT, query
+
+
+def count_jobs(db: Any) -> int:
+    return int(query(db, "SELECT count(*) FROM jobs")[0][0])
+
+
+class CountingConnection(psycopg2.extensions.connection):
+    """A real connection that records every statement its cursors execute."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.statements: list[Any] = []
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        base = kwargs.pop("cursor_factory", None) or self.cursor_factory
+        base = base or psycopg2.extensions.cursor
+        statements = self.statements
+
+        class Counting(base):  # type: ignore[misc, valid-type]
+            def execute(self, query: Any, vars: Any = None) -> Any:
+                statements.append(query)
+                return super().execute(query, vars)
+
+            def executemany(self, query: Any, vars_list: Any) -> Any:
+                statements.append(query)
+                return super().executemany(query, vars_list)
+
+        return super().cursor(*args, cursor_factory=Counting, **kwargs)
+
+
+@pytest.fixture
+def caller_conn(dsn: str) -> Iterator[Any]:
+    """The application's own connection, in a transaction (not autocommit)."""
+    conn = psycopg2.connect(dsn, connection_factory=CountingConnection)
+    yield conn
+    conn.close()
+
+
+# -- enqueue --------------------------------------------------------------------------
+
+
+def test_enqueue_seed_form_returns_the_job(client: Client, db: Any) -> None:
+    before = datetime.datetime.now(datetime.timezone.utc)
+    job = client.enqueue(workers.Record, name="foo bar")
+    assert isinstance(job.id, int)
+    assert job.worker == "record"
+    assert job.args == {"name": "foo bar"}
+    assert job.queue == "default"
+    assert job.priority == 0
+    assert job.state == "available"
+    assert job.attempt == 0
+    assert job.errors == []
+    assert job.max_attempts == client.settings.retry_count + 1
+    assert job.run_at >= before - datetime.timedelta(seconds=1)
+    row = query(db, "SELECT worker, args, state FROM jobs WHERE id = %s", job.id)
+    assert row == [("record", {"name": "foo bar"}, "available")]
+
+
+def test_enqueue_args_dict_kwargs_and_options(client: Client, db: Any) -> None:
+    job = client.enqueue(
+        "record", {"name": "x", "queue": "an arg, not the option"}, extra=1, priority=5,
+        queue="mail",
+    )
+    assert job.args == {"name": "x", "queue": "an arg, not the option", "extra": 1}
+    assert (job.queue, job.priority) == ("mail", 5)
+    stored = query(db, "SELECT args, queue, priority FROM jobs WHERE id = %s", job.id)
+    assert stored == [({"name": "x", "queue": "an arg, not the option", "extra": 1}, "mail", 5)]
+
+
+def test_args_survive_the_round_trip(client: Client) -> None:
+    args = {
+        "text": "ünïcødé ✓ 'quotes' \"and\" \\ backslashes",
+        "nested": {"list": [1, 2.5, None, True, False], "empty": {}},
+        "big": 2**53,
+        "negative": -1.25,
+    }
+    job = client.enqueue(workers.Record, args)
+    assert client.get_job(job.id).args == args  # type: ignore[union-attr]
+
+
+def test_worker_settings_become_job_fields(client: Client) -> None:
+    job = client.enqueue(workers.Fail)
+    assert job.max_attempts == workers.Fail.retry_count + 1  # the worker's own retry_count
+    sleep = client.enqueue(workers.Sleep, seconds=0)
+    assert sleep.max_attempts == 1
+
+
+def test_delay_and_run_at(client: Client, db: Any) -> None:
+    now = query(db, "SELECT clock_timestamp()")[0][0]
+    delayed = client.enqueue(workers.Record, delay=30)
+    assert now + datetime.timedelta(seconds=30) <= delayed.run_at
+    assert delayed.run_at <= now + datetime.timedelta(seconds=32)
+    at = datetime.datetime(2100, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    assert client.enqueue(workers.Record, run_at=at).run_at == at
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"delay": 1, "run_at": datetime.datetime.now(datetime.timezone.utc)}, "not both"),
+        ({"run_at": datetime.datetime(2030, 1, 1)}, "timezone"),
+        ({"delay": "soon"}, "delay"),
+        ({"delay": float("nan")}, "delay"),
+        ({"queue": ""}, "queue"),
+        ({"priority": "high"}, "priority"),
+    ],
+)
+def test_bad_options_raise_and_write_nothing(
+    client: Client, db: Any, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        client.enqueue(workers.Record, **options)
+    assert count_jobs(db) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        ({"ok": 1, "when": datetime.datetime(2020, 1, 1)}, "when"),
+        ({"amount": decimal.Decimal("1.5")}, "amount"),
+        ({"tags": {"a", "b"}}, "tags"),
+        ({"ratio": float("nan")}, "ratio"),
+        ({"blob": b"bytes"}, "blob"),
+        ({"deep": {"inner": [object()]}}, "deep"),
+    ],
+)
+def test_non_json_args_raise_type_error_naming_the_key(
+    client: Client, db: Any, args: dict[str, Any], key: str
+) -> None:
+    with pytest.raises(TypeError, match=repr(key)):
+        client.enqueue(workers.Record, args)
+    assert count_jobs(db) == 0
+
+
+def test_non_json_arg_in_a_batch_writes_none_of_it(client: Client, db: Any) -> None:
+    batch = [{"n": 1}, {"n": 2}, {"n": 3, "when": datetime.date(2020, 1, 1)}]
+    with pytest.raises(TypeError, match="'when'"):
+        client.enqueue_many(workers.Record, batch)
+    assert count_jobs(db) == 0
+
+
+def test_args_must_be_a_dict(client: Client, db: Any) -> None:
+    with pytest.raises(TypeError, match="dict"):
+        client.enqueue(workers.Record, ["not", "a", "dict"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        client.enqueue(workers.Record, {1: "int key"})  # type: ignore[dict-item]
+    assert count_jobs(db) == 0
+
+
+def test_unknown_worker_raises_clearly_and_writes_nothing(client: Client, db: Any) -> None:
+    with pytest.raises(WorkerError, match="unknown worker 'no_such_worker'") as caught:
+        client.enqueue("no_such_worker", n=1)
+    assert "record" in str(caught.value)  # lists what is registered
+
+    class Unnamed(backy.Worker):
+        def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
+            pass
+
+    with pytest.raises(WorkerError, match="Unnamed"):
+        client.enqueue(Unnamed)
+    with pytest.raises(WorkerError):
+        client.enqueue_many("no_such_worker", [{"n": 1}])
+    assert count_jobs(db) == 0
+
+
+# -- transactions ---------------------------------------------------------------------
+
+
+def test_enqueue_in_the_callers_transaction(client: Client, db: Any, caller_conn: Any) -> None:
+    job = client.enqueue(workers.Record, n=1, connection=caller_conn)
+    # Not visible to others before the caller commits...
+    assert count_jobs(db) == 0
+    caller_conn.rollback()
+    # ...and gone with the rollback.
+    assert count_jobs(db) == 0
+    assert client.get_job(job.id) is None
+
+    kept = client.enqueue(workers.Record, n=2, connection=caller_conn)
+    assert count_jobs(db) == 0
+    caller_conn.commit()
+    assert query(db, "SELECT id, args FROM jobs") == [(kept.id, {"n": 2})]
+
+
+def test_enqueue_many_in_the_callers_transaction(
+    client: Client, db: Any, caller_conn: Any
+) -> None:
+    with caller_conn.cursor() as cur:
+        cur.execute("CREATE TABLE orders (id int)")
+        cur.execute("INSERT INTO orders VALUES (1)")
+    client.enqueue_many(workers.Record, [{"n": 1}, {"n": 2}], connection=caller_conn)
+    caller_conn.rollback()
+    assert count_jobs(db) == 0
+    assert query(db, "SELECT to_regclass('orders')") == [(None,)]
+
+
+def test_delay_counts_from_the_call_not_the_transaction_start(
+    client: Client, caller_conn: Any
+) -> None:
+    with caller_conn.cursor() as cur:
+        cur.execute("SELECT now()")
+        transaction_start = cur.fetchone()[0]
+    time.sleep(0.5)  # make the transaction old; this waits for no outcome
+    with caller_conn.cursor() as cur:
+        cur.execute("SELECT clock_timestamp()")
+        called_at = cur.fetchone()[0]
+    job = client.enqueue(workers.Record, delay=10, connection=caller_conn)
+    caller_conn.commit()
+    assert called_at - transaction_start >= datetime.timedelta(seconds=0.5)
+    assert job.run_at - called_at >= datetime.timedelta(seconds=10)
+    assert job.run_at - called_at < datetime.timedelta(seconds=10.5)
+
+
+def test_enqueue_many_is_one_statement(client: Client, db: Any, caller_conn: Any) -> None:
+    batch = [{"n": n, "name": f"job {n}"} for n in range(50)]
+    jobs = client.enqueue_many(workers.Record, batch, connection=caller_conn)
+    assert len(caller_conn.statements) == 1
+    caller_conn.commit()
+    assert [job.args for job in jobs] == batch  # input order
+    assert len({job.id for job in jobs}) == 50
+    stored = dict(query(db, "SELECT id, args FROM jobs"))
+    assert stored == {job.id: job.args for job in jobs}
+
+
+def test_enqueue_many_with_fresh_unique_keys_is_one_statement(
+    client: Client, caller_conn: Any
+) -> None:
+    keys = [f"k{n}" for n in range(10)]
+    jobs = client.enqueue_many(
+        workers.Record, [{"n": n} for n in range(10)], unique_keys=keys, connection=caller_conn
+    )
+    assert len(caller_conn.statements) == 1
+    assert [job.unique_key for job in jobs] == keys
+    caller_conn.rollback()
+
+
+def test_enqueue_many_empty(client: Client, db: Any) -> None:
+    assert client.enqueue_many(workers.Record, []) == []
+    assert count_jobs(db) == 0
+
+
+def test_module_level_functions_use_the_default_client(client: Client, db: Any) -> None:
+    backy.configure(dsn=client.settings.dsn, imports=["tests.workers:Record"])
+    try:
+        job = backy.enqueue(workers.Record, name="foo bar")
+        more = backy.enqueue_many("record", [{"n": 1}, {"n": 2}])
+        assert backy.cancel(more[0].id).state == "cancelled"  # type: ignore[union-attr]
+        assert backy.retry(more[0].id).state == "available"  # type: ignore[union-attr]
+    finally:
+        backy.configure()
+    assert query(db, "SELECT args FROM jobs WHERE id = %s", job.id) == [({"name": "foo bar"},)]
+    assert count_jobs(db) == 3
+
+
+def test_import_connects_to_nothing_and_imports_neither_gevent_nor_psycopg2() -> None:
+    code = (
+        "import sys, backy_gevent\n"
+        "loaded = sorted(m for m in ('gevent', 'psycopg2', 'psycogreen') if m in sys.modules)\n"
+        "assert not loaded, loaded\n"
+        "assert backy_gevent.Worker and backy_gevent.Job\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30,
+        env={"BACKY_DSN": "postgresql://nobody@127.0.0.1:1/none", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_client_without_a_database_fails_on_use_not_on_creation() -> None:
+    client = Client(dsn=None)
+    with pytest.raises(RuntimeError, match="no database configured"):
+        client.enqueue(workers.Record)
+    client.close()
+
+
+# -- unique_key -----------------------------------------------------------------------
+
+
+def test_unique_key_returns_the_existing_job_and_writes_nothing(
+    client: Client, db: Any
+) -> None:
+    first = client.enqueue(workers.Record, {"n": 1}, unique_key="report-42")
+    second = client.enqueue(workers.Record, {"n": 2}, unique_key="report-42")
+    assert second.id == first.id
+    assert second.args == {"n": 1}
+    assert query(db, "SELECT count(*) FROM jobs WHERE unique_key = 'report-42'") == [(1,)]
+    other = client.enqueue(workers.Record, {"n": 3}, unique_key="report-43")
+    assert other.id != first.id
+    # Once the holder is no longer waiting or running, the key is free again.
+    client.cancel(first.id)
+    third = client.enqueue(workers.Record, {"n": 4}, unique_key="report-42")
+    assert third.id != first.id
+    assert third.args == {"n": 4}
+
+
+def test_unique_key_while_running(client: Client, db: Any) -> None:
+    job = client.enqueue(workers.Record, unique_key="busy")
+    query(
+        db,
+        "UPDATE jobs SET state = 'running', attempt = 1, runner_id = 'r',"
+        " expires_at = now() + interval '1 minute' WHERE id = %s",
+        job.id,
+    )
+    again = client.enqueue(workers.Record, unique_key="busy")
+    assert again.id == job.id
+    assert again.state == "running"
+    assert count_jobs(db) == 1
+
+
+def test_unique_keys_in_one_batch(client: Client, db: Any) -> None:
+    existing = client.enqueue(workers.Record, {"n": 0}, unique_key="a")
+    jobs = client.enqueue_many(
+        workers.Record,
+        [{"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}],
+        unique_keys=["a", "b", None, "b"],
+    )
+    assert jobs[0].id == existing.id
+    assert jobs[1].id == jobs[3].id
+    assert jobs[2].unique_key is None
+    assert len({job.id for job in jobs}) == 3
+    assert count_jobs(db) == 3
+    with pytest.raises(ValueError, match="unique_keys"):
+        client.enqueue_many(workers.Record, [{"n": 1}], unique_keys=["x", "y"])
+
+
+# -- cancel, retry, prune ---------------------------------------------------------------
+
+
+def make_failed(db: Any, job_id: int, attempts: int) -> None:
+    errors = [
+        {"attempt": n, "error": "builtins.ValueError", "message": f"boom {n}", "traceback": ""}
+        for n in range(1, attempts + 1)
+    ]
+    query(
+        db,
+        "UPDATE jobs SET state = 'failed', attempt = %s, max_attempts = %s,"
+        " errors = %s::jsonb, finished_at = now() WHERE id = %s",
+        attempts, attempts, json.dumps(errors), job_id,
+    )
+
+
+def test_cancel(client: Client, db: Any) -> None:
+    job = client.enqueue(workers.Record, delay=60)
+    cancelled = client.cancel(job.id)
+    assert cancelled is not None
+    assert cancelled.state == "cancelled"
+    assert cancelled.finished_at is not None
+    assert client.cancel(job.id) is None  # already cancelled
+    assert client.cancel(10**12) is None  # no such job
+    assert query(db, "SELECT state FROM jobs WHERE id = %s", job.id) == [("cancelled",)]
+
+
+def test_retry_a_failed_job_keeps_history_and_gets_fresh_retries(
+    client: Client, db: Any
+) -> None:
+    job = client.enqueue(workers.Fail)
+    make_failed(db, job.id, 3)
+    retried = client.retry(job.id)
+    assert retried is not None
+    assert retried.state == "available"
+    assert retried.attempt == 3
+    assert retried.max_attempts == 3 + workers.Fail.retry_count + 1
+    assert [e["message"] for e in retried.errors] == ["boom 1", "boom 2", "boom 3"]
+    assert retried.run_at <= datetime.datetime.now(datetime.timezone.utc)
+    assert retried.finished_at is None
+
+
+def test_retry_a_cancelled_job_and_not_a_waiting_one(client: Client) -> None:
+    job = client.enqueue(workers.Record)
+    assert client.retry(job.id) is None  # waiting: nothing to retry
+    client.cancel(job.id)
+    retried = client.retry(job.id)
+    assert retried is not None and retried.state == "available"
+    assert client.retry(10**12) is None
+
+
+def test_prune_deletes_old_finished_rows_only(client: Client, db: Any) -> None:
+    old, recent, failed, waiting = (client.enqueue(workers.Record, n=n) for n in range(4))
+    query(
+        db,
+        "UPDATE jobs SET state = 'completed', finished_at = now() - interval '2 hours'"
+        " WHERE id = %s",
+        old.id,
+    )
+    query(db, "UPDATE jobs SET state = 'completed', finished_at = now() WHERE id = %s", recent.id)
+    make_failed(db, failed.id, 1)
+    query(db, "UPDATE jobs SET finished_at = now() - interval '2 hours' WHERE id = %s", failed.id)
+    assert client.prune(older_than=3600) == 1
+    assert client.get_job(old.id) is None
+    assert client.prune() == 1  # the recent completed one
+    assert client.prune(states=["completed", "failed"]) == 1
+    assert sorted(row[0] for row in query(db, "SELECT id FROM jobs")) == [waiting.id]
+
+
+def test_stats_counts_by_worker_queue_and_state(client: Client, db: Any) -> None:
+    client.enqueue_many(workers.Record, [{"n": 1}, {"n": 2}])
+    client.enqueue(workers.Record, queue="mail", delay=60)
+    cancelled = client.enqueue(workers.Fail)
+    client.cancel(cancelled.id)
+    stats = {(r["worker"], r["queue"], r["state"]): r for r in client.stats()}
+    assert stats[("record", "default", "available")]["jobs"] == 2
+    assert stats[("record", "default", "available")]["oldest_wait"] >= 0
+    assert stats[("record", "mail", "available")]["jobs"] == 1
+    assert stats[("record", "mail", "available")]["oldest_wait"] is None  # not due yet
+    assert stats[("fail", "default", "cancelled")]["jobs"] == 1
+
+
+def test_retry_while_another_job_holds_the_unique_key(client: Client, db: Any) -> None:
+    first = client.enqueue(workers.Record, {"n": 1}, unique_key="nightly")
+    client.cancel(first.id)
+    second = client.enqueue(workers.Record, {"n": 2}, unique_key="nightly")
+    with pytest.raises(ValueError, match="unique_key 'nightly'"):
+        client.retry(first.id)
+    assert query(db, "SELECT state FROM jobs WHERE id = %s", first.id) == [("cancelled",)]
+    client.cancel(second.id)
+    assert client.retry(first.id).state == "available"  # type: ignore[union-attr]
