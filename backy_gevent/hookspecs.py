@@ -1,11 +1,25 @@
 """The hooks a backy-gevent plugin may implement. Declarations and documentation only.
 
-Every hook is called with keyword arguments; an implementation may accept any subset
-of them. A hook implementation that raises is logged with the plugin's name and counted
-in ``backy_hook_errors_total``; it never loses a job, changes a job's outcome or stops the
-runner, and the other implementations of that hook still run. Hooks are called in the
-greenlet named in each docstring, so a slow hook slows that greenlet: do I/O that may
-block for long in a greenlet or queue of the plugin's own.
+A plugin is a module or object with functions marked ``@backy_gevent.hookimpl`` and named
+after the specs below; it is found through a ``backy.plugins`` entry point (see
+``backy_gevent.plugins``). The rules that hold for every hook:
+
+- Hooks are called with keyword arguments; an implementation may accept any subset of
+  them, in any order. A name that is not an argument of the spec, or a hook name that is
+  not declared here, stops ``backy-gevent run`` at start-up with a one-line message.
+- Every implementation is called on its own, most recently registered first (so an
+  installed plugin runs before a built-in one); ``tryfirst``/``trylast`` are honoured.
+  Hook wrappers (``hookwrapper=True`` or ``wrapper=True``) are refused at start-up.
+- An implementation that raises an ``Exception`` is logged with the plugin's name and
+  counted (``on_error`` of ``backy_gevent.plugins.Hooks``, the ``backy_hook_errors_total``
+  metric); the other implementations still run, and the job's outcome (completed,
+  retried or failed) and the runner carry on exactly as without the plugin.
+- Hooks run in the greenlet named in each docstring. A hook that blocks holds up that
+  greenlet, and one that never yields to the gevent hub holds up the whole runner: do
+  slow I/O in a greenlet of the plugin's own.
+- The ``job`` passed to job hooks is the ``backy_gevent.Job`` as claimed: ``state`` is
+  ``"running"``, ``attempt`` is this attempt's number (1 the first time) and ``errors``
+  holds the earlier attempts' errors. Treat it as read-only.
 """
 
 from __future__ import annotations
@@ -27,39 +41,55 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 @hookspec
 def backy_runner_started(runner: Runner) -> None:
-    """The runner has registered its workers and is about to claim its first jobs.
+    """A runner has started: it is connected, the schema is current, and it is about to
+    claim its first jobs.
 
-    Called once, in the runner's main greenlet, after the plugin manager is built and
-    the database answered. The return value is ignored.
+    Called once per ``backy-gevent run`` process, in the runner's main greenlet, after
+    the runner's loops were spawned; they, and so the first jobs, start as soon as the
+    hook returns or yields. ``runner`` is the ``backy_gevent.runner.Runner``: ``id``,
+    ``settings``, ``registry`` (the workers it runs) and ``running_counts()``.
+
+    Returns: ignored. Raises: logged and counted; the runner starts anyway.
     """
 
 
 @hookspec
 def backy_runner_stopping(runner: Runner) -> None:
-    """The runner has been asked to stop (SIGTERM, SIGINT) and claims no more jobs.
+    """A runner has been asked to stop (SIGTERM, SIGINT) and claims no more jobs.
 
-    Called once, in the runner's main greenlet, before running jobs are drained. The
-    return value is ignored.
+    Called once, in the runner's main greenlet, after the first signal and before the
+    running jobs are drained (so job hooks may still fire after it, until the drain
+    ends). Not called when the process is killed outright or fails to start.
+
+    Returns: ignored. Raises: logged and counted; the shutdown goes on as usual.
     """
 
 
 @hookspec
 def backy_job_enqueued(jobs: list[Job]) -> None:
-    """Jobs were written by ``enqueue`` or ``enqueue_many`` in this process.
+    """Jobs were written by ``Client.enqueue`` or ``Client.enqueue_many``.
 
-    Called in the enqueuing greenlet (or thread) right after the INSERT, with the new
-    jobs only (a ``unique_key`` that was already taken writes nothing and calls nothing).
-    With ``connection=`` the caller's transaction may still roll back. The return value
-    is ignored.
+    Called once per call that wrote rows, with the new jobs in input order, in the
+    greenlet (or thread) that enqueued them, right after the INSERT and before
+    ``enqueue`` returns; only by a ``Client`` built with ``hooks=``. A ``unique_key``
+    that was already taken writes nothing and is not passed. With ``connection=``, the
+    caller's transaction is still open and may yet roll back.
+
+    Returns: ignored. Raises: logged and counted; ``enqueue`` returns normally.
     """
 
 
 @hookspec
 def backy_before_job(job: Job, worker: Worker) -> None:
-    """An attempt of ``job`` is about to run (once per attempt; ``job.attempt`` is 1 first).
+    """An attempt of ``job`` is about to run: once per attempt, before ``perform``.
 
-    Called in the job's own greenlet, before ``perform``; the ``max_runtime`` clock is
-    not running yet. The return value is ignored.
+    Called in the job's own greenlet, with the fresh ``worker`` instance that will run
+    it. The ``max_runtime`` clock has not started, but the job's lease has: a hook that
+    blocks for longer than ``max_runtime + requeue_delay`` may see the job rescued and run
+    elsewhere. Not called when the worker class can't be instantiated (then only
+    ``backy_on_failure`` fires, with ``worker=None``).
+
+    Returns: ignored. Raises: logged and counted; the attempt runs anyway.
     """
 
 
@@ -67,30 +97,48 @@ def backy_before_job(job: Job, worker: Worker) -> None:
 def backy_after_job(job: Job, worker: Worker, result: Any, duration: float) -> None:
     """The attempt succeeded: ``perform`` returned ``result`` after ``duration`` seconds.
 
-    Called in the job's own greenlet, before the completion is written to the database.
-    The return value is ignored.
+    Called in the job's own greenlet, after ``perform`` returned and before the
+    completion is written to the database (if the runner dies in between, the job runs
+    again once its lease runs out). ``duration`` is the wall time of ``perform`` alone,
+    from a monotonic clock.
+
+    Returns: ignored. Raises: logged and counted; the job is still completed.
     """
 
 
 @hookspec
 def backy_on_failure(
-    job: Job, worker: Worker, error: BaseException, will_retry: bool, timed_out: bool
+    job: Job, worker: Worker | None, error: BaseException, will_retry: bool, timed_out: bool
 ) -> None:
-    """The attempt raised ``error``, or ran past ``max_runtime`` (then ``timed_out`` is
-    true and ``error`` is a ``backy_gevent.JobTimeout``).
+    """The attempt failed: ``perform`` raised ``error``, ran past ``max_runtime``, or the
+    worker class could not even be instantiated.
 
-    ``will_retry`` says whether the job is scheduled to run again; when false the job is
-    now ``failed``. Called in the job's own greenlet, after ``backy_retry_delay`` chose the
-    delay and before the failure is written. The return value is ignored.
+    ``timed_out`` is true when the attempt was stopped at ``max_runtime``; ``error`` is
+    then a ``backy_gevent.JobTimeout``. ``worker`` is None when instantiating the worker
+    class raised (``backy_before_job`` did not fire for that attempt). ``will_retry``
+    says whether the job is scheduled to run again; when false it ends ``failed``.
+
+    Called in the job's own greenlet, after ``backy_retry_delay`` chose the delay and
+    before the failure is written. Not called for a job handed back at shutdown (that
+    spends no attempt) nor for an attempt lost with its runner (no process is left to
+    see it; the rescued job's next attempt fires hooks as usual).
+
+    Returns: ignored. Raises: logged and counted; the job is still retried or failed
+    exactly as ``will_retry`` says.
     """
 
 
 @hookspec(firstresult=True)
-def backy_retry_delay(job: Job, worker: Worker, error: BaseException) -> float | None:
-    """Choose the seconds to wait before the next attempt of a failed job.
+def backy_retry_delay(job: Job, worker: Worker | None, error: BaseException) -> float | None:
+    """Choose how many seconds a failed job waits before its next attempt.
 
-    Called only when the job will be retried, in the job's own greenlet. The first
-    implementation that returns a number (>= 0) wins; None defers to the next plugin
-    and finally to the worker's ``retry_delay``. A bad value (negative, not a number)
-    is logged as that plugin's error and ignored.
+    Called only when the job will be retried, in the job's own greenlet, just before
+    ``backy_on_failure``; ``worker`` is None when the worker class could not be
+    instantiated. Implementations are asked in turn until one returns a number; that
+    number wins.
+
+    Returns: a finite number of seconds >= 0 to choose the delay, or None to defer to
+    the next plugin and in the end to the worker's ``retry_delay`` (or the configured
+    one). Any other value is logged and counted as that plugin's error and skipped.
+    Raises: logged and counted, and treated as None.
     """

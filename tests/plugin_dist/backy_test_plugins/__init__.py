@@ -1,0 +1,1 @@
+"""Hook plugins that misbehave on purpose (see setup.cfg)."""
