@@ -14,9 +14,12 @@ from typing import Any
 
 import gevent
 
+import backy_gevent
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
 from backy_gevent.job import COMPLETED
+from backy_gevent.metrics import PLUGIN_NAME as METRICS_PLUGIN
+from backy_gevent.metrics import Metrics, metrics_services
 from backy_gevent.plugins import Hooks, build_plugin_manager
 from backy_gevent.queries import Queries
 from backy_gevent.runner import Runner
@@ -51,8 +54,17 @@ def command_setup(arguments: argparse.Namespace, settings: Settings) -> int:
 
 def command_run(arguments: argparse.Namespace, settings: Settings) -> int:
     registry = _registry(settings).restricted(settings.workers)
-    plugin_manager = build_plugin_manager(disabled=settings.disable_plugins)
-    runner = Runner(settings, registry, Hooks(plugin_manager), dsn=str(settings.dsn))
+    metrics = Metrics()  # the runner's own registry; built-in plugin on the hooks
+    plugin_manager = build_plugin_manager(
+        [(METRICS_PLUGIN, metrics)], disabled=settings.disable_plugins
+    )
+    hooks = Hooks(plugin_manager, on_error=metrics.hook_error)
+    # Jobs that enqueue jobs (backy_gevent.enqueue) use the runner's settings, and count.
+    backy_gevent.configure(settings=settings, hooks=hooks)
+    runner = Runner(
+        settings, registry, hooks, dsn=str(settings.dsn),
+        services=metrics_services(metrics, settings),
+    )
     for signum in (signal.SIGTERM, signal.SIGINT):
         # The handler only sets a flag; the runner's main greenlet does the work.
         gevent.signal_handler(signum, runner.request_stop)
@@ -104,15 +116,31 @@ def command_workers(arguments: argparse.Namespace, settings: Settings) -> int:
 
 
 def command_plugins(arguments: argparse.Namespace, settings: Settings) -> int:
-    plugin_manager = build_plugin_manager(disabled=settings.disable_plugins)
-    dists = {id(plugin): dist for plugin, dist in plugin_manager.list_plugin_distinfo()}
-    rows = []
-    for name, plugin in plugin_manager.list_name_plugin():
-        dist = dists.get(id(plugin))
-        source = f"{dist.project_name} {dist.version}" if dist else "built-in"
-        hooks = sorted(caller.name for caller in plugin_manager.get_hookcallers(plugin) or [])
-        rows.append(f"{name}\t{source}\t{', '.join(hooks) or '(no hooks)'}")
-    print("\n".join(rows) if rows else "no plugins")
+    """One line per plugin: name, distribution, version and the hooks it implements."""
+    from backy_gevent.plugins import describe_plugins
+
+    # The same built-ins as command_run registers, so the list is what a runner loads.
+    plugin_manager = build_plugin_manager(
+        [(METRICS_PLUGIN, Metrics())], disabled=settings.disable_plugins
+    )
+    rows = [
+        (
+            info.name,
+            info.distribution or "(built-in)",
+            info.version or "-",
+            ", ".join(info.hooks) or "(no hooks)",
+        )
+        for info in describe_plugins(plugin_manager)
+    ]
+    if rows:
+        header = ("PLUGIN", "DISTRIBUTION", "VERSION", "HOOKS")
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+        for row in [header, *rows]:
+            print("  ".join([*(row[i].ljust(widths[i]) for i in range(3)), row[3]]))
+    else:
+        print("no plugins (install a package with backy.plugins entry points)")
+    if settings.disable_plugins:
+        print("disabled: " + ", ".join(sorted(settings.disable_plugins)))
     return 0
 
 
@@ -147,7 +175,12 @@ def _each_job(arguments: argparse.Namespace, settings: Settings, action: str) ->
     status = 0
     try:
         for job_id in arguments.ids:
-            job = getattr(client, action)(job_id)
+            try:
+                job = getattr(client, action)(job_id)
+            except ValueError as exc:  # for example a unique_key held by another job
+                print(f"job {job_id}: not changed ({exc})", file=sys.stderr)
+                status = 1
+                continue
             if job is None:
                 current = client.get_job(job_id)
                 state = current.state if current else "missing"

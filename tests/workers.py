@@ -125,3 +125,79 @@ class Crash(backy.Worker):
 
 
 ALL = (Record, Sleep, Limited, Fail, Crash)
+
+
+class FailDefault(backy.Worker):
+    """Always raises; how often and how soon it is retried is the configuration's."""
+
+    name = "fail_default"
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
+        record(job)
+        raise ValueError(f"boom on attempt {job.attempt}")
+
+
+class Hang(backy.Worker):
+    """On its first attempt, touches every 0.2 s for ``seconds`` (default 30) so it is
+    never stopped at max_runtime; later attempts finish at once."""
+
+    name = "hang"
+    max_runtime = 1.0
+    requeue_delay = 1.0
+    retry_count = 2
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
+        record(job)
+        if job.attempt == 1:
+            end = time.monotonic() + float(args.get("seconds", 30))
+            while time.monotonic() < end:
+                gevent.sleep(0.2)
+                backy.touch(job)
+        record(job, finished=True)
+
+
+class RecordTwin(backy.Worker):
+    """A second worker named "record" (not in ALL): registering both is a start-up error."""
+
+    name = "record"
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
+        record(job)
+
+
+ALL = (*ALL, FailDefault, Hang)
+
+
+class FailOnce(backy.Worker):
+    """Raises on its first attempt, then succeeds and returns ``{"attempt": N}``."""
+
+    name = "fail_once"
+    retry_count = 1
+
+    def retry_delay(self, retry: int) -> float:
+        return 0.1
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> dict[str, int]:
+        record(job)
+        if job.attempt == 1:
+            raise ValueError("first attempt fails")
+        record(job, finished=True)
+        return {"attempt": job.attempt}
+
+
+ALL = (*ALL, FailOnce)
+
+
+class FanOut(backy.Worker):
+    """Enqueues ``count`` ``record`` jobs with ``backy.enqueue_many`` from inside the runner
+    (the default client there is the runner's: it counts ``backy_jobs_enqueued_total``)."""
+
+    name = "fan_out"
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
+        record(job)
+        backy.enqueue_many("record", [{"from": job.id}] * int(args.get("count", 1)))
+        record(job, finished=True)
+
+
+ALL = (*ALL, FanOut)

@@ -165,6 +165,27 @@ FROM {table}
 GROUP BY worker, queue, state
 ORDER BY worker, queue, state;
 
+-- name: queue_stats
+-- Queue depth for the metrics scrape: waiting, running, failed and cancelled jobs by
+-- worker and queue; for waiting jobs also how many are due and the oldest due one's wait
+-- in seconds. Each branch reads a partial index (fetch, lease, failed), so the cost
+-- follows the live jobs, not the table: completed rows are never read.
+SELECT worker, queue, state, count(*) AS jobs,
+       count(*) FILTER (WHERE run_at <= now()) AS due,
+       extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8
+           AS oldest_wait
+FROM {table} WHERE state = 'available' GROUP BY worker, queue, state
+UNION ALL
+SELECT worker, queue, state, count(*), 0, NULL
+FROM {table} WHERE state = 'running' GROUP BY worker, queue, state
+UNION ALL
+SELECT worker, queue, state, count(*), 0, NULL
+FROM {table} WHERE state IN ('failed', 'cancelled') GROUP BY worker, queue, state;
+
+-- name: set_statement_timeout
+-- Bound every later statement of this session (the metrics' own connection), in ms.
+SELECT set_config('statement_timeout', %(milliseconds)s, false);
+
 -- name: heartbeat
 -- A live runner announces itself or beats; rows of runners silent for a long while
 -- (they died without saying goodbye) are dropped.
