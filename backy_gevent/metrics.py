@@ -211,6 +211,16 @@ class RunnerCollector:
             "Outcomes of finished attempts not yet written to the database.",
             value=runner.completer.pending,
         )
+        rescued = CounterMetricFamily(
+            "backy_jobs_rescued",
+            "Running jobs this runner's rescuer took back after their lease ran out (their"
+            " runner died or froze); state is what they became: available, or failed when"
+            " the lost attempt was their last.",
+            labels=["worker", "queue", "state"],
+        )
+        for (worker, queue, state), count in sorted(runner.rescued.items()):
+            rescued.add_metric([worker, queue, state], count)
+        yield rescued
         yield CounterMetricFamily(
             "backy_job_outcomes_discarded",
             "Outcomes the database refused: the job was cancelled, or rescued after its"

@@ -10,6 +10,7 @@ loses the database logs it and retries with backoff; no job is lost meanwhile.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -90,6 +91,8 @@ class Runner:
         self.stopping = Event()
         self.stop_now = Event()
         self.stopped = Event()
+        #: Jobs this runner's rescuer took back from dead runners, by (worker, queue, state).
+        self.rescued: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.last_db_ok = 0.0  # time.monotonic() of the last statement that succeeded
         self.db_error: str | None = None
         self._wake = Event()
@@ -321,6 +324,7 @@ class Runner:
                     cur.execute(self.queries.rescue, {"channel": self.queries.channel})
                     rescued = cur.fetchall()
                 for row in rescued:
+                    self.rescued[row["worker"], row["queue"], row["state"]] += 1
                     log.warning(
                         "job %s (%s) lost its runner; now %s", row["id"], row["worker"],
                         row["state"],

@@ -22,6 +22,7 @@ import pytest
 from backy_gevent.client import Client
 from backy_gevent.worker import Registry
 from tests import workers
+from tests.acceptance.scraping import free_port, scrape, value
 from tests.conftest import RunnerProcess, cli_env, query, wait_until
 
 POLL = 0.2
@@ -255,7 +256,8 @@ def test_a_killed_runners_job_runs_again_within_the_bound(
     first = runner(*FAST)
     job = client.enqueue(workers.Hang, seconds=30)
     wait_until(lambda: runs(db, job.id), timeout=10, what="the first attempt to start")
-    second = runner(*FAST, "--delete-finished-jobs", "false")
+    port = free_port()
+    second = runner(*FAST, "--delete-finished-jobs", "false", "--metrics-port", str(port))
     first.process.kill()  # SIGKILL: no hand-back, no goodbye
     first.process.wait(10)
     killed_at = db_now(db)
@@ -273,6 +275,9 @@ def test_a_killed_runners_job_runs_again_within_the_bound(
     assert row is not None
     [lost] = row["errors"]
     assert (lost["attempt"], lost["error"]) == (1, "LeaseExpired")
+    # The survivor's rescuer took it back, and says so in its metrics.
+    labels = {"worker": workers.Hang.name, "queue": "default", "state": "available"}
+    assert value(scrape(port), "backy_jobs_rescued_total", **labels) == 1
 
 
 def test_a_job_that_kills_its_runner_each_time_ends_failed(
