@@ -230,13 +230,13 @@ class Runner:
             self._wake.clear()
             if self.stopping.is_set():
                 return
-            wanted = []
+            wanted = {}  # pool -> how many jobs to claim for it
             for worker_pool in self.pools.values():
                 free = worker_pool.free_slots()
                 if free:
-                    wanted.append(worker_pool)
+                    wanted[worker_pool] = free
                 else:
-                    worker_pool.maybe_more = True
+                    worker_pool.maybe_more = True  # unknown until a slot frees
             if not wanted:
                 continue
             try:
@@ -250,12 +250,12 @@ class Runner:
             if any(worker_pool.maybe_more for worker_pool in wanted):
                 self._wake.set()
 
-    def _claim(self, wanted: list[WorkerPool]) -> list[Job]:
-        limits = {worker_pool.name: worker_pool.free_slots() for worker_pool in wanted}
+    def _claim(self, wanted: dict[WorkerPool, int]) -> None:
+        """Claim up to ``wanted[pool]`` jobs for each pool in one statement; hand them out."""
         params = {
-            "workers": list(limits),
-            "limits": list(limits.values()),
-            "leases": [lease_seconds(p.registration.cls) for p in wanted],
+            "workers": [worker_pool.name for worker_pool in wanted],
+            "limits": list(wanted.values()),
+            "leases": [lease_seconds(worker_pool.registration.cls) for worker_pool in wanted],
             "queues": list(self.settings.queues),
             "runner_id": self.id,
         }
@@ -265,13 +265,12 @@ class Runner:
         jobs = sorted(
             (Job.from_row(row) for row in rows), key=lambda j: (j.priority, j.run_at, j.id)
         )
-        claimed = dict.fromkeys(limits, 0)
+        claimed = collections.Counter(job.worker for job in jobs)
         for job in jobs:
-            claimed[job.worker] += 1
             self.pools[job.worker].submit(job)
-        for worker_pool in wanted:
-            worker_pool.maybe_more = claimed[worker_pool.name] >= limits[worker_pool.name]
-        return jobs
+        for worker_pool, limit in wanted.items():
+            # A full batch suggests more are due; a short one that the table is drained.
+            worker_pool.maybe_more = claimed[worker_pool.name] >= limit
 
     # -- the listener ---------------------------------------------------------------
 
