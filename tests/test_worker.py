@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from backy_gevent.worker import (
     import_path,
 )
 from tests import workers
+from tests.acceptance.distributions import ROOT, pip_install
 
 
 class Twin(backy.Worker):
@@ -103,18 +105,25 @@ def test_a_worker_needs_a_name() -> None:
         Registry().name_of(Anonymous)
 
 
-def test_discover_entry_points_and_imports() -> None:
+def test_discover_entry_points_and_imports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The example worker distribution, pip-installed where importlib.metadata looks.
+    target = pip_install(
+        [ROOT / "plugins" / "backy-example-workers"], tmp_path / "site", tmp_path / "build"
+    )
+    monkeypatch.syspath_prepend(str(target))
     registry = Registry.discover(["tests.workers:Record", "tests.workers:Fail"])
     assert registry.get("record").source == "imports"
     entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
-    if not entry_points:
-        pytest.skip("no distribution with backy.workers entry points is installed")
+    assert {"greet", "nap", "flaky"} <= {entry_point.name for entry_point in entry_points}
     for entry_point in entry_points:
         registration = registry.get(entry_point.name)
         assert registration.path == entry_point.value
         dist = entry_point.dist
         assert dist is not None
         assert registration.source == f"{dist.metadata['Name']} {dist.version}"
+    assert registry.get("greet").source == "backy-example-workers 0.1.0"
 
 
 def test_discover_rejects_a_duplicate_import() -> None:
