@@ -121,15 +121,17 @@ def settings_from(arguments: argparse.Namespace, environ: dict[str, str]) -> Set
 def embedded_connection_limit(settings: Settings, command: str) -> int:
     """The embedded server's max_connections, sized to fit a runner's concurrency.
 
-    A runner holds 5 connections of its own, and each running job may open one; unlimited
-    workers count as ``fetch_limit``. Never below 100, so that several processes fit.
+    A runner holds 6 connections of its own (a pool of 4, the listener, the metrics
+    query), and each running job may open one; unlimited
+    workers count as 100 (most jobs open no connection; ``fetch_limit`` would ask for a
+    thousand). Never below 100, so that several processes fit.
     """
     if command != "run":
         return 100
     from backy_gevent.worker import Registry
 
     registry = Registry.discover(settings.imports).restricted(settings.workers)
-    jobs = sum(r.cls.max_concurrency or settings.fetch_limit for r in registry)
+    jobs = sum(r.cls.max_concurrency or 100 for r in registry)
     return max(100, 20 + jobs)
 
 

@@ -64,8 +64,7 @@ class Job:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:
         """Build a Job from a row of the jobs table (a mapping of column to value)."""
-        names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
-        return cls(**{k: v for k, v in row.items() if k in names})
+        return cls(**{k: v for k, v in row.items() if k in _COLUMNS})
 
     @property
     def retries_left(self) -> int:
@@ -81,6 +80,10 @@ class Job:
         if self._toucher is None:
             raise RuntimeError(f"job {self.id} is not running in this process; nothing to touch")
         self._toucher()
+
+
+#: The Job fields that are columns of the jobs table (a row may carry more).
+_COLUMNS = frozenset(f.name for f in dataclasses.fields(Job) if not f.name.startswith("_"))
 
 
 def touch(job: Job) -> None:

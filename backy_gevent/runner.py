@@ -23,6 +23,7 @@ import gevent
 import gevent.socket
 from gevent.event import Event
 from psycopg2 import sql
+from psycopg2.extensions import cursor as plain_cursor
 
 from backy_gevent import schema
 from backy_gevent.completer import Backoff, Completer
@@ -259,11 +260,15 @@ class Runner:
             "queues": list(self.settings.queues),
             "runner_id": self.id,
         }
-        with self.pool.borrow() as conn, conn.cursor() as cur:
+        # Plain tuples: building a dict per row by zip is cheaper than RealDictCursor's,
+        # and this runs for every job.
+        with self.pool.borrow() as conn, conn.cursor(cursor_factory=plain_cursor) as cur:
             cur.execute(self.queries.claim, params)
+            names = [column.name for column in cur.description]
             rows = cur.fetchall()
         jobs = sorted(
-            (Job.from_row(row) for row in rows), key=lambda j: (j.priority, j.run_at, j.id)
+            (Job.from_row(dict(zip(names, row, strict=True))) for row in rows),
+            key=lambda j: (j.priority, j.run_at, j.id),
         )
         claimed = collections.Counter(job.worker for job in jobs)
         for job in jobs:

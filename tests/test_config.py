@@ -179,6 +179,8 @@ def test_environment_names_every_option() -> None:
         ("metrics_port", "70000"),
         ("shutdown_timeout", "-1"),
         ("log_level", "loud"),
+        ("fetch_limit", "0"),
+        ("fetch_limit", "-5"),
     ],
 )
 def test_bad_value_names_option_and_value(option: str, value: str) -> None:
