@@ -244,9 +244,10 @@ class Client:
     def cancel(self, job_id: int) -> Job | None:
         """Cancel a waiting or running job; None when it is not waiting or running.
 
-        A running attempt is not interrupted, but its outcome is no longer recorded.
+        The runner of a running job is told at commit (NOTIFY) and stops the attempt at
+        once, as it would at ``max_runtime``; nothing of it is recorded.
         """
-        rows = self._fetch(self.queries.cancel, {"id": job_id})
+        rows = self._fetch(self.queries.cancel, {"id": job_id, "channel": self.queries.channel})
         return Job.from_row(rows[0]) if rows else None
 
     def retry(self, job_id: int) -> Job | None:

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import gevent
+import pluggy
 
 import backy_gevent
 from backy_gevent.client import Client
@@ -52,12 +53,20 @@ def command_setup(arguments: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def command_run(arguments: argparse.Namespace, settings: Settings) -> int:
-    registry = _registry(settings).restricted(settings.workers)
-    metrics = Metrics()  # the runner's own registry; built-in plugin on the hooks
+def _runner_plugins(settings: Settings) -> tuple[Metrics, pluggy.PluginManager]:
+    """The plugins a runner loads: the built-in metrics (on a registry of the runner's
+    own), then the entry points. ``run`` and ``plugins`` both use this, so the listing
+    is what a runner loads."""
+    metrics = Metrics()
     plugin_manager = build_plugin_manager(
         [(METRICS_PLUGIN, metrics)], disabled=settings.disable_plugins
     )
+    return metrics, plugin_manager
+
+
+def command_run(arguments: argparse.Namespace, settings: Settings) -> int:
+    registry = _registry(settings).restricted(settings.workers)
+    metrics, plugin_manager = _runner_plugins(settings)
     hooks = Hooks(plugin_manager, on_error=metrics.hook_error)
     # Jobs that enqueue jobs (backy_gevent.enqueue) use the runner's settings, and count.
     backy_gevent.configure(settings=settings, hooks=hooks)
@@ -119,10 +128,7 @@ def command_plugins(arguments: argparse.Namespace, settings: Settings) -> int:
     """One line per plugin: name, distribution, version and the hooks it implements."""
     from backy_gevent.plugins import describe_plugins
 
-    # The same built-ins as command_run registers, so the list is what a runner loads.
-    plugin_manager = build_plugin_manager(
-        [(METRICS_PLUGIN, Metrics())], disabled=settings.disable_plugins
-    )
+    _, plugin_manager = _runner_plugins(settings)
     rows = [
         (
             info.name,

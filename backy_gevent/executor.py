@@ -29,6 +29,10 @@ class HandBack(BaseException):
     """Thrown into a running job at shutdown: stop, and give the job back unspent."""
 
 
+class JobCancelled(BaseException):
+    """Thrown into a running job that was cancelled: stop; there is nothing to record."""
+
+
 class OutcomeSink(Protocol):
     """Where the executor reports outcomes (the runner's completer)."""
 
@@ -127,6 +131,9 @@ class Executor:
         except HandBack:
             deadline.cancel()
             self.sink.handed_back(job)
+            return
+        except JobCancelled:
+            log.info("job %s (%s) was cancelled while running: stopped", job.id, job.worker)
             return
         except gevent.GreenletExit:
             deadline.cancel()

@@ -29,7 +29,7 @@ from backy_gevent import schema
 from backy_gevent.completer import Backoff, Completer
 from backy_gevent.config import Settings
 from backy_gevent.connections import CONNECTION_ERRORS, ConnectionPool, connect
-from backy_gevent.executor import Executor, HandBack, lease_seconds
+from backy_gevent.executor import Executor, HandBack, JobCancelled, lease_seconds
 from backy_gevent.job import Job
 from backy_gevent.plugins import Hooks
 from backy_gevent.pools import WorkerPool
@@ -296,6 +296,9 @@ class Runner:
                         continue
                     conn.poll()
                     if conn.notifies:
+                        for notify in conn.notifies:
+                            if notify.payload.startswith("cancel:"):
+                                self._stop_cancelled(int(notify.payload[len("cancel:"):]))
                         conn.notifies.clear()
                         self._wake.set()
             except CONNECTION_ERRORS as exc:
@@ -303,6 +306,12 @@ class Runner:
             finally:
                 if conn is not None:
                     conn.close()
+
+    def _stop_cancelled(self, job_id: int) -> None:
+        """Stop the attempt of a job cancelled while it runs here (if it does)."""
+        for greenlet, job in list(self.executor.performing.items()):
+            if job.id == job_id:
+                greenlet.kill(JobCancelled, block=False)
 
     # -- maintenance: rescue and heartbeat -------------------------------------------
 

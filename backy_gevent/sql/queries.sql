@@ -126,12 +126,18 @@ WITH rescued AS (
 SELECT rescued.* FROM rescued LEFT JOIN notified ON true;
 
 -- name: cancel
--- Cancel a waiting job, or mark a running one cancelled (its runner's result is then
--- ignored: the lease token no longer matches a running row).
-UPDATE {table}
-SET state = 'cancelled', finished_at = now(), expires_at = NULL, runner_id = NULL
-WHERE id = %(id)s AND state IN ('available', 'running')
-RETURNING *;
+-- Cancel a waiting or running job. The NOTIFY ("cancel:<id>") tells the runner of a
+-- running one to stop it now; its result would be ignored anyway, since the lease token
+-- no longer matches a running row.
+WITH cancelled AS (
+    UPDATE {table}
+    SET state = 'cancelled', finished_at = now(), expires_at = NULL, runner_id = NULL
+    WHERE id = %(id)s AND state IN ('available', 'running')
+    RETURNING *
+), notified AS (
+    SELECT pg_notify(%(channel)s, 'cancel:' || id) FROM cancelled
+)
+SELECT cancelled.* FROM cancelled LEFT JOIN notified ON true;
 
 -- name: retry
 -- Make a failed or cancelled job available now with a fresh set of retries.

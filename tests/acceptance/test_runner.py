@@ -428,3 +428,25 @@ def test_runner_recovers_when_its_connections_are_killed(
     assert sorted(run["job_id"] for run in done) == sorted(expected)  # none lost, none twice
     [hang_run] = runs(db, in_flight.id)
     assert hang_run["finished_at"] is not None and hang_run["attempt"] == 1
+
+
+# -- cancelling a running job -------------------------------------------------------------
+
+
+def test_cancelling_a_running_job_stops_it_at_once(
+    runner: Runner, client: Client, db: Any
+) -> None:
+    process = runner(*FAST)
+    job = client.enqueue(workers.Limited, seconds=4)  # max_runtime 5
+    wait_until(lambda: runs(db, job.id), timeout=10, what="the attempt to start")
+    cancelled_at = time.monotonic()
+    assert client.cancel(job.id) is not None
+    wait_until(lambda: "was cancelled while running: stopped" in process.output, timeout=2,
+               what="the runner to stop the cancelled attempt")
+    print(f"\ncancel to stop: {time.monotonic() - cancelled_at:.3f}s")
+    assert state(db, job.id) == "cancelled"
+    # It never finished, and the slot is free again: the next job runs at once.
+    assert [run["finished_at"] for run in runs(db, job.id)] == [None]
+    other = client.enqueue(workers.Record)
+    wait_until(lambda: state(db, other.id) is None, timeout=5, what="the next job to run")
+    assert "Traceback" not in process.output
