@@ -120,8 +120,9 @@ def backy_on_failure(
 
     Called in the job's own greenlet, after ``backy_retry_delay`` chose the delay and
     before the failure is written. Not called for a job handed back at shutdown (that
-    spends no attempt) nor for an attempt lost with its runner (no process is left to
-    see it; the rescued job's next attempt fires hooks as usual).
+    spends no attempt), for a job cancelled while it ran, nor for an attempt lost with
+    its runner (no process is left to see it; the rescued job's next attempt fires hooks
+    as usual).
 
     Returns: ignored. Raises: logged and counted; the job is still retried or failed
     exactly as ``will_retry`` says.
