@@ -80,8 +80,12 @@ class Completer:
         self._handed_back.append((job.id, job.attempt))
         self._nudge()
 
-    def touch(self, job: Job, lease: float) -> None:
-        """Extend a running job's lease now (called from the job's greenlet)."""
+    def touch(self, job: Job, lease: float) -> bool:
+        """Extend a running job's lease now (called from the job's greenlet).
+
+        False when the row is no longer this attempt's (cancelled or rescued); True when
+        extended, and when the database can't be asked (the lease may still hold).
+        """
         try:
             with self.pool.borrow() as conn, conn.cursor() as cur:
                 cur.execute(
@@ -92,11 +96,11 @@ class Completer:
                 extended = cur.fetchone()
         except CONNECTION_ERRORS as exc:
             log.warning("could not extend the lease of job %s: %s", job.id, exc)
-            return
+            return True
         if extended is None:
-            log.warning("job %s is no longer this runner's (cancelled or rescued)", job.id)
-        else:
-            job.expires_at = extended["expires_at"]
+            return False
+        job.expires_at = extended["expires_at"]
+        return True
 
     def _nudge(self) -> None:
         self._idle.clear()

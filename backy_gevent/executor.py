@@ -29,8 +29,10 @@ class HandBack(BaseException):
     """Thrown into a running job at shutdown: stop, and give the job back unspent."""
 
 
-class JobCancelled(BaseException):
-    """Thrown into a running job that was cancelled: stop; there is nothing to record."""
+class JobRevoked(BaseException):
+    """Thrown into (or raised by ``touch`` inside) an attempt whose job is no longer its
+    own: cancelled, or rescued after its lease ran out. Stop; there is nothing to record,
+    since the row has moved on without this attempt."""
 
 
 class OutcomeSink(Protocol):
@@ -42,7 +44,7 @@ class OutcomeSink(Protocol):
 
     def handed_back(self, job: Job) -> None: ...
 
-    def touch(self, job: Job, lease: float) -> None: ...
+    def touch(self, job: Job, lease: float) -> bool: ...
 
 
 class Deadline:
@@ -119,10 +121,12 @@ class Executor:
 
         def touch() -> None:
             deadline.restart()
-            self.sink.touch(job, lease)
+            if not self.sink.touch(job, lease) and getcurrent() is current:
+                # Going on would run the job twice: another runner may have it now.
+                raise JobRevoked("no longer this runner's (cancelled or rescued)")
 
-        job._toucher = touch
         current = getcurrent()
+        job._toucher = touch
         started = time.monotonic()
         deadline.restart()
         self.performing[current] = job
@@ -132,8 +136,9 @@ class Executor:
             deadline.cancel()
             self.sink.handed_back(job)
             return
-        except JobCancelled:
-            log.info("job %s (%s) was cancelled while running: stopped", job.id, job.worker)
+        except JobRevoked as revoked:
+            log.info("job %s (%s) attempt %s stopped: %s", job.id, job.worker, job.attempt,
+                     revoked)
             return
         except gevent.GreenletExit:
             deadline.cancel()

@@ -14,7 +14,7 @@ import gevent
 from gevent.event import Event
 from gevent.queue import Empty, Queue
 
-from backy_gevent.executor import Executor, HandBack, JobCancelled
+from backy_gevent.executor import Executor, HandBack, JobRevoked
 from backy_gevent.job import Job
 from backy_gevent.worker import Registration
 
@@ -85,7 +85,7 @@ class WorkerPool:
             except gevent.GreenletExit:
                 self._finish()
                 raise
-            except (HandBack, JobCancelled):
+            except (HandBack, JobRevoked):
                 # Thrown just after perform returned: the outcome is already reported.
                 pass
             except BaseException:

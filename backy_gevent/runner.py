@@ -29,7 +29,7 @@ from backy_gevent import schema
 from backy_gevent.completer import Backoff, Completer
 from backy_gevent.config import Settings
 from backy_gevent.connections import CONNECTION_ERRORS, ConnectionPool, connect
-from backy_gevent.executor import Executor, HandBack, JobCancelled, lease_seconds
+from backy_gevent.executor import Executor, HandBack, JobRevoked, lease_seconds
 from backy_gevent.job import Job
 from backy_gevent.plugins import Hooks
 from backy_gevent.pools import WorkerPool
@@ -311,7 +311,7 @@ class Runner:
         """Stop the attempt of a job cancelled while it runs here (if it does)."""
         for greenlet, job in list(self.executor.performing.items()):
             if job.id == job_id:
-                greenlet.kill(JobCancelled, block=False)
+                greenlet.kill(JobRevoked("cancelled while running"), block=False)
 
     # -- maintenance: rescue and heartbeat -------------------------------------------
 

@@ -132,6 +132,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.outcomes: list[tuple[str, Any]] = []
         self.touches: list[tuple[int, float]] = []
+        self.still_ours = True  # what touch answers: is the row still this attempt's?
 
     def completed(self, job: Job) -> None:
         self.outcomes.append(("completed", job))
@@ -142,8 +143,9 @@ class RecordingSink:
     def handed_back(self, job: Job) -> None:
         self.outcomes.append(("handed_back", job))
 
-    def touch(self, job: Job, lease: float) -> None:
+    def touch(self, job: Job, lease: float) -> bool:
         self.touches.append((job.id, lease))
+        return self.still_ours
 
 
 class Spy:
@@ -315,6 +317,16 @@ def test_touch_restarts_the_clock_and_extends_the_lease() -> None:
     assert sink.outcomes == [("completed", job)]
     assert len(sink.touches) >= 5
     assert {lease for _, lease in sink.touches} == {Toucher.max_runtime + Toucher.requeue_delay}
+
+
+def test_touch_stops_an_attempt_whose_job_is_no_longer_its_own() -> None:
+    executor, sink, spy = make_executor()
+    sink.still_ours = False  # cancelled or rescued meanwhile
+    elapsed = run(executor, make_job("toucher"), Toucher)
+    assert elapsed < 0.3  # stopped at the first touch, not after 0.7 s
+    assert len(sink.touches) == 1
+    assert sink.outcomes == []  # nothing to record: the row has moved on
+    assert "after" not in spy.names() and "failure" not in spy.names()
 
 
 def test_a_short_job_is_not_stopped() -> None:

@@ -441,7 +441,7 @@ def test_cancelling_a_running_job_stops_it_at_once(
     wait_until(lambda: runs(db, job.id), timeout=10, what="the attempt to start")
     cancelled_at = time.monotonic()
     assert client.cancel(job.id) is not None
-    wait_until(lambda: "was cancelled while running: stopped" in process.output, timeout=2,
+    wait_until(lambda: "stopped: cancelled while running" in process.output, timeout=2,
                what="the runner to stop the cancelled attempt")
     print(f"\ncancel to stop: {time.monotonic() - cancelled_at:.3f}s")
     assert state(db, job.id) == "cancelled"
