@@ -96,6 +96,7 @@ class Runner:
         self.rescued: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.last_db_ok = 0.0  # time.monotonic() of the last statement that succeeded
         self.db_error: str | None = None
+        self.table_oid: int | None = None  # learnt at start; tells our cancels apart
         self._wake = Event()
         self._greenlets: list[gevent.Greenlet] = []
 
@@ -204,6 +205,10 @@ class Runner:
             try:
                 with self.pool.borrow() as conn:
                     missing = schema.pending(conn, self.settings.table_name)
+                    with conn.cursor() as cur:
+                        table = sql.Identifier(self.settings.table_name).as_string(conn)
+                        cur.execute(self.queries.table_oid, {"table": table})
+                        self.table_oid = cur.fetchone()["oid"]
                 break
             except CONNECTION_ERRORS as exc:
                 if self.stopping.wait(self._db_failed("start-up", exc, backoff)):
@@ -297,8 +302,7 @@ class Runner:
                     conn.poll()
                     if conn.notifies:
                         for notify in conn.notifies:
-                            if notify.payload.startswith("cancel:"):
-                                self._stop_cancelled(int(notify.payload[len("cancel:"):]))
+                            self._stop_if_cancelled(notify.payload)
                         conn.notifies.clear()
                         self._wake.set()
             except CONNECTION_ERRORS as exc:
@@ -307,10 +311,17 @@ class Runner:
                 if conn is not None:
                     conn.close()
 
-    def _stop_cancelled(self, job_id: int) -> None:
-        """Stop the attempt of a job cancelled while it runs here (if it does)."""
+    def _stop_if_cancelled(self, payload: str) -> None:
+        """Stop the attempt of a job cancelled while it runs here, if it does.
+
+        ``payload`` is ``cancel:<table oid>:<job id>`` for a cancel, empty otherwise.
+        """
+        kind, _, rest = payload.partition(":")
+        table_oid, _, job_id = rest.partition(":")
+        if kind != "cancel" or table_oid != str(self.table_oid):
+            return
         for greenlet, job in list(self.executor.performing.items()):
-            if job.id == job_id:
+            if str(job.id) == job_id:
                 greenlet.kill(JobRevoked("cancelled while running"), block=False)
 
     # -- maintenance: rescue and heartbeat -------------------------------------------

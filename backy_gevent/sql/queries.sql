@@ -126,16 +126,17 @@ WITH rescued AS (
 SELECT rescued.* FROM rescued LEFT JOIN notified ON true;
 
 -- name: cancel
--- Cancel a waiting or running job. The NOTIFY ("cancel:<id>") tells the runner of a
--- running one to stop it now; its result would be ignored anyway, since the lease token
--- no longer matches a running row.
+-- Cancel a waiting or running job. The NOTIFY ("cancel:<table oid>:<id>") tells the
+-- runner of a running one to stop it now; its result would be ignored anyway, since the
+-- lease token no longer matches a running row. The table's oid tells apart tables of one
+-- name in different schemas, which share the channel.
 WITH cancelled AS (
     UPDATE {table}
     SET state = 'cancelled', finished_at = now(), expires_at = NULL, runner_id = NULL
     WHERE id = %(id)s AND state IN ('available', 'running')
-    RETURNING *
+    RETURNING *, tableoid
 ), notified AS (
-    SELECT pg_notify(%(channel)s, 'cancel:' || id) FROM cancelled
+    SELECT pg_notify(%(channel)s, 'cancel:' || tableoid || ':' || id) FROM cancelled
 )
 SELECT cancelled.* FROM cancelled LEFT JOIN notified ON true;
 
@@ -151,6 +152,10 @@ WITH retried AS (
     SELECT pg_notify(%(channel)s, '') FROM retried
 )
 SELECT retried.* FROM retried LEFT JOIN notified ON true;
+
+-- name: table_oid
+-- The oid of the jobs table the search path finds (see cancel).
+SELECT to_regclass(%(table)s)::oid AS oid;
 
 -- name: get_job
 -- One job by id.

@@ -23,7 +23,7 @@ from backy_gevent.client import Client
 from backy_gevent.worker import Registry
 from tests import workers
 from tests.acceptance.scraping import free_port, scrape, value
-from tests.conftest import RunnerProcess, cli_env, query, wait_until
+from tests.conftest import RunnerProcess, cli_env, query, wait_until, with_search_path
 
 POLL = 0.2
 FAST = ("--poll-interval", str(POLL))
@@ -450,3 +450,33 @@ def test_cancelling_a_running_job_stops_it_at_once(
     other = client.enqueue(workers.Record)
     wait_until(lambda: state(db, other.id) is None, timeout=5, what="the next job to run")
     assert "Traceback" not in process.output
+
+
+def test_a_cancel_in_another_schemas_table_of_the_same_name_stops_nothing_here(
+    runner: Runner, client: Client, db: Any, server_dsn: str
+) -> None:
+    other_schema = "t_other_" + str(time.monotonic_ns())
+    admin = psycopg2.connect(server_dsn)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE SCHEMA "{other_schema}"')
+        other = Client(
+            client.settings.replace(dsn=with_search_path(server_dsn, other_schema)),
+            registry=Registry.from_classes(*workers.ALL),
+        )
+        other.setup()
+        process = runner(*FAST)
+        job = client.enqueue(workers.Limited, seconds=2)
+        twin = other.enqueue(workers.Limited, seconds=2)
+        assert twin.id == job.id  # same table name, same id, another schema
+        wait_until(lambda: runs(db, job.id), timeout=10, what="the attempt to start")
+        assert other.cancel(twin.id) is not None  # notifies the shared channel
+        wait_until(lambda: state(db, job.id) is None, timeout=10, what="our job to finish")
+        assert [run["finished_at"] is not None for run in runs(db, job.id)] == [True]
+        assert "stopped: cancelled" not in process.output
+        other.close()
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP SCHEMA "{other_schema}" CASCADE')
+        admin.close()
