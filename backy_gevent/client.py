@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ import psycopg2.extras
 from backy_gevent import schema
 from backy_gevent.config import Settings, load_settings
 from backy_gevent.connections import ConnectionPool
+from backy_gevent.embedded import dsn_configured
 from backy_gevent.job import CANCELLED, COMPLETED, FAILED, Job
 from backy_gevent.plugins import Hooks
 from backy_gevent.queries import Queries
@@ -88,12 +90,16 @@ class Client:
     def pool(self) -> ConnectionPool:
         """The client's own connections, opened on first use."""
         if self._pool is None:
-            if self.settings.dsn is None:
+            dsn = self.settings.dsn
+            if dsn is None and dsn_configured(os.environ):
+                dsn = ""  # libpq's PG* variables say where
+            if dsn is None:
                 raise RuntimeError(
-                    "no database configured: pass dsn=..., set BACKY_DSN, or run through"
-                    " the backy-gevent command, which starts the embedded server"
+                    "no database configured: pass dsn=..., set BACKY_DSN or libpq's PG*"
+                    " variables, or run through the backy-gevent command, which starts"
+                    " the embedded server"
                 )
-            self._pool = ConnectionPool(self.settings.dsn, size=4)
+            self._pool = ConnectionPool(dsn, size=4)
         return self._pool
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 import backy_gevent as backy
 from backy_gevent.client import Client
-from backy_gevent.worker import WorkerError
+from backy_gevent.worker import Registry, WorkerError
 from tests import workers
 from tests.conftest import ROOT, query
 
@@ -436,3 +436,28 @@ def test_retry_while_another_job_holds_the_unique_key(client: Client, db: Any) -
     assert query(db, "SELECT state FROM jobs WHERE id = %s", first.id) == [("cancelled",)]
     client.cancel(second.id)
     assert client.retry(first.id).state == "available"  # type: ignore[union-attr]
+
+
+def test_libpq_environment_variables_stand_in_for_a_dsn(
+    dsn: str, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parameters = psycopg2.extensions.parse_dsn(dsn)
+    for name, variable in (("host", "PGHOST"), ("port", "PGPORT"), ("user", "PGUSER"),
+                           ("dbname", "PGDATABASE"), ("options", "PGOPTIONS")):
+        if parameters.get(name):
+            monkeypatch.setenv(variable, parameters[name])
+    monkeypatch.delenv("BACKY_DSN", raising=False)
+    client = Client(registry=Registry.from_classes(*workers.ALL))
+    assert client.settings.dsn is None
+    client.setup()
+    job = client.enqueue("record", n=1)
+    assert query(db, "SELECT args FROM jobs WHERE id = %s", job.id) == [({"n": 1},)]
+    client.close()
+
+
+def test_without_any_dsn_the_client_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("BACKY_DSN", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"):
+        monkeypatch.delenv(variable, raising=False)
+    client = Client(registry=Registry.from_classes(*workers.ALL))
+    with pytest.raises(RuntimeError, match="BACKY_DSN"):
+        client.enqueue("record")
