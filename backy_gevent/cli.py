@@ -16,13 +16,12 @@ pgwait.install()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, NoReturn  # noqa: E402
+from typing import NoReturn  # noqa: E402
 
 from backy_gevent.config import OPTIONS, ConfigError, Settings, load_settings  # noqa: E402
 
@@ -204,8 +203,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SchemaMissing, DatabaseUnavailable) as exc:
         print(f"backy-gevent: error: {exc}", file=sys.stderr)
         return 1
-
-
-def print_json(value: Any) -> None:
-    """Print one JSON document (dates as ISO strings)."""
-    print(json.dumps(value, default=str, indent=2, sort_keys=True))
