@@ -222,7 +222,6 @@ class Client:
             "run_ats": [run_at] * count,
             "delays": [max(0.0, float(delay or 0))] * count,
             "unique_keys": list(unique_keys),
-            "channel": self.queries.channel,
         }
         rows = self._fetch(self.queries.insert_jobs, params, connection)
         written = [Job.from_row(row) for row in rows]
@@ -253,7 +252,7 @@ class Client:
         The runner of a running job is told at commit (NOTIFY) and stops the attempt at
         once, as it would at ``max_runtime``; nothing of it is recorded.
         """
-        rows = self._fetch(self.queries.cancel, {"id": job_id, "channel": self.queries.channel})
+        rows = self._fetch(self.queries.cancel, {"id": job_id})
         return Job.from_row(rows[0]) if rows else None
 
     def retry(self, job_id: int) -> Job | None:
@@ -273,7 +272,7 @@ class Client:
         try:
             rows = self._fetch(
                 self.queries.retry,
-                {"id": job_id, "attempts": retry_count + 1, "channel": self.queries.channel},
+                {"id": job_id, "attempts": retry_count + 1},
             )
         except psycopg2.errors.UniqueViolation:
             raise ValueError(

@@ -161,9 +161,7 @@ class Completer:
             if self._handed_back:
                 batch, self._handed_back = self._handed_back, []
                 try:
-                    written = self._write_batch(
-                        cur, self.queries.hand_back, batch, channel=self.queries.channel
-                    )
+                    written = self._write_batch(cur, self.queries.hand_back, batch)
                 except BaseException:
                     self._handed_back[:0] = batch
                     raise
@@ -187,13 +185,10 @@ class Completer:
                 elif row["state"] == "available" and retry_in is not None:
                     self.on_retry_scheduled(retry_in)
 
-    def _write_batch(
-        self, cur: Any, query: Any, batch: list[tuple[int, int]], **extra: Any
-    ) -> int:
+    def _write_batch(self, cur: Any, query: Any, batch: list[tuple[int, int]]) -> int:
         ids, attempts = zip(*batch, strict=True)
         cur.execute(
-            query,
-            {"ids": list(ids), "attempts": list(attempts), "runner_id": self.runner_id, **extra},
+            query, {"ids": list(ids), "attempts": list(attempts), "runner_id": self.runner_id}
         )
         return len(cur.fetchall())
 

@@ -33,9 +33,13 @@ def object_names(table_name: str) -> dict[str, sql.Identifier]:
     }
 
 
-def channel_name(table_name: str) -> str:
-    """The LISTEN/NOTIFY channel that announces new work in one jobs table."""
-    return f"backy_{table_name}"
+def channel_name(table_oid: int) -> str:
+    """The LISTEN/NOTIFY channel of one jobs table, named after the table's oid.
+
+    The statements that notify name it from their rows' ``tableoid`` (see queries.sql), so
+    same-named tables in other schemas have channels of their own.
+    """
+    return f"backy_{table_oid}"
 
 
 class Queries:
@@ -47,7 +51,6 @@ class Queries:
 
     def __init__(self, table_name: str) -> None:
         self.table_name = table_name
-        self.channel = channel_name(table_name)
         names = object_names(table_name)
         self._composed = {
             name: sql.SQL(body).format(**names) for name, body in _read_blocks().items()

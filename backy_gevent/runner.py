@@ -33,7 +33,7 @@ from backy_gevent.executor import Executor, HandBack, JobRevoked, lease_seconds
 from backy_gevent.job import Job
 from backy_gevent.plugins import Hooks
 from backy_gevent.pools import WorkerPool
-from backy_gevent.queries import Queries
+from backy_gevent.queries import Queries, channel_name
 from backy_gevent.worker import Registry
 
 log = logging.getLogger("backy_gevent.runner")
@@ -96,7 +96,7 @@ class Runner:
         self.rescued: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.last_db_ok = 0.0  # time.monotonic() of the last statement that succeeded
         self.db_error: str | None = None
-        self.table_oid: int | None = None  # learnt at start; tells our cancels apart
+        self.table_oid: int | None = None  # learnt at start; names our NOTIFY channel
         self._wake = Event()
         self._greenlets: list[gevent.Greenlet] = []
 
@@ -291,7 +291,8 @@ class Runner:
             try:
                 conn = connect(self.dsn, application_name=f"backy-gevent listener {self.id}")
                 with conn.cursor() as cur:
-                    cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.queries.channel)))
+                    channel = sql.Identifier(channel_name(int(self.table_oid or 0)))
+                    cur.execute(sql.SQL("LISTEN {}").format(channel))
                 backoff.reset()
                 self._wake.set()  # notifications may have been missed while away
                 while not self.stopping.is_set():
@@ -314,11 +315,10 @@ class Runner:
     def _stop_if_cancelled(self, payload: str) -> None:
         """Stop the attempt of a job cancelled while it runs here, if it does.
 
-        ``payload`` is ``cancel:<table oid>:<job id>`` for a cancel, empty otherwise.
+        ``payload`` is ``cancel:<job id>`` for a cancel, empty for new work.
         """
-        kind, _, rest = payload.partition(":")
-        table_oid, _, job_id = rest.partition(":")
-        if kind != "cancel" or table_oid != str(self.table_oid):
+        kind, _, job_id = payload.partition(":")
+        if kind != "cancel":
             return
         for greenlet, job in list(self.executor.performing.items()):
             if str(job.id) == job_id:
@@ -345,7 +345,7 @@ class Runner:
                             },
                         )
                         next_beat = time.monotonic() + HEARTBEAT_SECONDS
-                    cur.execute(self.queries.rescue, {"channel": self.queries.channel})
+                    cur.execute(self.queries.rescue)
                     rescued = cur.fetchall()
                 for row in rescued:
                     self.rescued[row["worker"], row["queue"], row["state"]] += 1

@@ -1,6 +1,10 @@
 -- Every statement backy-gevent runs against the jobs table, one named block each.
--- A block starts with "-- name: NAME" and a comment saying what it is for. {table},
--- {runners} and {channel} are identifiers filled in by psycopg2.sql; %(x)s are values.
+-- A block starts with "-- name: NAME" and a comment saying what it is for. {table} and
+-- {runners} are identifiers filled in by psycopg2.sql; %(x)s are values.
+--
+-- Runners of a table LISTEN on "backy_<oid of the table>"; statements that make work
+-- available notify that channel, naming it from the rows' tableoid. So tables of one name
+-- in different schemas (or databases) never wake, or cancel, each other's runners.
 
 -- name: insert_jobs
 -- Enqueue one or many jobs in one statement. A job whose unique_key is already taken by
@@ -15,9 +19,9 @@ WITH inserted AS (
          AS t(w, a, q, p, m, r, d, u)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'running')
     DO NOTHING
-    RETURNING *
+    RETURNING *, tableoid
 ), notified AS (
-    SELECT pg_notify(%(channel)s, '') FROM inserted LIMIT 1
+    SELECT pg_notify('backy_' || tableoid, '') FROM inserted LIMIT 1
 )
 SELECT inserted.* FROM inserted LEFT JOIN notified ON true ORDER BY id;
 
@@ -91,9 +95,9 @@ WITH back AS (
     FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
     WHERE t.id = done.id AND t.attempt = done.attempt AND t.state = 'running'
       AND t.runner_id = %(runner_id)s
-    RETURNING t.id
+    RETURNING t.id, t.tableoid
 ), notified AS (
-    SELECT pg_notify(%(channel)s, '') FROM back LIMIT 1
+    SELECT pg_notify('backy_' || tableoid, '') FROM back LIMIT 1
 )
 SELECT back.id FROM back LEFT JOIN notified ON true;
 
@@ -119,24 +123,23 @@ WITH rescued AS (
             'traceback', NULL)),
         expires_at = NULL, runner_id = NULL
     WHERE state = 'running' AND expires_at < now()
-    RETURNING id, worker, queue, state
+    RETURNING id, worker, queue, state, tableoid
 ), notified AS (
-    SELECT pg_notify(%(channel)s, '') FROM rescued WHERE state = 'available' LIMIT 1
+    SELECT pg_notify('backy_' || tableoid, '') FROM rescued WHERE state = 'available' LIMIT 1
 )
 SELECT rescued.* FROM rescued LEFT JOIN notified ON true;
 
 -- name: cancel
--- Cancel a waiting or running job. The NOTIFY ("cancel:<table oid>:<id>") tells the
--- runner of a running one to stop it now; its result would be ignored anyway, since the
--- lease token no longer matches a running row. The table's oid tells apart tables of one
--- name in different schemas, which share the channel.
+-- Cancel a waiting or running job. The NOTIFY ("cancel:<id>") tells the runner of a
+-- running one to stop it now; its result would be ignored anyway, since the lease token
+-- no longer matches a running row.
 WITH cancelled AS (
     UPDATE {table}
     SET state = 'cancelled', finished_at = now(), expires_at = NULL, runner_id = NULL
     WHERE id = %(id)s AND state IN ('available', 'running')
     RETURNING *, tableoid
 ), notified AS (
-    SELECT pg_notify(%(channel)s, 'cancel:' || tableoid || ':' || id) FROM cancelled
+    SELECT pg_notify('backy_' || tableoid, 'cancel:' || id) FROM cancelled
 )
 SELECT cancelled.* FROM cancelled LEFT JOIN notified ON true;
 
@@ -147,14 +150,14 @@ WITH retried AS (
     SET state = 'available', run_at = now(), finished_at = NULL,
         max_attempts = attempt + %(attempts)s
     WHERE id = %(id)s AND state IN ('failed', 'cancelled')
-    RETURNING *
+    RETURNING *, tableoid
 ), notified AS (
-    SELECT pg_notify(%(channel)s, '') FROM retried
+    SELECT pg_notify('backy_' || tableoid, '') FROM retried
 )
 SELECT retried.* FROM retried LEFT JOIN notified ON true;
 
 -- name: table_oid
--- The oid of the jobs table the search path finds (see cancel).
+-- The oid of the jobs table the search path finds: it names the table's channel.
 SELECT to_regclass(%(table)s)::oid AS oid;
 
 -- name: get_job

@@ -471,7 +471,7 @@ def test_a_cancel_in_another_schemas_table_of_the_same_name_stops_nothing_here(
         twin = other.enqueue(workers.Limited, seconds=2)
         assert twin.id == job.id  # same table name, same id, another schema
         wait_until(lambda: runs(db, job.id), timeout=10, what="the attempt to start")
-        assert other.cancel(twin.id) is not None  # notifies the shared channel
+        assert other.cancel(twin.id) is not None  # notifies that table's runners only
         wait_until(lambda: state(db, job.id) is None, timeout=10, what="our job to finish")
         assert [run["finished_at"] is not None for run in runs(db, job.id)] == [True]
         assert "stopped: cancelled" not in process.output
