@@ -112,11 +112,9 @@ class Executor:
             self._fail(job, None, exc, timed_out=False)
             return
         self.hooks.call("backy_before_job", job=job, worker=worker)
-        deadline = Deadline(
-            float(worker_class.max_runtime),
-            JobTimeout(job.id, float(worker_class.max_runtime)),
-            getcurrent(),
-        )
+        current = getcurrent()
+        max_runtime = float(worker_class.max_runtime)
+        deadline = Deadline(max_runtime, JobTimeout(job.id, max_runtime), current)
         lease = lease_seconds(worker_class)
 
         def touch() -> None:
@@ -125,7 +123,6 @@ class Executor:
                 # Going on would run the job twice: another runner may have it now.
                 raise JobRevoked("no longer this runner's (cancelled or rescued)")
 
-        current = getcurrent()
         job._toucher = touch
         started = time.monotonic()
         deadline.restart()
@@ -145,7 +142,7 @@ class Executor:
             self.sink.handed_back(job)
             raise
         except BaseException as exc:  # a job's error, whatever it is, is its outcome
-            deadline.cancel()
+            deadline.cancel()  # now, not in finally: the failure hooks run first
             timed_out = exc is deadline.error
             self._fail(job, worker, exc, timed_out=timed_out)
             return
