@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("workers", parents=[common], help="list registered workers")
     commands.add_parser("plugins", parents=[common], help="list hook plugins")
     commands.add_parser("jobs", parents=[common], help="job counts by worker, queue, state")
+    show = commands.add_parser("show", parents=[common], help="one job, with its error history")
+    show.add_argument("job_id", type=int, metavar="JOB_ID")
     for name, text in (("retry", "run failed or cancelled jobs again"), ("cancel", "cancel jobs")):
         sub = commands.add_parser(name, parents=[common], help=text)
         sub.add_argument("ids", nargs="+", type=int, metavar="JOB_ID")

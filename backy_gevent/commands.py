@@ -7,6 +7,7 @@ script (cli.py) has patched gevent before this module is imported.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -173,6 +174,21 @@ def command_jobs(arguments: argparse.Namespace, settings: Settings) -> int:
     for runner in runners:
         print(f"  {runner['id']}  workers={','.join(runner['workers'])}"
               f"  heartbeat={runner['heartbeat_at']:%Y-%m-%d %H:%M:%S%z}")
+    return 0
+
+
+def command_show(arguments: argparse.Namespace, settings: Settings) -> int:
+    """Print one job as JSON: every column, the error history included."""
+    client = Client(settings, registry=Registry())
+    try:
+        job = client.get_job(arguments.job_id)
+    finally:
+        client.close()
+    if job is None:
+        print(f"job {arguments.job_id}: no such job", file=sys.stderr)
+        return 1
+    fields = {f.name: getattr(job, f.name) for f in dataclasses.fields(job)}
+    _emit({name: value for name, value in fields.items() if not name.startswith("_")})
     return 0
 
 

@@ -353,3 +353,18 @@ def test_console_script_patches_gevent_and_psycopg2_first() -> None:
 def test_the_installed_script_enters_through_the_patching_module() -> None:
     script = Path(sys.executable).with_name("backy-gevent").read_text()
     assert "from backy_gevent.cli import main" in script
+
+
+def test_show_prints_a_job_with_its_error_history(dsn: str, db: Any, client: Client) -> None:
+    job = client.enqueue(workers.Fail, {"n": 7}, queue="mail")
+    error = {"attempt": 1, "error": "builtins.ValueError", "message": "boom"}
+    query(db, "UPDATE jobs SET state = 'failed', attempt = 1, errors = %s::jsonb WHERE id = %s",
+          json.dumps([error]), job.id)
+    done = cli(dsn, "show", str(job.id))
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert (shown["id"], shown["worker"], shown["queue"], shown["state"]) == (
+        job.id, "fail", "mail", "failed")
+    assert shown["args"] == {"n": 7} and shown["errors"] == [error]
+    missing = cli(dsn, "show", str(job.id + 1000))
+    assert missing.returncode == 1 and "no such job" in missing.stderr
