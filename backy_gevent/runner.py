@@ -34,7 +34,7 @@ from backy_gevent.job import Job
 from backy_gevent.plugins import Hooks
 from backy_gevent.pools import WorkerPool
 from backy_gevent.queries import Queries, channel_name
-from backy_gevent.worker import Registry
+from backy_gevent.worker import Registry, WorkerError
 
 log = logging.getLogger("backy_gevent.runner")
 
@@ -63,7 +63,10 @@ class Runner:
         services: Iterable[Callable[[Runner], Any]] = (),
     ) -> None:
         if not len(registry):
-            raise ValueError("no workers registered: install a worker package or set imports")
+            raise WorkerError(
+                "no workers registered: install a package with backy.workers entry points,"
+                " or name worker classes with --import module:Class"
+            )
         self.settings = settings
         self.registry = registry
         self.hooks = hooks
