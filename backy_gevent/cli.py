@@ -181,6 +181,8 @@ def _configure_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the console script; returns the exit status."""
+    import psycopg2
+
     from backy_gevent import commands
     from backy_gevent.plugins import PluginError
     from backy_gevent.runner import SchemaMissing
@@ -204,4 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (SchemaMissing, DatabaseUnavailable) as exc:
         print(f"backy-gevent: error: {exc}", file=sys.stderr)
+        return 1
+    except psycopg2.OperationalError as exc:
+        # A one-shot command that can't reach the database (the runner retries instead).
+        print(f"backy-gevent: error: database: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

@@ -368,3 +368,12 @@ def test_show_prints_a_job_with_its_error_history(dsn: str, db: Any, client: Cli
     assert shown["args"] == {"n": 7} and shown["errors"] == [error]
     missing = cli(dsn, "show", str(job.id + 1000))
     assert missing.returncode == 1 and "no such job" in missing.stderr
+
+
+def test_an_unreachable_database_is_one_line_and_exit_1(dsn: str) -> None:
+    unreachable = "postgresql://root@127.0.0.1:1/test?connect_timeout=2"
+    for command in (["jobs"], ["setup"], ["enqueue", "record", "{}"], ["show", "1"]):
+        done = cli(dsn, *command, "--dsn", unreachable)
+        assert done.returncode == 1, (command, done.stderr)
+        assert done.stderr.startswith("backy-gevent: error: database:"), done.stderr
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
