@@ -97,9 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("jobs", parents=[common], help="job counts by worker, queue, state")
     show = commands.add_parser("show", parents=[common], help="one job, with its error history")
     show.add_argument("job_id", type=int, metavar="JOB_ID")
-    for name, text in (("retry", "run failed or cancelled jobs again"), ("cancel", "cancel jobs")):
-        sub = commands.add_parser(name, parents=[common], help=text)
-        sub.add_argument("ids", nargs="+", type=int, metavar="JOB_ID")
+    retry = commands.add_parser(
+        "retry", parents=[common], help="run failed or cancelled jobs again"
+    )
+    retry.add_argument("ids", nargs="*", type=int, metavar="JOB_ID")
+    retry.add_argument("--failed", action="store_true", help="every failed job (see filters)")
+    retry.add_argument("--worker", dest="only_workers", action="append", default=[],
+                       metavar="NAME", help="with --failed: only this worker's (repeatable)")
+    retry.add_argument("--queue", dest="only_queues", action="append", default=[],
+                       metavar="NAME", help="with --failed: only this queue's (repeatable)")
+    cancel = commands.add_parser("cancel", parents=[common], help="cancel jobs")
+    cancel.add_argument("ids", nargs="+", type=int, metavar="JOB_ID")
     prune = commands.add_parser("prune", parents=[common], help="delete finished jobs")
     prune.add_argument("--older-than", type=float, default=0.0, metavar="SECONDS")
     prune.add_argument("--failed", action="store_true", help="also failed jobs")

@@ -281,6 +281,31 @@ class Client:
             ) from None
         return Job.from_row(rows[0]) if rows else None
 
+    def retry_failed(
+        self, workers: Sequence[str] = (), queues: Sequence[str] = ()
+    ) -> list[int]:
+        """Run every failed job again (of these workers and queues; all when empty), each
+        with its history and a fresh set of retries. Returns the ids retried.
+
+        A job whose ``unique_key`` is held by a waiting or running job stays failed.
+        """
+        known = [
+            (r.name, (self.settings.retry_count if r.cls.retry_count is None
+                      else r.cls.retry_count) + 1)
+            for r in self.registry
+        ]
+        rows = self._fetch(
+            self.queries.retry_failed,
+            {
+                "workers": list(workers),
+                "queues": list(queues),
+                "known_workers": [name for name, _ in known],
+                "known_attempts": [attempts for _, attempts in known],
+                "default_attempts": self.settings.retry_count + 1,
+            },
+        )
+        return [row["id"] for row in rows]
+
     def prune(self, older_than: float = 0.0, states: Sequence[str] = (COMPLETED,)) -> int:
         """Delete finished rows in ``states`` older than ``older_than`` seconds."""
         with self.pool.borrow() as conn, conn.cursor() as cur:

@@ -216,7 +216,21 @@ def _each_job(arguments: argparse.Namespace, settings: Settings, action: str) ->
 
 
 def command_retry(arguments: argparse.Namespace, settings: Settings) -> int:
-    return _each_job(arguments, settings, "retry")
+    from backy_gevent.cli import UsageError
+
+    if not arguments.ids and not arguments.failed:
+        raise UsageError("retry: give job ids, or --failed for every failed job")
+    if (arguments.only_workers or arguments.only_queues) and not arguments.failed:
+        raise UsageError("retry: --worker and --queue filter --failed")
+    status = _each_job(arguments, settings, "retry") if arguments.ids else 0
+    if arguments.failed:
+        client = _client(settings)
+        try:
+            retried = client.retry_failed(arguments.only_workers, arguments.only_queues)
+        finally:
+            client.close()
+        print(f"retried {len(retried)} failed jobs")
+    return status
 
 
 def command_cancel(arguments: argparse.Namespace, settings: Settings) -> int:

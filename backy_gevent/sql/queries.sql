@@ -156,6 +156,38 @@ WITH retried AS (
 )
 SELECT retried.* FROM retried LEFT JOIN notified ON true;
 
+-- name: retry_failed
+-- Make every failed job (of some workers and queues, or all) available now, each with a
+-- fresh set of retries: its worker's number of attempts from known_workers and
+-- known_attempts, else default_attempts. A job whose unique_key is held by a waiting or
+-- running job stays failed, and of failed jobs sharing a key only the newest is retried.
+WITH candidates AS (
+    SELECT DISTINCT ON (unique_key, CASE WHEN unique_key IS NULL THEN id END) id
+    FROM {table} t
+    WHERE state = 'failed'
+      AND (cardinality(%(workers)s::text[]) = 0 OR worker = ANY(%(workers)s::text[]))
+      AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+      AND (unique_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM {table} o
+          WHERE o.unique_key = t.unique_key AND o.state IN ('available', 'running')))
+    ORDER BY unique_key, CASE WHEN unique_key IS NULL THEN id END, id DESC
+), retried AS (
+    UPDATE {table} t
+    SET state = 'available', run_at = now(), finished_at = NULL,
+        max_attempts = t.attempt + coalesce(
+            (SELECT k.attempts
+             FROM unnest(%(known_workers)s::text[], %(known_attempts)s::int[])
+                  AS k(worker, attempts)
+             WHERE k.worker = t.worker),
+            %(default_attempts)s)
+    FROM candidates c
+    WHERE t.id = c.id AND t.state = 'failed'
+    RETURNING t.id, t.tableoid
+), notified AS (
+    SELECT pg_notify('backy_' || tableoid, '') FROM retried LIMIT 1
+)
+SELECT retried.id FROM retried LEFT JOIN notified ON true ORDER BY retried.id;
+
 -- name: table_oid
 -- The oid of the jobs table the search path finds: it names the table's channel.
 SELECT to_regclass(%(table)s)::oid AS oid;

@@ -377,3 +377,34 @@ def test_an_unreachable_database_is_one_line_and_exit_1(dsn: str) -> None:
         assert done.returncode == 1, (command, done.stderr)
         assert done.stderr.startswith("backy-gevent: error: database:"), done.stderr
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_retry_failed_in_bulk_with_filters(dsn: str, db: Any, client: Client) -> None:
+    fails = client.enqueue_many(workers.Fail, [{"n": n} for n in range(3)])
+    record = client.enqueue(workers.Record, queue="mail")
+    keyed = client.enqueue(workers.Fail, unique_key="k")
+    failed = [job.id for job in [*fails, record, keyed]]
+    query(db, "UPDATE jobs SET state = 'failed', attempt = 3, finished_at = now()"
+              " WHERE id = ANY(%s)", failed)
+    holder = client.enqueue(workers.Fail, unique_key="k")  # takes "k" while it waits
+
+    def states() -> dict[int, tuple[str, int]]:
+        rows = query(db, "SELECT id, state, max_attempts FROM jobs")
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    done = cli(dsn, "retry", "--failed", "--worker", "fail")
+    assert (done.returncode, done.stdout.strip()) == (0, "retried 3 failed jobs"), done.stderr
+    now = states()
+    # Fail has retry_count 2: three fresh attempts on top of the three spent.
+    assert [now[job.id] for job in fails] == [("available", 6)] * 3
+    assert now[keyed.id][0] == "failed"  # its unique_key is held by a waiting job
+    assert now[record.id][0] == "failed"  # another worker
+    assert now[holder.id][0] == "available"
+
+    done = cli(dsn, "retry", "--failed", "--queue", "mail")
+    assert done.stdout.strip() == "retried 1 failed jobs"
+    assert states()[record.id] == ("available", 3 + 4)  # Record: the default retry_count 3
+
+    for args in (["retry"], ["retry", "--worker", "fail"]):
+        refused = cli(dsn, *args)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
