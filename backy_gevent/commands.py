@@ -172,8 +172,10 @@ def command_jobs(arguments: argparse.Namespace, settings: Settings) -> int:
             )
     print(f"\n{len(runners)} runners")
     for runner in runners:
-        print(f"  {runner['id']}  workers={','.join(runner['workers'])}"
-              f"  heartbeat={runner['heartbeat_at']:%Y-%m-%d %H:%M:%S%z}")
+        silent = runner["silent_seconds"]
+        # A live runner beats every 5 s; a silent one died without saying goodbye.
+        status = f"last beat {silent:.0f}s ago" + ("" if silent < 15 else " (SILENT)")
+        print(f"  {runner['id']}  workers={','.join(runner['workers'])}  {status}")
     return 0
 
 

@@ -248,6 +248,9 @@ WHERE heartbeat_at < now() - make_interval(secs => %(forget_after)s) AND id <> %
 DELETE FROM {runners} WHERE id = %(id)s;
 
 -- name: list_runners
--- Runners that beat recently.
-SELECT id, hostname, pid, workers, queues, started_at, heartbeat_at FROM {runners}
+-- Runners that beat within the last hour (older rows are dropped), and how long each has
+-- been silent: a live runner beats every 5 seconds.
+SELECT id, hostname, pid, workers, queues, started_at, heartbeat_at,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS silent_seconds
+FROM {runners}
 ORDER BY started_at;

@@ -408,3 +408,20 @@ def test_retry_failed_in_bulk_with_filters(dsn: str, db: Any, client: Client) ->
     for args in (["retry"], ["retry", "--worker", "fail"]):
         refused = cli(dsn, *args)
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+
+
+def test_jobs_lists_live_and_silent_runners(
+    dsn: str, db: Any, client: Client, runner: Callable[..., RunnerProcess]
+) -> None:
+    process = runner("--poll-interval", "0.2")
+    query(db, "INSERT INTO jobs_runners (id, hostname, pid, workers, queues, heartbeat_at)"
+              " VALUES ('gone:1:x', 'gone', 1, '{record}', '{}', now() - interval '60 s')")
+    wait_until(lambda: query(db, "SELECT count(*) FROM jobs_runners")[0][0] == 2, 10,
+               what="the runner's first heartbeat")
+    done = cli(dsn, "jobs")
+    assert "2 runners" in done.stdout
+    lines = {line.split()[0]: line for line in done.stdout.splitlines()
+             if line.startswith("  ")}
+    live = next(line for key, line in lines.items() if f":{process.process.pid}:" in key)
+    assert "last beat" in live and "SILENT" not in live
+    assert "(SILENT)" in lines["gone:1:x"]
