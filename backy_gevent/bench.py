@@ -26,6 +26,7 @@ import psycopg2
 
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
+from backy_gevent.connections import ConnectionPool
 from backy_gevent.worker import Registry, Worker
 
 
@@ -47,6 +48,8 @@ class BenchResult:
     runners: int
     enqueue_seconds: float
     drain_seconds: float
+    single_jobs: int
+    single_seconds: float
     pgbench_tps: float | None
     pgbench_clients: int
 
@@ -58,6 +61,10 @@ class BenchResult:
     def job_rate(self) -> float:
         return self.jobs / self.drain_seconds
 
+    @property
+    def single_rate(self) -> float:
+        return self.single_jobs / self.single_seconds if self.single_jobs else 0.0
+
     def report(self) -> str:
         lines = [
             f"enqueue_many: {self.jobs} jobs in {self.enqueue_seconds:.2f}s"
@@ -65,6 +72,12 @@ class BenchResult:
             f"run ({self.runners} runner{'s' if self.runners > 1 else ''}): {self.jobs} jobs in"
             f" {self.drain_seconds:.2f}s = {self.job_rate:,.0f} jobs/s",
         ]
+        if self.single_jobs:
+            lines.append(
+                f"one job per enqueue transaction ({self.pgbench_clients} enqueuers, the"
+                f" runners working alongside): {self.single_jobs} jobs enqueued and run in"
+                f" {self.single_seconds:.2f}s = {self.single_rate:,.0f} jobs/s"
+            )
         if self.pgbench_tps is None:
             lines.append("pgbench: not found on PATH; no baseline")
         else:
@@ -72,7 +85,11 @@ class BenchResult:
                 f"pgbench (-c {self.pgbench_clients}, one INSERT per transaction):"
                 f" {self.pgbench_tps:,.0f} commits/s"
             )
-            lines.append(f"jobs/s as a share of commits/s: {self.job_rate / self.pgbench_tps:.0%}")
+            lines.append(
+                f"as a share of pgbench's commits/s: batched {self.job_rate / self.pgbench_tps:.0%}"
+                + (f", one per transaction {self.single_rate / self.pgbench_tps:.0%}"
+                   if self.single_jobs else "")
+            )
         return "\n".join(lines)
 
 
@@ -119,7 +136,33 @@ def _pgbench(dsn: str, seconds: float, clients: int) -> float | None:
     return float(match[1]) if match else None
 
 
-def run_bench(settings: Settings, *, jobs: int, runners: int, pgbench_clients: int) -> BenchResult:
+def _enqueue_one_by_one(dsn: str, settings: Settings, jobs: int, clients: int) -> None:
+    """``jobs`` single enqueues, one transaction each, from ``clients`` greenlets at once."""
+    import gevent.pool
+
+    pool = ConnectionPool(dsn, size=clients, application_name="backy-gevent bench")
+    client = Client(settings, registry=Registry.from_classes(Noop), pool=pool)
+    try:
+        gevent.pool.Pool(clients).map(lambda n: client.enqueue(Noop, n=n), range(jobs))
+    finally:
+        client.close()
+
+
+def _wait_drained(dsn: str, processes: list[subprocess.Popen[bytes]]) -> None:
+    while _count(dsn, "backy_bench_jobs") > 0:
+        if any(p.poll() is not None for p in processes):
+            raise RuntimeError("a runner exited during the benchmark")
+        time.sleep(0.01)
+
+
+def run_bench(
+    settings: Settings,
+    *,
+    jobs: int,
+    runners: int,
+    pgbench_clients: int,
+    single_jobs: int = 0,
+) -> BenchResult:
     """Measure; ``settings.dsn`` must be set. Leaves nothing behind in the database."""
     assert settings.dsn is not None
     schema = "backy_bench_" + uuid.uuid4().hex[:8]
@@ -150,11 +193,14 @@ def run_bench(settings: Settings, *, jobs: int, runners: int, pgbench_clients: i
         client.close()
         enqueue_seconds = time.monotonic() - started
         started = time.monotonic()
-        while _count(dsn, "backy_bench_jobs") > 0:
-            if any(p.poll() is not None for p in processes):
-                raise RuntimeError("a runner exited during the benchmark")
-            time.sleep(0.01)
+        _wait_drained(dsn, processes)
         drain_seconds = time.monotonic() - started
+        # The other way jobs arrive: one per transaction, while the runners work.
+        started = time.monotonic()
+        if single_jobs:
+            _enqueue_one_by_one(dsn, bench_settings, single_jobs, pgbench_clients)
+            _wait_drained(dsn, processes)
+        single_seconds = time.monotonic() - started
         for process in processes:
             process.send_signal(signal.SIGTERM)
         for process in processes:
@@ -169,4 +215,7 @@ def run_bench(settings: Settings, *, jobs: int, runners: int, pgbench_clients: i
         with admin.cursor() as cur:
             cur.execute(f'DROP SCHEMA "{schema}" CASCADE')
         admin.close()
-    return BenchResult(jobs, runners, enqueue_seconds, drain_seconds, tps, pgbench_clients)
+    return BenchResult(
+        jobs, runners, enqueue_seconds, drain_seconds, single_jobs, single_seconds, tps,
+        pgbench_clients,
+    )

@@ -117,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--jobs", type=int, default=20000, help="no-op jobs to run")
     bench.add_argument("--runners", type=int, default=1, help="runner processes")
-    bench.add_argument("--pgbench-clients", type=int, default=4, help="pgbench -c")
+    bench.add_argument("--pgbench-clients", type=int, default=4,
+                       help="pgbench -c, and the number of one-by-one enqueuers")
+    bench.add_argument("--single-jobs", type=int, default=5000,
+                       help="jobs enqueued one per transaction while the runners work")
     return parser
 
 

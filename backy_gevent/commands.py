@@ -263,6 +263,7 @@ def command_bench(arguments: argparse.Namespace, settings: Settings) -> int:
         jobs=arguments.jobs,
         runners=arguments.runners,
         pgbench_clients=arguments.pgbench_clients,
+        single_jobs=arguments.single_jobs,
     )
     print(result.report())
     return 0
