@@ -140,7 +140,10 @@ def _enqueue_one_by_one(dsn: str, settings: Settings, jobs: int, clients: int) -
     """``jobs`` single enqueues, one transaction each, from ``clients`` greenlets at once."""
     import gevent.pool
 
-    pool = ConnectionPool(dsn, size=clients, application_name="backy-gevent bench")
+    pool = ConnectionPool(
+        dsn, size=clients, application_name="backy-gevent bench",
+        prepare=settings.prepare_statements,
+    )
     client = Client(settings, registry=Registry.from_classes(Noop), pool=pool)
     try:
         gevent.pool.Pool(clients).map(lambda n: client.enqueue(Noop, n=n), range(jobs))

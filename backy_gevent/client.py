@@ -99,7 +99,7 @@ class Client:
                     " variables, or run through the backy-gevent command, which starts"
                     " the embedded server"
                 )
-            self._pool = ConnectionPool(dsn, size=4)
+            self._pool = ConnectionPool(dsn, size=4, prepare=self.settings.prepare_statements)
         return self._pool
 
     def close(self) -> None:
@@ -109,14 +109,14 @@ class Client:
 
     # -- running statements -------------------------------------------------------------
 
-    def _fetch(self, query: Any, params: Mapping[str, Any], connection: Any = None) -> list[Any]:
-        """Run one statement on the caller's connection, or a pooled autocommit one."""
+    def _fetch(self, name: str, params: Mapping[str, Any], connection: Any = None) -> list[Any]:
+        """Run statement ``name`` on the caller's connection, or a pooled autocommit one."""
         if connection is not None:
             with connection.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                cur.execute(query, params)
+                self.queries.execute(cur, name, params)
                 return cur.fetchall() if cur.description else []
         with self.pool.borrow() as conn, conn.cursor() as cur:
-            cur.execute(query, params)
+            self.queries.execute(cur, name, params)
             return cur.fetchall() if cur.description else []
 
     def setup(self) -> list[schema.Migration]:
@@ -223,13 +223,13 @@ class Client:
             "delays": [max(0.0, float(delay or 0))] * count,
             "unique_keys": list(unique_keys),
         }
-        rows = self._fetch(self.queries.insert_jobs, params, connection)
+        rows = self._fetch("insert_jobs", params, connection)
         written = [Job.from_row(row) for row in rows]
         by_key = {job.unique_key: job for job in written if job.unique_key is not None}
         missing = [key for key in unique_keys if key is not None and key not in by_key]
         if missing:
             for row in self._fetch(
-                self.queries.get_unique, {"unique_keys": missing}, connection
+                "get_unique", {"unique_keys": missing}, connection
             ):
                 by_key[row["unique_key"]] = Job.from_row(row)
         # Rows come back in id order, which is input order for the keyless ones.
@@ -243,7 +243,7 @@ class Client:
 
     def get_job(self, job_id: int) -> Job | None:
         """The job with this id, or None when there is no such row."""
-        rows = self._fetch(self.queries.get_job, {"id": job_id})
+        rows = self._fetch("get_job", {"id": job_id})
         return Job.from_row(rows[0]) if rows else None
 
     def cancel(self, job_id: int) -> Job | None:
@@ -252,7 +252,7 @@ class Client:
         The runner of a running job is told at commit (NOTIFY) and stops the attempt at
         once, as it would at ``max_runtime``; nothing of it is recorded.
         """
-        rows = self._fetch(self.queries.cancel, {"id": job_id})
+        rows = self._fetch("cancel", {"id": job_id})
         return Job.from_row(rows[0]) if rows else None
 
     def retry(self, job_id: int) -> Job | None:
@@ -271,7 +271,7 @@ class Client:
             retry_count = retry_count if configured is None else configured
         try:
             rows = self._fetch(
-                self.queries.retry,
+                "retry",
                 {"id": job_id, "attempts": retry_count + 1},
             )
         except psycopg2.errors.UniqueViolation:
@@ -295,7 +295,7 @@ class Client:
             for r in self.registry
         ]
         rows = self._fetch(
-            self.queries.retry_failed,
+            "retry_failed",
             {
                 "workers": list(workers),
                 "queues": list(queues),
@@ -316,7 +316,7 @@ class Client:
 
     def stats(self) -> list[dict[str, Any]]:
         """Job counts by worker, queue and state, with the oldest due job's wait."""
-        return [dict(row) for row in self._fetch(self.queries.stats, {})]
+        return [dict(row) for row in self._fetch("stats", {})]
 
 
 class DefaultClient:

@@ -88,8 +88,9 @@ class Completer:
         """
         try:
             with self.pool.borrow() as conn, conn.cursor() as cur:
-                cur.execute(
-                    self.queries.touch,
+                self.queries.execute(
+                    cur,
+                    "touch",
                     {"id": job.id, "attempt": job.attempt, "lease": lease,
                      "runner_id": self.runner_id},
                 )
@@ -147,11 +148,7 @@ class Completer:
         with self.pool.borrow() as conn, conn.cursor() as cur:
             if self._completed:
                 batch, self._completed = self._completed, []
-                query = (
-                    self.queries.complete_delete
-                    if self.delete_finished_jobs
-                    else self.queries.complete_keep
-                )
+                query = "complete_delete" if self.delete_finished_jobs else "complete_keep"
                 try:
                     written = self._write_batch(cur, query, batch)
                 except BaseException:
@@ -161,15 +158,16 @@ class Completer:
             if self._handed_back:
                 batch, self._handed_back = self._handed_back, []
                 try:
-                    written = self._write_batch(cur, self.queries.hand_back, batch)
+                    written = self._write_batch(cur, "hand_back", batch)
                 except BaseException:
                     self._handed_back[:0] = batch
                     raise
                 self._note_lost("hand-backs", len(batch) - written)
             while self._failed:
                 job, error, retry_in = self._failed[0]
-                cur.execute(
-                    self.queries.fail,
+                self.queries.execute(
+                    cur,
+                    "fail",
                     {
                         "id": job.id,
                         "attempt": job.attempt,
@@ -185,10 +183,11 @@ class Completer:
                 elif row["state"] == "available" and retry_in is not None:
                     self.on_retry_scheduled(retry_in)
 
-    def _write_batch(self, cur: Any, query: Any, batch: list[tuple[int, int]]) -> int:
+    def _write_batch(self, cur: Any, query: str, batch: list[tuple[int, int]]) -> int:
         ids, attempts = zip(*batch, strict=True)
-        cur.execute(
-            query, {"ids": list(ids), "attempts": list(attempts), "runner_id": self.runner_id}
+        self.queries.execute(
+            cur, query,
+            {"ids": list(ids), "attempts": list(attempts), "runner_id": self.runner_id},
         )
         return len(cur.fetchall())
 

@@ -166,6 +166,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_level", _log_level, "info", "logging level"),
     Option("fetch_limit", _positive_count, 1000, "most jobs claimed at once per worker"),
     Option("data_dir", _optional_text, None, "embedded server's data directory"),
+    Option(
+        "prepare_statements", _boolean, True,
+        "prepare hot statements server-side (false behind PgBouncer in transaction mode)",
+    ),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -192,6 +196,7 @@ class Settings:
     # no-op jobs/s with batches of 100 and 20k with 1000 on one runner.
     fetch_limit: int = 1000
     data_dir: str | None = None
+    prepare_statements: bool = True
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some options changed, each parsed and checked like any other source."""

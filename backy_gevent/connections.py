@@ -22,10 +22,32 @@ import psycopg2.extras
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
-def connect(dsn: str, *, autocommit: bool = True, application_name: str = "backy-gevent") -> Any:
-    """Open one connection with dict-like rows (``RealDictCursor``)."""
+class PreparingConnection(psycopg2.extensions.connection):
+    """A connection on which ``Queries.execute`` prepares statements server-side.
+
+    ``prepared`` maps a statement's key to what EXECUTE needs; it lives and dies with the
+    session, as the prepared statements themselves do.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prepared: dict[str, tuple[str, list[str], str]] = {}
+
+
+def connect(
+    dsn: str,
+    *,
+    autocommit: bool = True,
+    application_name: str = "backy-gevent",
+    prepare: bool = False,
+) -> Any:
+    """Open one connection with dict-like rows (``RealDictCursor``).
+
+    ``prepare``: a ``PreparingConnection``, on which the hot statements skip planning.
+    """
     conn = psycopg2.connect(
         dsn,
+        connection_factory=PreparingConnection if prepare else None,
         application_name=application_name,
         cursor_factory=psycopg2.extras.RealDictCursor,
         # Notice a dead peer (network cut, killed server) in seconds, not hours.
@@ -41,8 +63,16 @@ def connect(dsn: str, *, autocommit: bool = True, application_name: str = "backy
 class ConnectionPool:
     """At most ``size`` connections to ``dsn``; ``borrow()`` waits when all are out."""
 
-    def __init__(self, dsn: str, size: int = 4, *, application_name: str = "backy-gevent"):
+    def __init__(
+        self,
+        dsn: str,
+        size: int = 4,
+        *,
+        application_name: str = "backy-gevent",
+        prepare: bool = False,
+    ):
         self.dsn = dsn
+        self.prepare = prepare
         self.size = size
         self.application_name = application_name
         self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
@@ -60,7 +90,9 @@ class ConnectionPool:
             try:
                 conn = self._idle.get_nowait()
             except queue.Empty:
-                conn = connect(self.dsn, application_name=self.application_name)
+                conn = connect(
+                    self.dsn, application_name=self.application_name, prepare=self.prepare
+                )
             yield conn
         except BaseException as exc:
             if conn is not None and (

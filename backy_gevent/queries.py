@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import functools
 import re
+import zlib
+from collections.abc import Mapping
 from importlib import resources
+from typing import Any
 
+import psycopg2.errors
 from psycopg2 import sql
 
 _BLOCK = re.compile(r"^-- name: (\w+)\n", re.MULTILINE)
+#: A named placeholder and the cast that follows it, if any: %(ids)s::bigint[]
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s(::\w+(?:\[\])?)?")
 
 
 @functools.cache
@@ -55,6 +61,44 @@ class Queries:
         self._composed = {
             name: sql.SQL(body).format(**names) for name, body in _read_blocks().items()
         }
+
+    def execute(self, cur: Any, name: str, params: Mapping[str, Any]) -> None:
+        """Run statement ``name`` with ``params`` on ``cur``.
+
+        On a ``PreparingConnection`` (the runner's and the client's own) the statement is
+        prepared once per session and then EXECUTEd: planning these statements costs as
+        much as running them. On any other connection (a caller's) it runs as plain SQL.
+        """
+        prepared = getattr(cur.connection, "prepared", None)
+        if prepared is None:
+            cur.execute(self._composed[name], params)
+            return
+        key = f"{self.table_name}.{name}"
+        if key not in prepared:
+            prepared[key] = self._prepare(cur, name, key)
+        statement, names, arguments = prepared[key]
+        values = [params[n] for n in names]
+        try:
+            cur.execute(f"EXECUTE {statement}{arguments}", values)
+        except psycopg2.errors.InvalidSqlStatementName:
+            # The session lost it (DISCARD ALL by a pooler): prepare again, once.
+            prepared[key] = self._prepare(cur, name, key)
+            cur.execute(f"EXECUTE {statement}{arguments}", values)
+
+    def _prepare(self, cur: Any, name: str, key: str) -> tuple[str, list[str], str]:
+        """PREPARE statement ``name``; return its name, its parameters' order, and the
+        EXECUTE argument list (each value cast as the statement casts it)."""
+        text = self._composed[name].as_string(cur.connection)
+        casts: dict[str, str] = {}  # in order of first appearance
+        for match in _PLACEHOLDER.finditer(text):
+            if not casts.get(match[1]):
+                casts[match[1]] = match[2] or ""
+        names = list(casts)
+        body = _PLACEHOLDER.sub(lambda m: f"${names.index(m[1]) + 1}{m[2] or ''}", text)
+        statement = f"backy_{zlib.crc32(key.encode()):08x}"
+        cur.execute(f"PREPARE {statement} AS {body}")
+        arguments = f"({', '.join('%s' + casts[n] for n in names)})" if names else ""
+        return statement, names, arguments
 
     def __getattr__(self, name: str) -> sql.Composed:
         try:

@@ -73,7 +73,10 @@ class Runner:
         self.dsn = dsn
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.queries = Queries(settings.table_name)
-        self.pool = ConnectionPool(dsn, size=4, application_name=f"backy-gevent {self.id}")
+        self.pool = ConnectionPool(
+            dsn, size=4, application_name=f"backy-gevent {self.id}",
+            prepare=settings.prepare_statements,
+        )
         self.completer = Completer(
             self.pool,
             self.queries,
@@ -271,7 +274,7 @@ class Runner:
         # Plain tuples: building a dict per row by zip is cheaper than RealDictCursor's,
         # and this runs for every job.
         with self.pool.borrow() as conn, conn.cursor(cursor_factory=plain_cursor) as cur:
-            cur.execute(self.queries.claim, params)
+            self.queries.execute(cur, "claim", params)
             names = [column.name for column in cur.description]
             rows = cur.fetchall()
         jobs = sorted(
@@ -336,8 +339,9 @@ class Runner:
             try:
                 with self.pool.borrow() as conn, conn.cursor() as cur:
                     if time.monotonic() >= next_beat:
-                        cur.execute(
-                            self.queries.heartbeat,
+                        self.queries.execute(
+                            cur,
+                            "heartbeat",
                             {
                                 "id": self.id,
                                 "hostname": socket.gethostname(),
@@ -348,7 +352,7 @@ class Runner:
                             },
                         )
                         next_beat = time.monotonic() + HEARTBEAT_SECONDS
-                    cur.execute(self.queries.rescue)
+                    self.queries.execute(cur, "rescue", {})
                     rescued = cur.fetchall()
                 for row in rescued:
                     self.rescued[row["worker"], row["queue"], row["state"]] += 1
