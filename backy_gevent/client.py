@@ -24,7 +24,7 @@ from backy_gevent.embedded import dsn_configured
 from backy_gevent.job import CANCELLED, COMPLETED, FAILED, Job
 from backy_gevent.plugins import Hooks
 from backy_gevent.queries import Queries
-from backy_gevent.worker import Registry, Worker
+from backy_gevent.worker import Registry, Worker, retry_count_of
 
 #: Option names of ``enqueue``; a job arg of the same name must be passed in ``args``.
 ENQUEUE_OPTIONS = ("run_at", "delay", "priority", "queue", "unique_key", "connection")
@@ -209,9 +209,7 @@ class Client:
             raise ValueError(f"queue must be a non-empty string, not {queue!r}")
         if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
             raise ValueError(f"priority must be an integer, not {priority!r}")
-        retry_count = worker_class.retry_count
-        if retry_count is None:
-            retry_count = self.settings.retry_count
+        retry_count = retry_count_of(worker_class, self.settings.retry_count)
         count = len(encoded)
         params = {
             "workers": [name] * count,
@@ -267,8 +265,7 @@ class Client:
             return None
         retry_count = self.settings.retry_count
         if job.worker in self.registry:
-            configured = self.worker_class(job.worker).retry_count
-            retry_count = retry_count if configured is None else configured
+            retry_count = retry_count_of(self.worker_class(job.worker), retry_count)
         try:
             rows = self._fetch(
                 "retry",
@@ -290,8 +287,7 @@ class Client:
         A job whose ``unique_key`` is held by a waiting or running job stays failed.
         """
         known = [
-            (r.name, (self.settings.retry_count if r.cls.retry_count is None
-                      else r.cls.retry_count) + 1)
+            (r.name, retry_count_of(r.cls, self.settings.retry_count) + 1)
             for r in self.registry
         ]
         rows = self._fetch(
@@ -313,6 +309,10 @@ class Client:
                 self.queries.prune, {"states": list(states), "older_than": older_than}
             )
             return int(cur.rowcount)
+
+    def runners(self) -> list[dict[str, Any]]:
+        """Runners that beat within the last hour, with how long each has been silent."""
+        return [dict(row) for row in self._fetch("list_runners", {})]
 
     def stats(self) -> list[dict[str, Any]]:
         """Job counts by worker, queue and state, with the oldest due job's wait."""

@@ -23,9 +23,8 @@ from backy_gevent.job import COMPLETED
 from backy_gevent.metrics import PLUGIN_NAME as METRICS_PLUGIN
 from backy_gevent.metrics import Metrics, metrics_services
 from backy_gevent.plugins import Hooks, build_plugin_manager
-from backy_gevent.queries import Queries
 from backy_gevent.runner import Runner
-from backy_gevent.worker import Registry
+from backy_gevent.worker import Registry, retry_count_of
 
 
 def _emit(value: Any) -> None:
@@ -115,7 +114,7 @@ def command_workers(arguments: argparse.Namespace, settings: Settings) -> int:
         return 0
     for registration in registry:
         cls = registration.cls
-        retry_count = settings.retry_count if cls.retry_count is None else cls.retry_count
+        retry_count = retry_count_of(cls, settings.retry_count)
         print(
             f"{registration.name}\t{registration.path}\t{registration.source}\t"
             f"queue={cls.queue} priority={cls.priority} max_runtime={cls.max_runtime:g}"
@@ -155,9 +154,7 @@ def command_jobs(arguments: argparse.Namespace, settings: Settings) -> int:
     client = Client(settings, registry=Registry())
     try:
         stats = client.stats()
-        with client.pool.borrow() as conn, conn.cursor() as cur:
-            cur.execute(Queries(settings.table_name).list_runners)
-            runners = cur.fetchall()
+        runners = client.runners()
     finally:
         client.close()
     if not stats:

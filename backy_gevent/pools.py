@@ -54,11 +54,6 @@ class WorkerPool:
             return max(0, self.fetch_limit - self._queue.qsize())
         return max(0, min(self.capacity - self.in_flight, self.fetch_limit))
 
-    @property
-    def running(self) -> int:
-        """Jobs of this worker in flight in this process."""
-        return self.in_flight
-
     def submit(self, job: Job) -> None:
         """Queue a claimed job; a free greenlet (or a new one, within capacity) runs it."""
         self.in_flight += 1

@@ -110,7 +110,7 @@ class Runner:
 
     def running_counts(self) -> dict[str, int]:
         """Jobs in flight per worker in this process."""
-        return {name: pool.running for name, pool in self.pools.items()}
+        return {name: pool.in_flight for name, pool in self.pools.items()}
 
     def health(self) -> tuple[bool, str]:
         """Whether the runner is connected and working, and a line saying why."""

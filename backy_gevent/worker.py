@@ -58,6 +58,11 @@ class Worker:
         raise NotImplementedError(f"{type(self).__name__} must define perform(self, job, args)")
 
 
+def retry_count_of(worker_class: type[Worker], default: int) -> int:
+    """The worker's own ``retry_count``, or the configured ``default`` when it has none."""
+    return default if worker_class.retry_count is None else worker_class.retry_count
+
+
 def check_worker_class(cls: Any, where: str) -> type[Worker]:
     """Check that ``cls`` is a usable Worker subclass; raise WorkerError saying why not."""
     if not (isinstance(cls, type) and issubclass(cls, Worker)):
