@@ -23,7 +23,15 @@ from collections.abc import Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
-from backy_gevent.config import OPTIONS, ConfigError, Settings, load_settings  # noqa: E402
+from backy_gevent.config import OPTIONS, Settings, load_settings  # noqa: E402
+from backy_gevent.errors import (  # noqa: E402
+    ConfigError,
+    DatabaseUnavailable,
+    PluginError,
+    SchemaMissing,
+    UsageError,
+    WorkerError,
+)
 
 log = logging.getLogger("backy_gevent.cli")
 
@@ -43,14 +51,6 @@ _RUN_OPTIONS = (
     "shutdown_timeout",
     "fetch_limit",
 )
-
-
-class UsageError(Exception):
-    """Bad input on the command line: printed as one line, exit status 2."""
-
-
-class DatabaseUnavailable(Exception):
-    """The embedded server failed to start: printed with its log's tail, exit status 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -195,9 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import psycopg2
 
     from backy_gevent import commands
-    from backy_gevent.plugins import PluginError
-    from backy_gevent.runner import SchemaMissing
-    from backy_gevent.worker import WorkerError
 
     parser = build_parser()
     arguments = parser.parse_args(argv)

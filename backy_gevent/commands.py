@@ -19,6 +19,7 @@ import pluggy
 import backy_gevent
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
+from backy_gevent.errors import UsageError
 from backy_gevent.job import COMPLETED
 from backy_gevent.metrics import PLUGIN_NAME as METRICS_PLUGIN
 from backy_gevent.metrics import Metrics, metrics_services
@@ -82,8 +83,6 @@ def command_run(arguments: argparse.Namespace, settings: Settings) -> int:
 
 
 def command_enqueue(arguments: argparse.Namespace, settings: Settings) -> int:
-    from backy_gevent.cli import UsageError
-
     try:
         args = json.loads(arguments.args)
     except json.JSONDecodeError as exc:
@@ -215,8 +214,6 @@ def _each_job(arguments: argparse.Namespace, settings: Settings, action: str) ->
 
 
 def command_retry(arguments: argparse.Namespace, settings: Settings) -> int:
-    from backy_gevent.cli import UsageError
-
     if not arguments.ids and not arguments.failed:
         raise UsageError("retry: give job ids, or --failed for every failed job")
     if (arguments.only_workers or arguments.only_queues) and not arguments.failed:

@@ -18,9 +18,7 @@ from typing import Any
 
 import psycopg2.extensions
 
-
-class ConfigError(ValueError):
-    """A configuration value is unusable; the message names the option and the value."""
+from backy_gevent.errors import ConfigError
 
 
 def default_retry_delay(retry: int) -> float:

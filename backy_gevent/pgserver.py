@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from backy_gevent.errors import EmbeddedServerError, EmbeddedUnavailable
+
 if TYPE_CHECKING:
     from backy_gevent.pgaccount import Account
 
@@ -47,14 +49,6 @@ MAX_SOCKET_PATH = 103
 #: Started with one command, so this only bounds a server that hangs while starting.
 START_TIMEOUT = 60.0
 _LOG_ROTATE_BYTES = 10 * 1024 * 1024
-
-
-class EmbeddedUnavailable(RuntimeError):
-    """The embedded server cannot be used here; a DSN (``--dsn`` or ``BACKY_DSN``) is needed."""
-
-
-class EmbeddedServerError(RuntimeError):
-    """The embedded server should work here but failed; the message says why and where to look."""
 
 
 class Postmaster(NamedTuple):

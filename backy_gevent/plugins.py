@@ -20,14 +20,11 @@ from typing import Any
 import pluggy
 
 from backy_gevent import hookspecs
+from backy_gevent.errors import PluginError
 
 ENTRY_POINT_GROUP = "backy.plugins"
 
 log = logging.getLogger("backy_gevent.plugins")
-
-
-class PluginError(RuntimeError):
-    """A plugin can't be loaded or implements a hook that does not exist."""
 
 
 def _one_line(text: str) -> str:

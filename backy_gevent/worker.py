@@ -13,13 +13,10 @@ from collections.abc import Iterable, Iterator
 from importlib import metadata
 from typing import Any, ClassVar
 
+from backy_gevent.errors import WorkerError
 from backy_gevent.job import Job
 
 ENTRY_POINT_GROUP = "backy.workers"
-
-
-class WorkerError(LookupError):
-    """A worker can't be found, is registered twice, or is not a Worker."""
 
 
 class Worker:
