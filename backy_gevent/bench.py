@@ -26,7 +26,7 @@ import psycopg2
 
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
-from backy_gevent.connections import ConnectionPool
+from backy_gevent.db.connections import ConnectionPool
 from backy_gevent.worker import Registry, Worker
 
 

@@ -10,9 +10,9 @@ from gevent import monkey
 
 monkey.patch_all()
 
-from backy_gevent import pgwait  # noqa: E402 - must follow the patch
+from backy_gevent.db import green  # noqa: E402 - must follow the patch
 
-pgwait.install()
+green.install()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -24,6 +24,7 @@ from pathlib import Path  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
 from backy_gevent.config import OPTIONS, Settings, load_settings  # noqa: E402
+from backy_gevent.db.dsn import configured_dsn  # noqa: E402
 from backy_gevent.errors import (  # noqa: E402
     ConfigError,
     DatabaseUnavailable,
@@ -153,14 +154,12 @@ def database(
 ) -> Iterator[Settings]:
     """Settings with a usable DSN: the configured one, libpq's PG* variables, or the
     embedded server (started here and stopped when the last user exits)."""
-    if settings.dsn is not None:
-        yield settings
+    dsn = configured_dsn(settings.dsn, environ)
+    if dsn is not None:
+        yield settings.replace(dsn=dsn)
         return
     from backy_gevent import embedded
 
-    if embedded.dsn_configured(environ):
-        yield settings.replace(dsn="postgresql://")
-        return
     data_dir = Path(settings.data_dir) if settings.data_dir else embedded.default_data_dir(environ)
     with contextlib.ExitStack() as stack:
         try:

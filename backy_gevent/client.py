@@ -17,13 +17,13 @@ from typing import Any
 import psycopg2.errors
 import psycopg2.extras
 
-from backy_gevent import schema
 from backy_gevent.config import Settings, load_settings
-from backy_gevent.connections import ConnectionPool
-from backy_gevent.embedded import dsn_configured
+from backy_gevent.db import schema
+from backy_gevent.db.connections import ConnectionPool
+from backy_gevent.db.dsn import configured_dsn
+from backy_gevent.db.queries import Queries
 from backy_gevent.job import CANCELLED, COMPLETED, FAILED, Job
 from backy_gevent.plugins import Hooks
-from backy_gevent.queries import Queries
 from backy_gevent.worker import Registry, Worker, retry_count_of
 
 #: Option names of ``enqueue``; a job arg of the same name must be passed in ``args``.
@@ -90,9 +90,7 @@ class Client:
     def pool(self) -> ConnectionPool:
         """The client's own connections, opened on first use."""
         if self._pool is None:
-            dsn = self.settings.dsn
-            if dsn is None and dsn_configured(os.environ):
-                dsn = ""  # libpq's PG* variables say where
+            dsn = configured_dsn(self.settings.dsn, os.environ)
             if dsn is None:
                 raise RuntimeError(
                     "no database configured: pass dsn=..., set BACKY_DSN or libpq's PG*"

@@ -17,9 +17,9 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from backy_gevent.connections import CONNECTION_ERRORS, ConnectionPool
+from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
+from backy_gevent.db.queries import Queries
 from backy_gevent.job import Job
-from backy_gevent.queries import Queries
 
 log = logging.getLogger("backy_gevent.completer")
 

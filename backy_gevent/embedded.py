@@ -57,12 +57,9 @@ __all__ = [
     "EmbeddedServerError",
     "EmbeddedUnavailable",
     "default_data_dir",
-    "dsn_configured",
     "embedded_server",
 ]
 
-#: libpq's own variables: if any is set, the user configured a server and we start none.
-LIBPQ_VARIABLES = ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 #: The database backy-gevent uses in the embedded server.
 DATABASE = "backy"
 #: How long to wait for another process to finish starting or stopping the server.
@@ -87,11 +84,6 @@ def default_data_dir(environ: Mapping[str, str] | None = None, *, euid: int | No
     if not os.path.isabs(xdg):  # the XDG spec says to ignore relative paths
         xdg = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".local", "share")
     return Path(xdg) / "backy-gevent"
-
-
-def dsn_configured(environ: Mapping[str, str]) -> bool:
-    """Whether libpq's environment already names a server (then the embedded one is not used)."""
-    return any(environ.get(name) for name in LIBPQ_VARIABLES)
 
 
 def _to_stderr(line: str) -> None:

@@ -32,12 +32,12 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from backy_gevent.config import Settings
-from backy_gevent.connections import ConnectionPool
+from backy_gevent.db.connections import ConnectionPool
+from backy_gevent.db.queries import Queries
 from backy_gevent.errors import ConfigError
 from backy_gevent.hookspecs import hookimpl
 from backy_gevent.job import AVAILABLE, CANCELLED, FAILED, RUNNING, Job
 from backy_gevent.plugins import Hooks, build_plugin_manager
-from backy_gevent.queries import Queries
 
 if TYPE_CHECKING:
     from backy_gevent.runner import Runner

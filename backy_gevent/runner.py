@@ -25,16 +25,16 @@ from gevent.event import Event
 from psycopg2 import sql
 from psycopg2.extensions import cursor as plain_cursor
 
-from backy_gevent import schema
 from backy_gevent.completer import Backoff, Completer
 from backy_gevent.config import Settings
-from backy_gevent.connections import CONNECTION_ERRORS, ConnectionPool, connect
+from backy_gevent.db import schema
+from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool, connect
+from backy_gevent.db.queries import Queries, channel_name
 from backy_gevent.errors import SchemaMissing, WorkerError
 from backy_gevent.executor import Executor, HandBack, JobRevoked, lease_seconds
 from backy_gevent.job import Job
 from backy_gevent.plugins import Hooks
 from backy_gevent.pools import WorkerPool
-from backy_gevent.queries import Queries, channel_name
 from backy_gevent.worker import Registry
 
 log = logging.getLogger("backy_gevent.runner")

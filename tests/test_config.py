@@ -212,7 +212,7 @@ def test_replace_checks_values() -> None:
 def test_longest_valid_table_name_leaves_room_for_derived_names() -> None:
     """Every object is named after the table; PostgreSQL cuts names at 63 bytes, so a
     table name must leave room for the longest suffix or two objects would collide."""
-    from backy_gevent.queries import object_names
+    from backy_gevent.db.queries import object_names
 
     longest = max(
         (n for n in (("x" * k) for k in range(1, 64)) if _valid_table_name(n)), key=len

@@ -188,13 +188,6 @@ def test_default_data_dir(environ: dict[str, str], euid: int, expected: str) -> 
     assert embedded.default_data_dir(environ, euid=euid) == Path(expected)
 
 
-def test_dsn_configured() -> None:
-    assert not embedded.dsn_configured({"HOME": "/root", "BACKY_DSN": "ignored here"})
-    assert not embedded.dsn_configured({"PGHOST": ""})
-    for name in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"):
-        assert embedded.dsn_configured({name: "x"})
-
-
 def test_without_the_wheel_it_asks_for_a_dsn(
     monkeypatch: pytest.MonkeyPatch, data_dir: Path
 ) -> None:

@@ -17,10 +17,10 @@ import backy_gevent as backy
 from backy_gevent.client import Client
 from backy_gevent.completer import Completer
 from backy_gevent.config import Settings
+from backy_gevent.db.queries import Queries
 from backy_gevent.executor import Executor, HandBack
 from backy_gevent.job import Job, JobTimeout
 from backy_gevent.plugins import Hooks, build_plugin_manager
-from backy_gevent.queries import Queries
 from backy_gevent.worker import Registration, Registry
 from tests.conftest import query, wait_until
 
@@ -469,10 +469,10 @@ def test_an_outcome_for_a_job_no_longer_ours_is_not_written(
 @pytest.fixture
 def green_psycopg2() -> Iterator[None]:
     """psycopg2 on gevent, as the console script sets it up, for this test only."""
-    from backy_gevent import pgwait
+    from backy_gevent.db import green
 
     previous = psycopg2.extensions.get_wait_callback()
-    pgwait.install()
+    green.install()
     yield
     psycopg2.extensions.set_wait_callback(previous)
 

@@ -9,8 +9,8 @@ import pytest
 
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
-from backy_gevent.connections import connect
-from backy_gevent.queries import Queries
+from backy_gevent.db.connections import connect
+from backy_gevent.db.queries import Queries
 from backy_gevent.worker import Registry
 from tests import workers
 

@@ -10,9 +10,9 @@ from typing import Any
 import psycopg2
 import pytest
 
-from backy_gevent import schema
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
+from backy_gevent.db import schema
 from backy_gevent.job import Job
 from backy_gevent.worker import Registry
 from tests import workers
@@ -127,7 +127,7 @@ def test_table_names_are_quoted_identifiers(dsn: str, db: Any, table_name: str) 
         assert client.setup()
         assert client.setup() == []
         job = client.enqueue(workers.Record, n=1)
-        from backy_gevent.queries import Queries
+        from backy_gevent.db.queries import Queries
 
         queries = Queries(table_name)
         with client.pool.borrow() as conn, conn.cursor() as cur:

@@ -338,10 +338,10 @@ def test_console_script_patches_gevent_and_psycopg2_first() -> None:
         "               or (m.startswith('backy_gevent.') and m != 'backy_gevent.cli'))",
         "assert not early, f'imported before patch_all: {early}'",
         "import psycopg2.extensions",
-        "from backy_gevent import pgwait",
+        "from backy_gevent.db import green",
         "for name in ('socket', 'select', 'threading', 'time', 'ssl', 'subprocess'):",
         "    assert monkey.is_module_patched(name), name",
-        "assert psycopg2.extensions.get_wait_callback() is pgwait.cancelling_wait_callback",
+        "assert psycopg2.extensions.get_wait_callback() is green.cancelling_wait_callback",
         "print('ok')",
     ])
     done = subprocess.run(

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg2.extensions
 from psycopg2 import sql
 
-from backy_gevent.queries import object_names
+from backy_gevent.db.queries import object_names
 
 _MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
