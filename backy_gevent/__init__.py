@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from backy_gevent.client import Client, DefaultClient
-    from backy_gevent.hookspecs import hookimpl
+    from backy_gevent.hooks import hookimpl
     from backy_gevent.job import Job, JobTimeout, touch
     from backy_gevent.worker import Worker, WorkerError
 
@@ -38,7 +38,7 @@ _LAZY = {
     "touch": "backy_gevent.job",
     "Worker": "backy_gevent.worker",
     "WorkerError": "backy_gevent.worker",
-    "hookimpl": "backy_gevent.hookspecs",
+    "hookimpl": "backy_gevent.hooks.specs",
 }
 
 

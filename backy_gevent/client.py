@@ -22,8 +22,8 @@ from backy_gevent.db import schema
 from backy_gevent.db.connections import ConnectionPool
 from backy_gevent.db.dsn import configured_dsn
 from backy_gevent.db.queries import Queries
+from backy_gevent.hooks import Hooks
 from backy_gevent.job import CANCELLED, COMPLETED, FAILED, Job
-from backy_gevent.plugins import Hooks
 from backy_gevent.worker import Registry, Worker, retry_count_of
 
 #: Option names of ``enqueue``; a job arg of the same name must be passed in ``args``.

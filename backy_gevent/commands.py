@@ -20,10 +20,10 @@ import backy_gevent
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
 from backy_gevent.errors import UsageError
+from backy_gevent.hooks import Hooks, build_plugin_manager
 from backy_gevent.job import COMPLETED
 from backy_gevent.metrics import PLUGIN_NAME as METRICS_PLUGIN
 from backy_gevent.metrics import Metrics, metrics_services
-from backy_gevent.plugins import Hooks, build_plugin_manager
 from backy_gevent.runner import Runner
 from backy_gevent.worker import Registry, retry_count_of
 
@@ -125,7 +125,7 @@ def command_workers(arguments: argparse.Namespace, settings: Settings) -> int:
 
 def command_plugins(arguments: argparse.Namespace, settings: Settings) -> int:
     """One line per plugin: name, distribution, version and the hooks it implements."""
-    from backy_gevent.plugins import describe_plugins
+    from backy_gevent.hooks import describe_plugins
 
     _, plugin_manager = _runner_plugins(settings)
     rows = [

@@ -18,8 +18,8 @@ import gevent
 from gevent import getcurrent
 
 from backy_gevent.config import Settings
+from backy_gevent.hooks import Hooks
 from backy_gevent.job import Job, JobTimeout
-from backy_gevent.plugins import Hooks
 from backy_gevent.worker import Registration, Worker
 
 log = logging.getLogger("backy_gevent.executor")

@@ -35,9 +35,8 @@ from backy_gevent.config import Settings
 from backy_gevent.db.connections import ConnectionPool
 from backy_gevent.db.queries import Queries
 from backy_gevent.errors import ConfigError
-from backy_gevent.hookspecs import hookimpl
+from backy_gevent.hooks import Hooks, build_plugin_manager, hookimpl
 from backy_gevent.job import AVAILABLE, CANCELLED, FAILED, RUNNING, Job
-from backy_gevent.plugins import Hooks, build_plugin_manager
 
 if TYPE_CHECKING:
     from backy_gevent.runner import Runner

@@ -32,8 +32,8 @@ from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool, conne
 from backy_gevent.db.queries import Queries, channel_name
 from backy_gevent.errors import SchemaMissing, WorkerError
 from backy_gevent.executor import Executor, HandBack, JobRevoked, lease_seconds
+from backy_gevent.hooks import Hooks
 from backy_gevent.job import Job
-from backy_gevent.plugins import Hooks
 from backy_gevent.pools import WorkerPool
 from backy_gevent.worker import Registry
 

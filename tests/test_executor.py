@@ -19,8 +19,8 @@ from backy_gevent.completer import Completer
 from backy_gevent.config import Settings
 from backy_gevent.db.queries import Queries
 from backy_gevent.executor import Executor, HandBack
+from backy_gevent.hooks import Hooks, build_plugin_manager
 from backy_gevent.job import Job, JobTimeout
-from backy_gevent.plugins import Hooks, build_plugin_manager
 from backy_gevent.worker import Registration, Registry
 from tests.conftest import query, wait_until
 

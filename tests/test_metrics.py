@@ -23,6 +23,7 @@ from backy_gevent.config import ConfigError, Settings
 from backy_gevent.db.connections import ConnectionPool
 from backy_gevent.db.queries import Queries
 from backy_gevent.executor import Executor
+from backy_gevent.hooks import Hooks, build_plugin_manager
 from backy_gevent.job import Job
 from backy_gevent.metrics import (
     PLUGIN_NAME,
@@ -34,7 +35,6 @@ from backy_gevent.metrics import (
     client_hooks,
     metrics_services,
 )
-from backy_gevent.plugins import Hooks, build_plugin_manager
 from backy_gevent.runner import Runner
 from backy_gevent.worker import Registration, Registry
 from tests import workers

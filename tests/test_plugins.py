@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from backy_gevent.hookspecs import hookimpl
-from backy_gevent.plugins import Hooks, PluginError, build_plugin_manager, describe_plugins
+from backy_gevent.hooks import Hooks, PluginError, build_plugin_manager, describe_plugins, hookimpl
 
 
 class Recorder:

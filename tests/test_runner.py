@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from backy_gevent.config import Settings
-from backy_gevent.plugins import Hooks, build_plugin_manager
+from backy_gevent.hooks import Hooks, build_plugin_manager
 from backy_gevent.runner import Runner
 from backy_gevent.worker import Registry, WorkerError
 

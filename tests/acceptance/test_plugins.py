@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from backy_gevent.client import Client
+from backy_gevent.hooks import Hooks, build_plugin_manager
 from backy_gevent.job import Job
-from backy_gevent.plugins import Hooks, build_plugin_manager
 from tests.acceptance.distributions import ROOT, pip_install, python_path
 from tests.conftest import RunnerProcess, cli_env, query, run_cli, wait_until
 

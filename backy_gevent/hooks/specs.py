@@ -2,7 +2,7 @@
 
 A plugin is a module or object with functions marked ``@backy_gevent.hookimpl`` and named
 after the specs below; it is found through a ``backy.plugins`` entry point (see
-``backy_gevent.plugins``). The rules that hold for every hook:
+``backy_gevent.hooks.manager``). The rules that hold for every hook:
 
 - Hooks are called with keyword arguments; an implementation may accept any subset of
   them, in any order. A name that is not an argument of the spec, or a hook name that is
@@ -11,7 +11,7 @@ after the specs below; it is found through a ``backy.plugins`` entry point (see
   installed plugin runs before a built-in one); ``tryfirst``/``trylast`` are honoured.
   Hook wrappers (``hookwrapper=True`` or ``wrapper=True``) are refused at start-up.
 - An implementation that raises an ``Exception`` is logged with the plugin's name and
-  counted (``on_error`` of ``backy_gevent.plugins.Hooks``, the ``backy_hook_errors_total``
+  counted (``on_error`` of ``backy_gevent.hooks.Hooks``, the ``backy_hook_errors_total``
   metric); the other implementations still run, and the job's outcome (completed,
   retried or failed) and the runner carry on exactly as without the plugin.
 - Hooks run in the greenlet named in each docstring. A hook that blocks holds up that
@@ -24,14 +24,14 @@ after the specs below; it is found through a ``backy.plugins`` entry point (see
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
 if TYPE_CHECKING:
+    from backy_gevent.config import Settings
     from backy_gevent.job import Job
-    from backy_gevent.runner import Runner
-    from backy_gevent.worker import Worker
+    from backy_gevent.worker import Registry, Worker
 
 PROJECT_NAME = "backy"
 
@@ -39,8 +39,31 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
+class RunnerView(Protocol):
+    """What the runner hooks promise a plugin about the runner they pass.
+
+    The object is a ``backy_gevent.runner.Runner``; a plugin should rely on these
+    names only.
+    """
+
+    @property
+    def id(self) -> str:
+        """``host:pid:random``, the id in the runners table and in the job rows it claims."""
+
+    @property
+    def settings(self) -> Settings:
+        """The runner's options, parsed."""
+
+    @property
+    def registry(self) -> Registry:
+        """The workers this runner runs."""
+
+    def running_counts(self) -> dict[str, int]:
+        """Jobs in flight per worker in this process, right now."""
+
+
 @hookspec
-def backy_runner_started(runner: Runner) -> None:
+def backy_runner_started(runner: RunnerView) -> None:
     """A runner has started: it is connected, the schema is current, and it is about to
     claim its first jobs.
 
@@ -54,7 +77,7 @@ def backy_runner_started(runner: Runner) -> None:
 
 
 @hookspec
-def backy_runner_stopping(runner: Runner) -> None:
+def backy_runner_stopping(runner: RunnerView) -> None:
     """A runner has been asked to stop (SIGTERM, SIGINT) and claims no more jobs.
 
     Called once, in the runner's main greenlet, after the first signal and before the

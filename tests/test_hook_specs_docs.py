@@ -1,4 +1,4 @@
-"""The hook list in README.md matches backy_gevent/hookspecs.py.
+"""The hook list in README.md matches backy_gevent/hooks/specs.py.
 
 README must show every hook spec as an inline-code signature line with exactly
 the spec's arguments (`backy_after_job(job, worker, result, duration)`); a hook that
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from backy_gevent import hookspecs
+from backy_gevent.hooks import specs as hookspecs
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = (ROOT / "README.md",)
@@ -31,7 +31,7 @@ def specs() -> dict[str, list[str]]:
         for name, function in inspect.getmembers(hookspecs, inspect.isfunction)
         if getattr(function, marker, None) is not None
     }
-    assert found, "no hook specs found in backy_gevent.hookspecs"
+    assert found, "no hook specs found in backy_gevent.hooks.specs"
     return found
 
 
