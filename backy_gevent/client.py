@@ -21,7 +21,7 @@ from backy_gevent.config import Settings, load_settings
 from backy_gevent.db import schema
 from backy_gevent.db.connections import ConnectionPool
 from backy_gevent.db.dsn import configured_dsn
-from backy_gevent.db.queries import Queries
+from backy_gevent.db.queries import Queries, Statement
 from backy_gevent.hooks import Hooks
 from backy_gevent.job import CANCELLED, COMPLETED, FAILED, Job
 from backy_gevent.worker import Registry, Worker, retry_count_of
@@ -107,7 +107,9 @@ class Client:
 
     # -- running statements -------------------------------------------------------------
 
-    def _fetch(self, name: str, params: Mapping[str, Any], connection: Any = None) -> list[Any]:
+    def _fetch(
+        self, name: Statement, params: Mapping[str, Any], connection: Any = None
+    ) -> list[Any]:
         """Run statement ``name`` on the caller's connection, or a pooled autocommit one."""
         if connection is not None:
             with connection.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
@@ -304,7 +306,7 @@ class Client:
         """Delete finished rows in ``states`` older than ``older_than`` seconds."""
         with self.pool.borrow() as conn, conn.cursor() as cur:
             cur.execute(
-                self.queries.prune, {"states": list(states), "older_than": older_than}
+                self.queries.composed("prune"), {"states": list(states), "older_than": older_than}
             )
             return int(cur.rowcount)
 

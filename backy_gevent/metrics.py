@@ -204,7 +204,7 @@ class RunnerCollector:
         yield GaugeMetricFamily(
             "backy_runner_database_silent_seconds",
             "Seconds since the runner's last successful database statement.",
-            value=max(0.0, time.monotonic() - runner.last_db_ok),
+            value=max(0.0, runner.database.silent_for()),
         )
         yield GaugeMetricFamily(
             "backy_job_outcomes_pending",
@@ -275,10 +275,10 @@ class QueueCollector:
             try:
                 with self.pool.borrow() as conn, conn.cursor() as cur:
                     cur.execute(
-                        self.queries.set_statement_timeout,
+                        self.queries.composed("set_statement_timeout"),
                         {"milliseconds": str(int(self.statement_timeout * 1000))},
                     )
-                    cur.execute(self.queries.queue_stats)
+                    cur.execute(self.queries.composed("queue_stats"))
                     rows: list[dict[str, Any]] | None = [dict(row) for row in cur.fetchall()]
             except psycopg2.Error as exc:  # the server away, a statement timeout...
                 self.errors += 1

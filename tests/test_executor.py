@@ -15,12 +15,12 @@ import pytest
 
 import backy_gevent as backy
 from backy_gevent.client import Client
-from backy_gevent.completer import Completer
 from backy_gevent.config import Settings
 from backy_gevent.db.queries import Queries
-from backy_gevent.executor import Executor, HandBack
 from backy_gevent.hooks import Hooks, build_plugin_manager
 from backy_gevent.job import Job, JobTimeout
+from backy_gevent.runner.completer import Completer
+from backy_gevent.runner.executor import Executor, HandBack
 from backy_gevent.worker import Registration, Registry
 from tests.conftest import query, wait_until
 
@@ -376,7 +376,7 @@ RUNNER_ID = "executor-test"
 def claim(client: Client, worker: str) -> list[Job]:
     with client.pool.borrow() as conn, conn.cursor() as cur:
         cur.execute(
-            client.queries.claim,
+            client.queries.composed("claim"),
             {"workers": [worker], "limits": [10], "leases": [60.0], "queues": [],
              "runner_id": RUNNER_ID},
         )

@@ -22,7 +22,6 @@ from backy_gevent.client import Client
 from backy_gevent.config import ConfigError, Settings
 from backy_gevent.db.connections import ConnectionPool
 from backy_gevent.db.queries import Queries
-from backy_gevent.executor import Executor
 from backy_gevent.hooks import Hooks, build_plugin_manager
 from backy_gevent.job import Job
 from backy_gevent.metrics import (
@@ -36,6 +35,7 @@ from backy_gevent.metrics import (
     metrics_services,
 )
 from backy_gevent.runner import Runner
+from backy_gevent.runner.executor import Executor
 from backy_gevent.worker import Registration, Registry
 from tests import workers
 from tests.conftest import query
@@ -373,7 +373,7 @@ def test_the_queue_query_reads_indexes_not_the_table(
               " SELECT 'record', 'default', 'completed', now() FROM generate_series(1, 50000)")
     client.enqueue_many("record", [{}] * 5)
     query(db, "ANALYZE jobs")
-    sql = Queries("jobs").queue_stats.as_string(db)
+    sql = Queries("jobs").composed("queue_stats").as_string(db)
     [(plan,)] = query(db, "EXPLAIN (FORMAT JSON) " + sql)
 
     def nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -397,11 +397,11 @@ def idle_runner(settings: Settings) -> Iterator[Runner]:
     runner = Runner(settings, registry, Hooks(build_plugin_manager(load_entry_points=False)),
                     dsn=str(settings.dsn))
     yield runner
-    runner.pool.close()
+    runner.connections.close()
 
 
 def test_the_runner_collector_reads_the_runners_state(idle_runner: Runner) -> None:
-    idle_runner.last_db_ok = time.monotonic()
+    idle_runner.database.last_ok = time.monotonic()
     got = gauges(RunnerCollector(idle_runner))
     assert {k[1][0] for k in got if k[0] == "backy_jobs_running"} == {
         cls.name for cls in workers.ALL
@@ -435,8 +435,8 @@ def test_healthz_follows_the_runners_health(server: MetricsServer, idle_runner: 
     server.runner = idle_runner
     status, body = call(server, "/healthz")
     assert (status, body) == ("200 OK", f"ok: runner {idle_runner.id}\n")
-    idle_runner.db_error = "connection refused"
-    idle_runner.last_db_ok = time.monotonic() - 60
+    idle_runner.database.error = "connection refused"
+    idle_runner.database.last_ok = time.monotonic() - 60
     status, body = call(server, "/healthz")
     assert status.startswith("503")
     assert body.startswith("database unreachable for 60s: connection refused")

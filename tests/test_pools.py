@@ -9,7 +9,7 @@ import gevent
 import pytest
 
 from backy_gevent.job import Job
-from backy_gevent.pools import WorkerPool
+from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.worker import Registration, Worker
 
 

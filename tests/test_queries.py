@@ -10,7 +10,7 @@ import pytest
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
 from backy_gevent.db.connections import connect
-from backy_gevent.db.queries import Queries
+from backy_gevent.db.queries import STATEMENTS, Queries, _read_blocks
 from backy_gevent.worker import Registry
 from tests import workers
 
@@ -24,10 +24,14 @@ def prepared_statements(conn: Any) -> list[str]:
 def test_every_block_quotes_the_table_name() -> None:
     queries = Queries("my_jobs")
     for name in ("insert_jobs", "claim", "complete_delete", "fail", "rescue", "cancel"):
-        text = repr(getattr(queries, name))
+        text = repr(queries.composed(name))  # type: ignore[arg-type]
         assert "Identifier('my_jobs')" in text, name
-    with pytest.raises(AttributeError, match="no query named 'nope'"):
-        _ = queries.nope
+    with pytest.raises(KeyError, match="nope"):
+        queries.composed("nope")  # type: ignore[arg-type]
+
+
+def test_the_statement_names_mypy_checks_are_the_blocks_of_queries_sql() -> None:
+    assert sorted(STATEMENTS) == sorted(_read_blocks())
 
 
 def test_a_preparing_connection_prepares_once_and_gets_the_same_rows(

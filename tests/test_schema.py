@@ -132,7 +132,7 @@ def test_table_names_are_quoted_identifiers(dsn: str, db: Any, table_name: str) 
         queries = Queries(table_name)
         with client.pool.borrow() as conn, conn.cursor() as cur:
             cur.execute(
-                queries.claim,
+                queries.composed("claim"),
                 {"workers": ["record"], "limits": [5], "leases": [10.0], "queues": [],
                  "runner_id": "test"},
             )

@@ -7,10 +7,20 @@ import re
 import zlib
 from collections.abc import Mapping
 from importlib import resources
-from typing import Any
+from typing import Any, Literal, get_args
 
 import psycopg2.errors
 from psycopg2 import sql
+
+#: The name of every block of queries.sql, so that mypy checks each name a caller uses
+#: (a test checks that this list and the file agree).
+Statement = Literal[
+    "insert_jobs", "get_unique", "claim", "complete_delete", "complete_keep", "fail",
+    "hand_back", "touch", "rescue", "cancel", "retry", "retry_failed", "table_oid",
+    "get_job", "prune", "stats", "queue_stats", "set_statement_timeout", "heartbeat",
+    "unregister_runner", "list_runners",
+]
+STATEMENTS: tuple[str, ...] = get_args(Statement)
 
 _BLOCK = re.compile(r"^-- name: (\w+)\n", re.MULTILINE)
 #: A named placeholder and the cast that follows it, if any: %(ids)s::bigint[]
@@ -51,8 +61,8 @@ def channel_name(table_oid: int) -> str:
 class Queries:
     """The statements of queries.sql, composed for one jobs table.
 
-    ``queries.claim`` and the like are ``psycopg2.sql.Composed`` objects, ready for
-    ``cursor.execute`` with a dict of values.
+    ``execute(cur, "claim", params)`` runs one (prepared where the connection allows);
+    ``composed("claim")`` is its ``psycopg2.sql.Composed`` text.
     """
 
     def __init__(self, table_name: str) -> None:
@@ -62,7 +72,11 @@ class Queries:
             name: sql.SQL(body).format(**names) for name, body in _read_blocks().items()
         }
 
-    def execute(self, cur: Any, name: str, params: Mapping[str, Any]) -> None:
+    def composed(self, name: Statement) -> sql.Composed:
+        """Statement ``name`` for this table, ready for ``cursor.execute`` with a dict."""
+        return self._composed[name]
+
+    def execute(self, cur: Any, name: Statement, params: Mapping[str, Any]) -> None:
         """Run statement ``name`` with ``params`` on ``cur``.
 
         On a ``PreparingConnection`` (the runner's and the client's own) the statement is
@@ -99,9 +113,3 @@ class Queries:
         cur.execute(f"PREPARE {statement} AS {body}")
         arguments = f"({', '.join('%s' + casts[n] for n in names)})" if names else ""
         return statement, names, arguments
-
-    def __getattr__(self, name: str) -> sql.Composed:
-        try:
-            return self._composed[name]
-        except KeyError:
-            raise AttributeError(f"no query named {name!r} in queries.sql") from None

@@ -14,8 +14,8 @@ import gevent
 from gevent.event import Event
 from gevent.queue import Empty, Queue
 
-from backy_gevent.executor import Executor, HandBack, JobRevoked
 from backy_gevent.job import Job
+from backy_gevent.runner.executor import Executor, HandBack, JobRevoked
 from backy_gevent.worker import Registration
 
 log = logging.getLogger("backy_gevent.pools")
@@ -43,7 +43,7 @@ class WorkerPool:
         self.in_flight = 0  # claimed and not finished: waiting in the queue or running
         self.maybe_more = True  # the table may hold more due jobs of this worker
         self._queue: Queue[Job] = Queue()
-        self._idle = 0
+        self._idle_greenlets = 0
         self._greenlets: set[gevent.Greenlet] = set()
         self._drained = Event()
         self._drained.set()
@@ -59,7 +59,7 @@ class WorkerPool:
         self.in_flight += 1
         self._drained.clear()
         self._queue.put(job)
-        if self._idle < self._queue.qsize() and (
+        if self._idle_greenlets < self._queue.qsize() and (
             self.capacity is None or len(self._greenlets) < self.capacity
         ):
             greenlet = gevent.spawn(self._serve)
@@ -68,13 +68,13 @@ class WorkerPool:
 
     def _serve(self) -> None:
         while True:
-            self._idle += 1
+            self._idle_greenlets += 1
             try:
                 job = self._queue.get(timeout=IDLE_GREENLET_SECONDS)
             except Empty:
                 return
             finally:
-                self._idle -= 1
+                self._idle_greenlets -= 1
             try:
                 self.executor.run(job, self.registration)
             except gevent.GreenletExit:

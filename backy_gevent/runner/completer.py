@@ -14,30 +14,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import gevent
 from gevent.event import Event
 
 from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
-from backy_gevent.db.queries import Queries
+from backy_gevent.db.queries import Queries, Statement
 from backy_gevent.job import Job
 
 log = logging.getLogger("backy_gevent.completer")
-
-
-class Backoff:
-    """Growing, capped sleeps between tries while the database is away."""
-
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self.first = first
-        self.cap = cap
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        self.failures += 1
-        return float(min(self.cap, self.first * 2 ** (self.failures - 1)))
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class Completer:
@@ -61,9 +44,11 @@ class Completer:
         self._handed_back: list[tuple[int, int]] = []
         self._failed: list[tuple[Job, dict[str, Any], float | None]] = []
         self._wake = Event()
-        self._idle = Event()
-        self._idle.set()
+        self._all_written = Event()
+        self._all_written.set()
         self._stopping = False
+        #: Set once ``stop`` was called and every outcome is written: the loop ends.
+        self.done = Event()
         self.lost = 0  # outcomes the database no longer wanted (job rescued or cancelled)
 
     # -- the sink -------------------------------------------------------------------
@@ -104,7 +89,7 @@ class Completer:
         return True
 
     def _nudge(self) -> None:
-        self._idle.clear()
+        self._all_written.clear()
         self._wake.set()
 
     @property
@@ -114,25 +99,22 @@ class Completer:
 
     # -- the writer loop ------------------------------------------------------------
 
-    def run(self) -> None:
-        """Write outcomes as they come until ``stop`` is called and all are written."""
-        backoff = Backoff()
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            try:
-                self.flush()
-            except CONNECTION_ERRORS as exc:
-                delay = backoff.next_delay()
-                log.warning("writing outcomes failed (%s); retrying in %.1fs", exc, delay)
-                gevent.sleep(delay)
-                self._wake.set()
-                continue
-            backoff.reset()
-            if not self.pending:
-                self._idle.set()
-                if self._stopping:
-                    return
+    def step(self) -> None:
+        """Wait for outcomes and write them; once stopped and all written, set ``done``.
+
+        The runner calls it in a supervised loop (``runner.supervision``) until ``done``.
+        """
+        self._wake.wait()
+        self._wake.clear()
+        try:
+            self.flush()
+        except CONNECTION_ERRORS:
+            self._wake.set()  # what failed is still pending: try again after the pause
+            raise
+        if not self.pending:
+            self._all_written.set()
+            if self._stopping:
+                self.done.set()
 
     def stop(self) -> None:
         """Finish after writing what is pending."""
@@ -141,14 +123,16 @@ class Completer:
 
     def wait_written(self, timeout: float | None) -> bool:
         """Wait until every outcome so far is written; False on timeout."""
-        return bool(self._idle.wait(timeout))
+        return bool(self._all_written.wait(timeout))
 
     def flush(self) -> None:
         """Write everything pending now; what fails to write stays pending."""
         with self.pool.borrow() as conn, conn.cursor() as cur:
             if self._completed:
                 batch, self._completed = self._completed, []
-                query = "complete_delete" if self.delete_finished_jobs else "complete_keep"
+                query: Statement = (
+                    "complete_delete" if self.delete_finished_jobs else "complete_keep"
+                )
                 try:
                     written = self._write_batch(cur, query, batch)
                 except BaseException:
@@ -183,7 +167,7 @@ class Completer:
                 elif row["state"] == "available" and retry_in is not None:
                     self.on_retry_scheduled(retry_in)
 
-    def _write_batch(self, cur: Any, query: str, batch: list[tuple[int, int]]) -> int:
+    def _write_batch(self, cur: Any, query: Statement, batch: list[tuple[int, int]]) -> int:
         ids, attempts = zip(*batch, strict=True)
         self.queries.execute(
             cur, query,

@@ -105,56 +105,68 @@ class Executor:
 
     def run(self, job: Job, registration: Registration) -> None:
         """Run one attempt of ``job`` in the current greenlet and report its outcome."""
-        worker_class = registration.cls
         try:
-            worker = worker_class()
+            worker = registration.cls()
         except Exception as exc:
             self._fail(job, None, exc, timed_out=False)
             return
         self.hooks.call("backy_before_job", job=job, worker=worker)
-        current = getcurrent()
-        max_runtime = float(worker_class.max_runtime)
-        deadline = Deadline(max_runtime, JobTimeout(job.id, max_runtime), current)
-        lease = lease_seconds(worker_class)
-
-        def touch() -> None:
-            deadline.restart()
-            if not self.sink.touch(job, lease) and getcurrent() is current:
-                # Going on would run the job twice: another runner may have it now.
-                raise JobRevoked("no longer this runner's (cancelled or rescued)")
-
-        job._toucher = touch
         started = time.monotonic()
+        returned, result = self._perform(job, worker)
+        if not returned:
+            return
+        duration = time.monotonic() - started
+        self.hooks.call(
+            "backy_after_job", job=job, worker=worker, result=result, duration=duration
+        )
+        self.sink.completed(job)
+
+    def _perform(self, job: Job, worker: Worker) -> tuple[bool, Any]:
+        """Call ``perform`` under the ``max_runtime`` clock.
+
+        Returns ``(True, result)`` when it returned; ``(False, None)`` when the attempt
+        ended otherwise and its outcome (failure, hand-back, nothing when revoked) has
+        been reported already.
+        """
+        current = getcurrent()
+        max_runtime = float(worker.max_runtime)
+        deadline = Deadline(max_runtime, JobTimeout(job.id, max_runtime), current)
+        job._toucher = self._toucher(job, deadline, lease_seconds(type(worker)))
         deadline.restart()
         self.performing[current] = job
         try:
-            result = worker.perform(job, job.args)
+            return True, worker.perform(job, job.args)
         except HandBack:
             deadline.cancel()
             self.sink.handed_back(job)
-            return
         except JobRevoked as revoked:
             log.info("job %s (%s) attempt %s stopped: %s", job.id, job.worker, job.attempt,
                      revoked)
-            return
         except gevent.GreenletExit:
             deadline.cancel()
             self.sink.handed_back(job)
             raise
         except BaseException as exc:  # a job's error, whatever it is, is its outcome
             deadline.cancel()  # now, not in finally: the failure hooks run first
-            timed_out = exc is deadline.error
-            self._fail(job, worker, exc, timed_out=timed_out)
-            return
+            self._fail(job, worker, exc, timed_out=exc is deadline.error)
         finally:
             self.performing.pop(current, None)
             deadline.cancel()
             job._toucher = None
-        duration = time.monotonic() - started
-        self.hooks.call(
-            "backy_after_job", job=job, worker=worker, result=result, duration=duration
-        )
-        self.sink.completed(job)
+        return False, None
+
+    def _toucher(self, job: Job, deadline: Deadline, lease: float) -> Callable[[], None]:
+        """What ``job.touch()`` does during this attempt: restart the clock, extend the
+        lease, and stop the attempt if the job is no longer this runner's."""
+        attempt_greenlet = deadline.target
+
+        def touch() -> None:
+            deadline.restart()
+            if not self.sink.touch(job, lease) and getcurrent() is attempt_greenlet:
+                # Going on would run the job twice: another runner may have it now.
+                raise JobRevoked("no longer this runner's (cancelled or rescued)")
+
+        return touch
 
     def _fail(
         self, job: Job, worker: Worker | None, error: BaseException, *, timed_out: bool

@@ -1,0 +1,125 @@
+"""The fetcher: claims due jobs for every worker with free slots, in one statement.
+
+It sleeps until woken (a notification, a freed slot, a retry falling due, a stop) or
+until ``poll_interval`` passes, then claims at most each worker pool's free slots and
+hands the jobs to the pools.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from psycopg2.extensions import cursor as plain_cursor
+
+from backy_gevent.config import Settings
+from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
+from backy_gevent.db.queries import Queries
+from backy_gevent.job import Job
+from backy_gevent.runner.executor import lease_seconds
+from backy_gevent.runner.pools import WorkerPool
+from backy_gevent.runner.supervision import DatabaseHealth
+
+
+class Wakeup:
+    """What wakes the fetcher before its poll interval is up."""
+
+    def __init__(self) -> None:
+        self._event = Event()
+
+    def set(self) -> None:
+        """Wake the fetcher now."""
+        self._event.set()
+
+    def set_later(self, delay: float) -> None:
+        """Wake the fetcher in ``delay`` seconds (a retry falls due then)."""
+        gevent.get_hub().loop.timer(max(delay, 0.0)).start(self._event.set)
+
+    def slot_freed(self, worker_pool: WorkerPool) -> None:
+        """A slot came free in ``worker_pool``: claim again if more may be waiting."""
+        if worker_pool.maybe_more:
+            self._event.set()
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until woken or ``timeout``; the next wake-up starts afresh."""
+        self._event.wait(timeout=timeout)
+        self._event.clear()
+
+
+class Fetcher:
+    """Claims jobs for the runner's worker pools; ``step`` is one wake-up and claim."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        connections: ConnectionPool,
+        queries: Queries,
+        runner_id: str,
+        worker_pools: dict[str, WorkerPool],
+        *,
+        wakeup: Wakeup,
+        stopping: Event,
+        health: DatabaseHealth,
+    ) -> None:
+        self.settings = settings
+        self.connections = connections
+        self.queries = queries
+        self.runner_id = runner_id
+        self.worker_pools = worker_pools
+        self.wakeup = wakeup
+        self.stopping = stopping
+        self.health = health
+
+    def step(self) -> None:
+        """Wait for a reason to claim, then claim for every pool with free slots."""
+        self.wakeup.wait(timeout=self.settings.poll_interval)
+        if self.stopping.is_set():
+            return
+        wanted = {}  # pool -> how many jobs to claim for it
+        for worker_pool in self.worker_pools.values():
+            free = worker_pool.free_slots()
+            if free:
+                wanted[worker_pool] = free
+            else:
+                worker_pool.maybe_more = True  # unknown until a slot frees
+        if not wanted:
+            return
+        try:
+            self.claim(wanted)
+        except CONNECTION_ERRORS:
+            self.wakeup.set()  # try again as soon as the pause is over
+            raise
+        self.health.ok()
+        if any(worker_pool.maybe_more for worker_pool in wanted):
+            self.wakeup.set()
+
+    def claim(self, wanted: dict[WorkerPool, int]) -> None:
+        """Claim up to ``wanted[pool]`` jobs for each pool in one statement; hand them out."""
+        params = {
+            "workers": [worker_pool.name for worker_pool in wanted],
+            "limits": list(wanted.values()),
+            "leases": [lease_seconds(worker_pool.registration.cls) for worker_pool in wanted],
+            "queues": list(self.settings.queues),
+            "runner_id": self.runner_id,
+        }
+        jobs = sorted(
+            (Job.from_row(row) for row in self._claimed_rows(params)),
+            key=lambda j: (j.priority, j.run_at, j.id),
+        )
+        claimed = collections.Counter(job.worker for job in jobs)
+        for job in jobs:
+            self.worker_pools[job.worker].submit(job)
+        for worker_pool, limit in wanted.items():
+            # A full batch suggests more are due; a short one that the table is drained.
+            worker_pool.maybe_more = claimed[worker_pool.name] >= limit
+
+    def _claimed_rows(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        # Plain tuples: building a dict per row by zip is cheaper than RealDictCursor's,
+        # and this runs for every job.
+        with self.connections.borrow() as conn, conn.cursor(cursor_factory=plain_cursor) as cur:
+            self.queries.execute(cur, "claim", params)
+            names = [column.name for column in cur.description]
+            rows = cur.fetchall()
+        return [dict(zip(names, row, strict=True)) for row in rows]
