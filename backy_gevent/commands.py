@@ -23,7 +23,8 @@ from backy_gevent.errors import UsageError
 from backy_gevent.hooks import Hooks, build_plugin_manager
 from backy_gevent.job import COMPLETED
 from backy_gevent.metrics import PLUGIN_NAME as METRICS_PLUGIN
-from backy_gevent.metrics import Metrics, metrics_services
+from backy_gevent.metrics import Metrics
+from backy_gevent.metrics.server import metrics_services
 from backy_gevent.runner import Runner
 from backy_gevent.worker import Registry, retry_count_of
 

@@ -28,12 +28,10 @@ from backy_gevent.metrics import (
     PLUGIN_NAME,
     SECONDS_BUCKETS,
     Metrics,
-    MetricsServer,
-    QueueCollector,
-    RunnerCollector,
     client_hooks,
-    metrics_services,
 )
+from backy_gevent.metrics.collectors import QueueCollector, RunnerCollector
+from backy_gevent.metrics.server import MetricsServer, metrics_services
 from backy_gevent.runner import Runner
 from backy_gevent.runner.executor import Executor
 from backy_gevent.worker import Registration, Registry
