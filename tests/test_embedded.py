@@ -27,8 +27,10 @@ import psutil
 import psycopg2
 import pytest
 
-from backy_gevent import embedded, pgaccount, pgserver
+from backy_gevent import embedded
 from backy_gevent.embedded import EmbeddedServerError, EmbeddedUnavailable, embedded_server
+from backy_gevent.embedded import account as pgaccount
+from backy_gevent.embedded import server as pgserver
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,9 +17,10 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from backy_gevent import embedded, pgserver
+from backy_gevent import embedded
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
+from backy_gevent.embedded import server as pgserver
 from backy_gevent.worker import Registry
 from tests import workers
 from tests.conftest import RunnerProcess, cli_env, wait_until

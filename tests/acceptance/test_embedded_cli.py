@@ -16,7 +16,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from backy_gevent import pgserver
+from backy_gevent.embedded import server as pgserver
 from tests import workers
 from tests.conftest import CONSOLE_SCRIPT, ROOT, RunnerProcess, wait_until
 

@@ -2,8 +2,8 @@
 
 This module knows the layout of a data directory and how to create, start, inspect and stop
 the server. Which OS account runs it, and from which copy of the binaries, is
-``backy_gevent.pgaccount``; how many processes share it and when to stop it is
-``backy_gevent.embedded``, which is also where the public names are documented.
+``backy_gevent.embedded.account``; how many processes share it and when to stop it is
+``backy_gevent.embedded.lifecycle``; the package's docstring tells the whole story.
 
 Layout of a data directory (``BACKY_DATA_DIR``)::
 
@@ -12,7 +12,7 @@ Layout of a data directory (``BACKY_DATA_DIR``)::
     log/             postgresql.log
     binaries/        a private copy of the wheel's binaries, made only when the server
                      account cannot reach the wheel (root with a virtualenv under /root)
-    *.lock           flock files, see backy_gevent.embedded
+    *.lock           flock files, see backy_gevent.embedded.locks
     starting         touched just before pg_ctl start, so that a server whose starter was
                      killed before it wrote postmaster.pid is still waited for, not ignored
 
@@ -35,12 +35,9 @@ import time
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from backy_gevent.errors import EmbeddedServerError, EmbeddedUnavailable
-
-if TYPE_CHECKING:
-    from backy_gevent.pgaccount import Account
 
 #: Only names the socket file (``run/.s.PGSQL.5432``): the socket directory is private.
 PORT = 5432
@@ -49,6 +46,14 @@ MAX_SOCKET_PATH = 103
 #: Started with one command, so this only bounds a server that hangs while starting.
 START_TIMEOUT = 60.0
 _LOG_ROTATE_BYTES = 10 * 1024 * 1024
+
+
+class Account(NamedTuple):
+    """An OS account the server's programs run as, when we are root."""
+
+    name: str
+    uid: int
+    gid: int
 
 
 class Postmaster(NamedTuple):

@@ -15,9 +15,10 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
-from backy_gevent.pgserver import (
+from backy_gevent.embedded.server import (
+    Account,
     EmbeddedServerError,
     EmbeddedUnavailable,
     Layout,
@@ -35,14 +36,6 @@ _RUNS_SCRIPT = (
     'for p in initdb pg_ctl postgres; do "$1/bin/$p" --version || exit 1; done;'
     ' test -r "$1/share/postgres.bki" && test -x "$1/lib"'
 )
-
-
-class Account(NamedTuple):
-    """An OS account the server's programs run as, when we are root."""
-
-    name: str
-    uid: int
-    gid: int
 
 
 def server_account(layout: Layout) -> Account | None:
