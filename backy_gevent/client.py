@@ -105,6 +105,12 @@ class Client:
         if self._pool is not None:
             self._pool.close()
 
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     # -- running statements -------------------------------------------------------------
 
     def _fetch(

@@ -10,6 +10,8 @@ run, so they can be compared.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 import os
 import re
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
@@ -158,6 +161,62 @@ def _wait_drained(dsn: str, processes: list[subprocess.Popen[bytes]]) -> None:
         time.sleep(0.01)
 
 
+@contextlib.contextmanager
+def _scratch_schema(dsn: str) -> Iterator[str]:
+    """A schema of the bench's own, dropped afterwards; yields a DSN whose connections
+    see only it."""
+    schema = "backy_bench_" + uuid.uuid4().hex[:8]
+    admin = psycopg2.connect(dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield _scoped(dsn, schema)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.close()
+
+
+@contextlib.contextmanager
+def _runner_processes(dsn: str, count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``count`` real runners of the Noop worker, started and idle; killed if still
+    running when the block ends (``_stop`` ends them cleanly)."""
+    env = dict(os.environ, BACKY_DSN=dsn, BACKY_TABLE_NAME="backy_bench_jobs")
+    command = [sys.executable, "-m", "backy_gevent", "run", "--import",
+               "backy_gevent.cli.bench:Noop", "--metrics-port", "0", "--log-level", "warning"]
+    processes = [subprocess.Popen(command, env=env) for _ in range(count)]
+    try:
+        _wait_for_runners(dsn, count, processes)
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        process.wait(30)
+
+
+def _enqueue_backlog(client: Client, dsn: str, jobs: int) -> float:
+    """Commit ``jobs`` no-op jobs in one transaction (so the runners see the whole
+    backlog at once); return the seconds it took."""
+    conn = psycopg2.connect(dsn)
+    started = time.monotonic()
+    try:
+        for first in range(0, jobs, 1000):
+            batch = [{"n": n} for n in range(first, min(jobs, first + 1000))]
+            client.enqueue_many(Noop, batch, connection=conn)
+        conn.commit()
+    finally:
+        conn.close()
+    return time.monotonic() - started
+
+
 def run_bench(
     settings: Settings,
     *,
@@ -168,57 +227,39 @@ def run_bench(
 ) -> BenchResult:
     """Measure; ``settings.dsn`` must be set. Leaves nothing behind in the database."""
     assert settings.dsn is not None
-    schema = "backy_bench_" + uuid.uuid4().hex[:8]
-    admin = psycopg2.connect(settings.dsn)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE SCHEMA "{schema}"')
-    dsn = _scoped(settings.dsn, schema)
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
+    with _scratch_schema(settings.dsn) as dsn:
         bench_settings = settings.replace(dsn=dsn, table_name="backy_bench_jobs")
-        client = Client(bench_settings, registry=Registry.from_classes(Noop))
-        client.setup()
-        env = dict(os.environ, BACKY_DSN=dsn, BACKY_TABLE_NAME="backy_bench_jobs")
-        command = [sys.executable, "-m", "backy_gevent", "run", "--import",
-                   "backy_gevent.bench:Noop", "--metrics-port", "0", "--log-level", "warning"]
-        # Runners start first and wait idle, so their start-up is not timed.
-        processes = [subprocess.Popen(command, env=env) for _ in range(runners)]
-        _wait_for_runners(dsn, runners, processes)
-        # All jobs commit at once: the runners see the whole backlog together.
-        conn = psycopg2.connect(dsn)
-        started = time.monotonic()
-        for first in range(0, jobs, 1000):
-            batch = [{"n": n} for n in range(first, min(jobs, first + 1000))]
-            client.enqueue_many(Noop, batch, connection=conn)
-        conn.commit()
-        conn.close()
-        client.close()
-        enqueue_seconds = time.monotonic() - started
-        started = time.monotonic()
-        _wait_drained(dsn, processes)
-        drain_seconds = time.monotonic() - started
-        # The other way jobs arrive: one per transaction, while the runners work.
-        started = time.monotonic()
-        if single_jobs:
-            _enqueue_one_by_one(dsn, bench_settings, single_jobs, pgbench_clients)
-            _wait_drained(dsn, processes)
-        single_seconds = time.monotonic() - started
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            process.wait(30)
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE TABLE "{schema}".backy_bench_commits (v int)')
+        with Client(bench_settings, registry=Registry.from_classes(Noop)) as client:
+            client.setup()
+            # Runners start first and wait idle, so their start-up is not timed.
+            with _runner_processes(dsn, runners) as processes:
+                enqueue_seconds = _enqueue_backlog(client, dsn, jobs)
+                started = time.monotonic()
+                _wait_drained(dsn, processes)
+                drain_seconds = time.monotonic() - started
+                # The other way jobs arrive: one per transaction, while the runners work.
+                started = time.monotonic()
+                if single_jobs:
+                    _enqueue_one_by_one(dsn, bench_settings, single_jobs, pgbench_clients)
+                    _wait_drained(dsn, processes)
+                single_seconds = time.monotonic() - started
+                _stop(processes)
+        with contextlib.closing(psycopg2.connect(dsn)) as conn, conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE backy_bench_commits (v int)")
         tps = _pgbench(dsn, seconds=max(drain_seconds, 5.0), clients=pgbench_clients)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-        with admin.cursor() as cur:
-            cur.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.close()
     return BenchResult(
         jobs, runners, enqueue_seconds, drain_seconds, single_jobs, single_seconds, tps,
         pgbench_clients,
     )
+
+
+def command_bench(arguments: argparse.Namespace, settings: Settings) -> int:
+    result = run_bench(
+        settings,
+        jobs=arguments.jobs,
+        runners=arguments.runners,
+        pgbench_clients=arguments.pgbench_clients,
+        single_jobs=arguments.single_jobs,
+    )
+    print(result.report())
+    return 0

@@ -1,7 +1,6 @@
-"""What each ``backy-gevent`` subcommand does, once flags and settings are parsed.
+"""The commands on the jobs table: setup, enqueue, jobs, show, retry, cancel, prune.
 
-Each ``command_<name>(arguments, settings)`` returns the exit status. The console
-script (cli.py) has patched gevent before this module is imported.
+Each ``command_<name>(arguments, settings)`` returns the exit status.
 """
 
 from __future__ import annotations
@@ -9,24 +8,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import signal
 import sys
 from typing import Any
 
-import gevent
-import pluggy
-
-import backy_gevent
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
 from backy_gevent.errors import UsageError
-from backy_gevent.hooks import Hooks, build_plugin_manager
 from backy_gevent.job import COMPLETED
-from backy_gevent.metrics import PLUGIN_NAME as METRICS_PLUGIN
-from backy_gevent.metrics import Metrics
-from backy_gevent.metrics.server import metrics_services
-from backy_gevent.runner import Runner
-from backy_gevent.worker import Registry, retry_count_of
+from backy_gevent.worker import Registry
 
 
 def _emit(value: Any) -> None:
@@ -42,44 +31,13 @@ def _client(settings: Settings) -> Client:
 
 
 def command_setup(arguments: argparse.Namespace, settings: Settings) -> int:
-    client = Client(settings, registry=Registry())
-    try:
+    with Client(settings, registry=Registry()) as client:
         applied = client.setup()
-    finally:
-        client.close()
     if applied:
         for migration in applied:
             print(f"applied migration {migration.version:04d} {migration.name}")
     else:
         print(f"jobs table {settings.table_name!r} is up to date")
-    return 0
-
-
-def _runner_plugins(settings: Settings) -> tuple[Metrics, pluggy.PluginManager]:
-    """The plugins a runner loads: the built-in metrics (on a registry of the runner's
-    own), then the entry points. ``run`` and ``plugins`` both use this, so the listing
-    is what a runner loads."""
-    metrics = Metrics()
-    plugin_manager = build_plugin_manager(
-        [(METRICS_PLUGIN, metrics)], disabled=settings.disable_plugins
-    )
-    return metrics, plugin_manager
-
-
-def command_run(arguments: argparse.Namespace, settings: Settings) -> int:
-    registry = _registry(settings).restricted(settings.workers)
-    metrics, plugin_manager = _runner_plugins(settings)
-    hooks = Hooks(plugin_manager, on_error=metrics.hook_error)
-    # Jobs that enqueue jobs (backy_gevent.enqueue) use the runner's settings, and count.
-    backy_gevent.configure(settings=settings, hooks=hooks)
-    runner = Runner(
-        settings, registry, hooks, dsn=str(settings.dsn),
-        services=metrics_services(metrics, settings),
-    )
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        # The handler only sets a flag; the runner's main greenlet does the work.
-        gevent.signal_handler(signum, runner.request_stop)
-    runner.run()
     return 0
 
 
@@ -90,8 +48,7 @@ def command_enqueue(arguments: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"args: not valid JSON ({exc})") from None
     if not isinstance(args, dict):
         raise UsageError("args: must be a JSON object, like '{\"name\": \"x\"}'")
-    client = _client(settings)
-    try:
+    with _client(settings) as client:
         job = client.enqueue(
             arguments.worker,
             args,
@@ -100,63 +57,15 @@ def command_enqueue(arguments: argparse.Namespace, settings: Settings) -> int:
             priority=arguments.priority,
             unique_key=arguments.unique_key,
         )
-    finally:
-        client.close()
     _emit({"id": job.id, "worker": job.worker, "queue": job.queue, "state": job.state,
            "run_at": job.run_at, "args": job.args})
     return 0
 
 
-def command_workers(arguments: argparse.Namespace, settings: Settings) -> int:
-    registry = _registry(settings)
-    if not len(registry):
-        print("no workers registered (install a package with backy.workers entry points)")
-        return 0
-    for registration in registry:
-        cls = registration.cls
-        retry_count = retry_count_of(cls, settings.retry_count)
-        print(
-            f"{registration.name}\t{registration.path}\t{registration.source}\t"
-            f"queue={cls.queue} priority={cls.priority} max_runtime={cls.max_runtime:g}"
-            f" max_concurrency={cls.max_concurrency or 'unlimited'}"
-            f" requeue_delay={cls.requeue_delay:g} retry_count={retry_count}"
-        )
-    return 0
-
-
-def command_plugins(arguments: argparse.Namespace, settings: Settings) -> int:
-    """One line per plugin: name, distribution, version and the hooks it implements."""
-    from backy_gevent.hooks import describe_plugins
-
-    _, plugin_manager = _runner_plugins(settings)
-    rows = [
-        (
-            info.name,
-            info.distribution or "(built-in)",
-            info.version or "-",
-            ", ".join(info.hooks) or "(no hooks)",
-        )
-        for info in describe_plugins(plugin_manager)
-    ]
-    if rows:
-        header = ("PLUGIN", "DISTRIBUTION", "VERSION", "HOOKS")
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
-        for row in [header, *rows]:
-            print("  ".join([*(row[i].ljust(widths[i]) for i in range(3)), row[3]]))
-    else:
-        print("no plugins (install a package with backy.plugins entry points)")
-    if settings.disable_plugins:
-        print("disabled: " + ", ".join(sorted(settings.disable_plugins)))
-    return 0
-
-
 def command_jobs(arguments: argparse.Namespace, settings: Settings) -> int:
-    client = Client(settings, registry=Registry())
-    try:
+    with Client(settings, registry=Registry()) as client:
         stats = client.stats()
         runners = client.runners()
-    finally:
-        client.close()
     if not stats:
         print("no jobs")
     else:
@@ -178,11 +87,8 @@ def command_jobs(arguments: argparse.Namespace, settings: Settings) -> int:
 
 def command_show(arguments: argparse.Namespace, settings: Settings) -> int:
     """Print one job as JSON: every column, the error history included."""
-    client = Client(settings, registry=Registry())
-    try:
+    with Client(settings, registry=Registry()) as client:
         job = client.get_job(arguments.job_id)
-    finally:
-        client.close()
     if job is None:
         print(f"job {arguments.job_id}: no such job", file=sys.stderr)
         return 1
@@ -192,9 +98,8 @@ def command_show(arguments: argparse.Namespace, settings: Settings) -> int:
 
 
 def _each_job(arguments: argparse.Namespace, settings: Settings, action: str) -> int:
-    client = _client(settings)
     status = 0
-    try:
+    with _client(settings) as client:
         for job_id in arguments.ids:
             try:
                 job = getattr(client, action)(job_id)
@@ -209,8 +114,6 @@ def _each_job(arguments: argparse.Namespace, settings: Settings, action: str) ->
                 status = 1
             else:
                 print(f"job {job_id}: {job.state}")
-    finally:
-        client.close()
     return status
 
 
@@ -221,11 +124,8 @@ def command_retry(arguments: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("retry: --worker and --queue filter --failed")
     status = _each_job(arguments, settings, "retry") if arguments.ids else 0
     if arguments.failed:
-        client = _client(settings)
-        try:
+        with _client(settings) as client:
             retried = client.retry_failed(arguments.only_workers, arguments.only_queues)
-        finally:
-            client.close()
         print(f"retried {len(retried)} failed jobs")
     return status
 
@@ -240,25 +140,10 @@ def command_prune(arguments: argparse.Namespace, settings: Settings) -> int:
         states.append("failed")
     if arguments.cancelled:
         states.append("cancelled")
-    client = Client(settings, registry=Registry())
-    try:
+    with Client(settings, registry=Registry()) as client:
         deleted = client.prune(arguments.older_than, states)
-    finally:
-        client.close()
     print(f"deleted {deleted} jobs")
     return 0
 
 
 
-def command_bench(arguments: argparse.Namespace, settings: Settings) -> int:
-    from backy_gevent.bench import run_bench
-
-    result = run_bench(
-        settings,
-        jobs=arguments.jobs,
-        runners=arguments.runners,
-        pgbench_clients=arguments.pgbench_clients,
-        single_jobs=arguments.single_jobs,
-    )
-    print(result.report())
-    return 0

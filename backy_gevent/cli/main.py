@@ -1,0 +1,81 @@
+"""``main``: parse, configure, pick the database, run the command, map errors to exits.
+
+Exit statuses: 0 success; 1 a job could not be found or changed, the schema is missing,
+or the database can't be reached; 2 bad input or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import psycopg2
+
+from backy_gevent.cli import bench, catalog, jobs, run
+from backy_gevent.cli.database import database, embedded_connection_limit
+from backy_gevent.cli.parser import build_parser, settings_from
+from backy_gevent.config import Settings
+from backy_gevent.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    PluginError,
+    SchemaMissing,
+    UsageError,
+    WorkerError,
+)
+
+log = logging.getLogger("backy_gevent.cli")
+
+#: What each subcommand runs: ``handler(arguments, settings) -> exit status``.
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "setup": jobs.command_setup,
+    "run": run.command_run,
+    "enqueue": jobs.command_enqueue,
+    "workers": catalog.command_workers,
+    "plugins": catalog.command_plugins,
+    "jobs": jobs.command_jobs,
+    "show": jobs.command_show,
+    "retry": jobs.command_retry,
+    "cancel": jobs.command_cancel,
+    "prune": jobs.command_prune,
+    "bench": bench.command_bench,
+}
+#: Subcommands that never touch the database (so never start the embedded server).
+WITHOUT_DATABASE = ("workers", "plugins")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the console script; returns the exit status."""
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    environ = dict(os.environ)
+    try:
+        settings = settings_from(arguments, environ)
+        _configure_logging(settings.log_level)
+        handler = COMMANDS[arguments.command]
+        if arguments.command in WITHOUT_DATABASE:
+            return int(handler(arguments, settings))
+        limit = 100 if settings.dsn else embedded_connection_limit(settings, arguments.command)
+        with database(settings, environ, max_connections=limit) as ready:
+            return int(handler(arguments, ready))
+    except (ConfigError, UsageError, WorkerError, PluginError) as exc:
+        print(f"backy-gevent: error: {exc}", file=sys.stderr)
+        return 2
+    except (SchemaMissing, DatabaseUnavailable) as exc:
+        print(f"backy-gevent: error: {exc}", file=sys.stderr)
+        return 1
+    except psycopg2.OperationalError as exc:
+        # A one-shot command that can't reach the database (the runner retries instead).
+        print(f"backy-gevent: error: database: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
