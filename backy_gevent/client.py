@@ -51,6 +51,26 @@ def encode_args(args: Mapping[str, Any]) -> str:
     raise TypeError("job args can't be stored as JSON")
 
 
+def check_enqueue_options(
+    *,
+    run_at: datetime.datetime | None,
+    delay: float | None,
+    queue: str | None,
+    priority: int | None,
+) -> None:
+    """ValueError saying what is wrong with ``enqueue``'s options, if anything is."""
+    if run_at is not None and delay is not None:
+        raise ValueError("give run_at or delay, not both")
+    if run_at is not None and run_at.tzinfo is None:
+        raise ValueError("run_at must be timezone-aware (for example datetime.UTC)")
+    if delay is not None and not (isinstance(delay, (int, float)) and math.isfinite(delay)):
+        raise ValueError(f"delay must be a number of seconds, not {delay!r}")
+    if queue is not None and not (isinstance(queue, str) and queue):
+        raise ValueError(f"queue must be a non-empty string, not {queue!r}")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise ValueError(f"priority must be an integer, not {priority!r}")
+
+
 class Client:
     """Talks to one jobs table: enqueue, cancel, retry, inspect.
 
@@ -205,43 +225,37 @@ class Client:
             unique_keys = [None] * len(encoded)
         elif len(unique_keys) != len(encoded):
             raise ValueError("unique_keys must hold one key (or None) per job")
-        if run_at is not None and delay is not None:
-            raise ValueError("give run_at or delay, not both")
-        if run_at is not None and run_at.tzinfo is None:
-            raise ValueError("run_at must be timezone-aware (for example datetime.UTC)")
-        if delay is not None and not (isinstance(delay, (int, float)) and math.isfinite(delay)):
-            raise ValueError(f"delay must be a number of seconds, not {delay!r}")
-        if queue is not None and not (isinstance(queue, str) and queue):
-            raise ValueError(f"queue must be a non-empty string, not {queue!r}")
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-            raise ValueError(f"priority must be an integer, not {priority!r}")
-        retry_count = retry_count_of(worker_class, self.settings.retry_count)
+        check_enqueue_options(run_at=run_at, delay=delay, queue=queue, priority=priority)
         count = len(encoded)
         params = {
             "workers": [name] * count,
             "args": encoded,
             "queues": [queue or worker_class.queue] * count,
             "priorities": [worker_class.priority if priority is None else priority] * count,
-            "max_attempts": [retry_count + 1] * count,
+            "max_attempts": [retry_count_of(worker_class, self.settings.retry_count) + 1] * count,
             "run_ats": [run_at] * count,
             "delays": [max(0.0, float(delay or 0))] * count,
             "unique_keys": list(unique_keys),
         }
-        rows = self._fetch("insert_jobs", params, connection)
-        written = [Job.from_row(row) for row in rows]
-        by_key = {job.unique_key: job for job in written if job.unique_key is not None}
-        missing = [key for key in unique_keys if key is not None and key not in by_key]
-        if missing:
-            for row in self._fetch(
-                "get_unique", {"unique_keys": missing}, connection
-            ):
-                by_key[row["unique_key"]] = Job.from_row(row)
-        # Rows come back in id order, which is input order for the keyless ones.
-        keyless = iter(job for job in written if job.unique_key is None)
-        result = [by_key[key] if key is not None else next(keyless) for key in unique_keys]
+        written = [Job.from_row(row) for row in self._fetch("insert_jobs", params, connection)]
+        result = self._in_input_order(written, unique_keys, connection)
         if written and self.hooks is not None:
             self.hooks.call("backy_job_enqueued", jobs=written)
         return result
+
+    def _in_input_order(
+        self, written: list[Job], unique_keys: Sequence[str | None], connection: Any
+    ) -> list[Job]:
+        """One job per input: the one written, or the waiting or running job that already
+        held its ``unique_key`` (read now)."""
+        by_key = {job.unique_key: job for job in written if job.unique_key is not None}
+        missing = [key for key in unique_keys if key is not None and key not in by_key]
+        if missing:
+            for row in self._fetch("get_unique", {"unique_keys": missing}, connection):
+                by_key[row["unique_key"]] = Job.from_row(row)
+        # Rows come back in id order, which is input order for the keyless ones.
+        keyless = iter(job for job in written if job.unique_key is None)
+        return [by_key[key] if key is not None else next(keyless) for key in unique_keys]
 
     # -- managing jobs ------------------------------------------------------------------
 

@@ -13,9 +13,6 @@ COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
 
-#: Every state a row can be in, in the order a job normally passes through them.
-STATES = (AVAILABLE, RUNNING, COMPLETED, FAILED, CANCELLED)
-
 
 class JobTimeout(BaseException):
     """Raised inside a job that ran past its ``max_runtime``.

@@ -34,6 +34,18 @@ CONSOLE_SCRIPT = str(Path(sys.executable).with_name("backy-gevent"))
 TEST_WORKER_IMPORTS = [f"tests.workers:{cls.__name__}" for cls in workers.ALL]
 
 
+#: Fixtures that reach a PostgreSQL server: a test using any of them is marked ``db``.
+DATABASE_FIXTURES = frozenset({"server_dsn", "private_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a database ``db``, so that ``pytest -m "not db"`` is
+    the fast tier: pure logic, checked in seconds."""
+    for item in items:
+        if DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.db)
+
+
 def wait_until(
     predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = ""
 ) -> Any:

@@ -33,6 +33,9 @@ from backy_gevent.embedded import account as pgaccount
 from backy_gevent.embedded import server as pgserver
 from tests.conftest import wait_until
 
+#: These tests run PostgreSQL servers of their own.
+pytestmark = pytest.mark.db
+
 ROOT = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
 USER_PROGRAM = """

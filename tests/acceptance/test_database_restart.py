@@ -25,6 +25,9 @@ from backy_gevent.worker import Registry
 from tests import workers
 from tests.conftest import RunnerProcess, cli_env, wait_until
 
+#: These tests run PostgreSQL servers of their own.
+pytestmark = pytest.mark.db
+
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:

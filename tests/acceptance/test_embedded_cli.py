@@ -20,6 +20,9 @@ from backy_gevent.embedded import server as pgserver
 from tests import workers
 from tests.conftest import CONSOLE_SCRIPT, ROOT, RunnerProcess, wait_until
 
+#: These tests run PostgreSQL servers of their own.
+pytestmark = pytest.mark.db
+
 IMPORT = ("--import", "tests.workers:Record")
 
 
