@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from backy_gevent.client import Client, DefaultClient
     from backy_gevent.hooks import hookimpl
-    from backy_gevent.job import Job, JobTimeout, touch
+    from backy_gevent.job import Job, JobCrashed, JobTimeout, touch
     from backy_gevent.worker import Worker, WorkerError
 
 __all__ = [
     "Client",
     "Job",
+    "JobCrashed",
     "JobTimeout",
     "Worker",
     "WorkerError",
@@ -35,6 +36,7 @@ _LAZY = {
     "Client": "backy_gevent.client",
     "Job": "backy_gevent.job",
     "JobTimeout": "backy_gevent.job",
+    "JobCrashed": "backy_gevent.job",
     "touch": "backy_gevent.job",
     "Worker": "backy_gevent.worker",
     "WorkerError": "backy_gevent.worker",

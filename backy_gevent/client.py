@@ -7,6 +7,7 @@ use; nothing connects or registers at import time.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -19,7 +20,7 @@ import psycopg2.extras
 
 from backy_gevent.config import Settings, load_settings
 from backy_gevent.db import schema
-from backy_gevent.db.connections import ConnectionPool
+from backy_gevent.db.connections import ConnectionPool, connect
 from backy_gevent.db.dsn import configured_dsn
 from backy_gevent.db.queries import Queries, Statement
 from backy_gevent.hooks import Hooks
@@ -110,15 +111,21 @@ class Client:
     def pool(self) -> ConnectionPool:
         """The client's own connections, opened on first use."""
         if self._pool is None:
-            dsn = configured_dsn(self.settings.dsn, os.environ)
-            if dsn is None:
-                raise RuntimeError(
-                    "no database configured: pass dsn=..., set BACKY_DSN or libpq's PG*"
-                    " variables, or run through the backy-gevent command, which starts"
-                    " the embedded server"
-                )
-            self._pool = ConnectionPool(dsn, size=4, prepare=self.settings.prepare_statements)
+            self._pool = ConnectionPool(
+                self._dsn(), size=4, prepare=self.settings.prepare_statements,
+                timeout=self.settings.database_timeout,
+            )
         return self._pool
+
+    def _dsn(self) -> str:
+        dsn = configured_dsn(self.settings.dsn, os.environ)
+        if dsn is None:
+            raise RuntimeError(
+                "no database configured: pass dsn=..., set BACKY_DSN or libpq's PG*"
+                " variables, or run through the backy-gevent command, which starts"
+                " the embedded server"
+            )
+        return dsn
 
     def close(self) -> None:
         """Close the client's connections (not a caller's)."""
@@ -146,14 +153,20 @@ class Client:
             return cur.fetchall() if cur.description else []
 
     def setup(self) -> list[schema.Migration]:
-        """Apply missing migrations (idempotent); return those applied."""
-        with self.pool.borrow() as conn:
-            conn.autocommit = False
+        """Apply missing migrations (idempotent); return those applied.
+
+        On a connection of its own without ``database_timeout``: building an index on a
+        big table may take longer than any statement of the queue.
+        """
+        with contextlib.closing(self._long_connection()) as conn:
             try:
                 return schema.migrate(conn, self.settings.table_name)
             finally:
                 conn.rollback()
-                conn.autocommit = True
+
+    def _long_connection(self) -> Any:
+        """A connection for statements that may take long (migrations, pruning)."""
+        return connect(self._dsn(), autocommit=False, application_name="backy-gevent")
 
     # -- enqueueing ---------------------------------------------------------------------
 
@@ -324,7 +337,7 @@ class Client:
 
     def prune(self, older_than: float = 0.0, states: Sequence[str] = (COMPLETED,)) -> int:
         """Delete finished rows in ``states`` older than ``older_than`` seconds."""
-        with self.pool.borrow() as conn, conn.cursor() as cur:
+        with contextlib.closing(self._long_connection()) as conn, conn, conn.cursor() as cur:
             cur.execute(
                 self.queries.composed("prune"), {"states": list(states), "older_than": older_than}
             )

@@ -168,6 +168,15 @@ OPTIONS: tuple[Option, ...] = (
         "prepare_statements", _boolean, True,
         "prepare hot statements server-side (false behind PgBouncer in transaction mode)",
     ),
+    Option(
+        "database_timeout", _seconds, 10.0,
+        "seconds to wait for any answer from PostgreSQL before calling it gone",
+    ),
+    Option(
+        "give_up_after", _seconds, 60.0,
+        "seconds a runner loop may keep failing (not for a lost database) before the"
+        " runner exits with status 1",
+    ),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -195,6 +204,10 @@ class Settings:
     fetch_limit: int = 1000
     data_dir: str | None = None
     prepare_statements: bool = True
+    # Bounds every wait for the server: a runner whose database goes silent says so
+    # (log, /healthz) within this plus poll_interval, drops the connection and retries.
+    database_timeout: float = 10.0
+    give_up_after: float = 60.0
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some options changed, each parsed and checked like any other source."""

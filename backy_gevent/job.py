@@ -27,6 +27,31 @@ class JobTimeout(BaseException):
         self.seconds = seconds
 
 
+class JobCrashed(Exception):
+    """The error of an attempt whose process died under it: a quarantined job (one that
+    was running when its runner died) runs in a process of its own, and that process
+    exited, or was killed, before the attempt ended (``os._exit``, a segfault, the OOM
+    killer). ``returncode`` is the process's: negative for the signal that killed it."""
+
+    def __init__(self, job_id: int, returncode: int | None) -> None:
+        if returncode is not None and returncode < 0:
+            how = f"was killed by signal {-returncode} ({_signal_name(-returncode)})"
+        else:
+            how = f"exited with status {returncode}"
+        super().__init__(f"job {job_id}: its process {how} before the attempt ended")
+        self.job_id = job_id
+        self.returncode = returncode
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
+
+
 @dataclasses.dataclass
 class Job:
     """One row of the jobs table, as Python sees it.
@@ -53,10 +78,17 @@ class Job:
     finished_at: datetime.datetime | None = None
     expires_at: datetime.datetime | None = None
     runner_id: str | None = None
+    #: The job was running when its runner died: every later attempt runs in a process
+    #: of its own, so that a job that kills its process can't take innocent jobs along.
+    quarantined: bool = False
     # Set by the executor while an attempt runs; ``touch`` calls it.
     _toucher: Callable[[], None] | None = dataclasses.field(
         default=None, repr=False, compare=False
     )
+    # When this runner's lease on the attempt ends at the latest, by its own monotonic
+    # clock, measured from before it sent the claim (or the last touch): an attempt is
+    # never started past it.
+    _lease_ends: float | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:

@@ -143,7 +143,7 @@ class RecordingSink:
     def handed_back(self, job: Job) -> None:
         self.outcomes.append(("handed_back", job))
 
-    def touch(self, job: Job, lease: float) -> bool:
+    def touch(self, job: Job, lease: float) -> bool | None:
         self.touches.append((job.id, lease))
         return self.still_ours
 
@@ -233,7 +233,7 @@ def test_success_is_completed_with_hooks_around_it() -> None:
     assert isinstance(spy.calls[0][1]["worker"], Ok)
     assert spy.calls[1][1]["result"] == 5
     assert spy.calls[1][1]["duration"] >= 0
-    assert executor.performing == {}
+    assert executor.running == {}
     with pytest.raises(RuntimeError):
         job.touch()  # only while it runs
 
@@ -358,13 +358,13 @@ def test_interrupted_attempt_is_handed_back(exception: type[BaseException]) -> N
     executor, sink, spy = make_executor()
     job = make_job("slow", seconds=5)
     greenlet = gevent.spawn(executor.run, job, Registration("slow", Slow, "test"))
-    while not executor.performing:
+    while not executor.running:
         gevent.sleep(0.01)  # let it enter perform
     greenlet.kill(exception, block=True, timeout=5)
     assert greenlet.dead
     assert sink.outcomes == [("handed_back", job)]
     assert "failure" not in spy.names()
-    assert executor.performing == {}
+    assert executor.running == {}
 
 
 # -- with the database: the real Completer as the sink ----------------------------------
@@ -377,7 +377,7 @@ def claim(client: Client, worker: str) -> list[Job]:
     with client.pool.borrow() as conn, conn.cursor() as cur:
         cur.execute(
             client.queries.composed("claim"),
-            {"workers": [worker], "limits": [10], "leases": [60.0], "queues": [],
+            {"workers": [worker], "limits": [10], "leases": [60.0], "queues": [], "isolated": 0,
              "runner_id": RUNNER_ID},
         )
         return [Job.from_row(row) for row in cur.fetchall()]

@@ -134,7 +134,7 @@ def test_table_names_are_quoted_identifiers(dsn: str, db: Any, table_name: str) 
             cur.execute(
                 queries.composed("claim"),
                 {"workers": ["record"], "limits": [5], "leases": [10.0], "queues": [],
-                 "runner_id": "test"},
+                 "isolated": 0, "runner_id": "test"},
             )
             claimed = cur.fetchall()
         assert [row["id"] for row in claimed] == [job.id]

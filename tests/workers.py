@@ -138,8 +138,9 @@ class FailDefault(backy.Worker):
 
 
 class Hang(backy.Worker):
-    """On its first attempt, touches every 0.2 s for ``seconds`` (default 30) so it is
-    never stopped at max_runtime; later attempts finish at once."""
+    """Touches every 0.2 s for ``seconds`` (default 30) so it is never stopped at
+    max_runtime, unless it runs in quarantine (its runner died under it: see
+    runner.isolation) or past its first attempt: then it finishes at once."""
 
     name = "hang"
     max_runtime = 1.0
@@ -148,7 +149,7 @@ class Hang(backy.Worker):
 
     def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
         record(job)
-        if job.attempt == 1:
+        if job.attempt == 1 and not job.quarantined:
             end = time.monotonic() + float(args.get("seconds", 30))
             while time.monotonic() < end:
                 gevent.sleep(0.2)

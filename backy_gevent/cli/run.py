@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import signal
 
-import gevent
 import pluggy
 
 import backy_gevent
@@ -39,8 +37,7 @@ def command_run(arguments: argparse.Namespace, settings: Settings) -> int:
         settings, registry, hooks, dsn=str(settings.dsn),
         services=metrics_services(metrics, settings),
     )
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        # The handler only sets a flag; the runner's main greenlet does the work.
-        gevent.signal_handler(signum, runner.request_stop)
+    # The handlers only set flags; the runner's main greenlet does the work.
+    runner.handle_signals()
     runner.run()
-    return 0
+    return 1 if runner.fatal else 0

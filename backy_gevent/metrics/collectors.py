@@ -71,6 +71,15 @@ class RunnerCollector:
         for (worker, queue, state), count in sorted(runner.rescued.items()):
             rescued.add_metric([worker, queue, state], count)
         yield rescued
+        failures = CounterMetricFamily(
+            "backy_runner_loop_failures",
+            "Steps of the runner's loops that failed with anything but a lost database (a"
+            " permission revoked, a bug); each is logged with its traceback and retried.",
+            labels=["loop"],
+        )
+        for loop, count in sorted(runner.supervisor.failures.items()):
+            failures.add_metric([loop], count)
+        yield failures
         yield CounterMetricFamily(
             "backy_job_outcomes_discarded",
             "Outcomes the database refused: the job was cancelled, or rescued after its"

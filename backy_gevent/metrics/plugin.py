@@ -133,7 +133,10 @@ class Metrics:
         """
         name = f"backy-gevent metrics {runner.id}"
         queue = QueueCollector(
-            ConnectionPool(runner.dsn, size=1, application_name=name),
+            ConnectionPool(
+                runner.dsn, size=1, application_name=name,
+                timeout=runner.settings.database_timeout,
+            ),
             runner.queries,
             known=[(r.name, r.cls.queue) for r in runner.registry],
         )

@@ -65,11 +65,11 @@ class Completer:
         self._handed_back.append((job.id, job.attempt))
         self._nudge()
 
-    def touch(self, job: Job, lease: float) -> bool:
+    def touch(self, job: Job, lease: float) -> bool | None:
         """Extend a running job's lease now (called from the job's greenlet).
 
-        False when the row is no longer this attempt's (cancelled or rescued); True when
-        extended, and when the database can't be asked (the lease may still hold).
+        True when extended; False when the row is no longer this attempt's (cancelled
+        or rescued); None when the database can't be asked (the lease may still hold).
         """
         try:
             with self.pool.borrow() as conn, conn.cursor() as cur:
@@ -82,7 +82,7 @@ class Completer:
                 extended = cur.fetchone()
         except CONNECTION_ERRORS as exc:
             log.warning("could not extend the lease of job %s: %s", job.id, exc)
-            return True
+            return None
         if extended is None:
             return False
         job.expires_at = extended["expires_at"]

@@ -1,12 +1,17 @@
-"""One attempt of one job: hooks, the ``max_runtime`` clock, and the outcome.
+"""One attempt of one job: the lease check, hooks, where it runs, and the outcome.
 
 The executor knows nothing of fetching or of the database; it reports each attempt's
 outcome to an ``OutcomeSink`` (the runner's completer), so one job's life can be tested
-without a runner loop.
+without a runner loop. An attempt runs in this process (``runner.attempt``), or, for a
+quarantined job, in a process of its own (``runner.isolation``).
+
+The outcome is handed to the sink *before* the hooks that follow it run: a shutdown
+that interrupts ``backy_after_job`` can't make finished work run again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import time
@@ -20,19 +25,21 @@ from gevent import getcurrent
 from backy_gevent.config import Settings
 from backy_gevent.hooks import Hooks
 from backy_gevent.job import Job, JobTimeout
+from backy_gevent.runner.attempt import (
+    HANDED_BACK,
+    Deadline,
+    HandBack,
+    JobRevoked,
+    Outcome,
+    new_deadline,
+    run_in_process,
+)
+from backy_gevent.runner.isolation import KILL_GRACE, IsolatedError, run_isolated
 from backy_gevent.worker import Registration, Worker
 
+__all__ = ["Executor", "HandBack", "JobRevoked", "OutcomeSink", "error_entry", "lease_seconds"]
+
 log = logging.getLogger("backy_gevent.executor")
-
-
-class HandBack(BaseException):
-    """Thrown into a running job at shutdown: stop, and give the job back unspent."""
-
-
-class JobRevoked(BaseException):
-    """Thrown into (or raised by ``touch`` inside) an attempt whose job is no longer its
-    own: cancelled, or rescued after its lease ran out. Stop; there is nothing to record,
-    since the row has moved on without this attempt."""
 
 
 class OutcomeSink(Protocol):
@@ -44,47 +51,23 @@ class OutcomeSink(Protocol):
 
     def handed_back(self, job: Job) -> None: ...
 
-    def touch(self, job: Job, lease: float) -> bool: ...
-
-
-class Deadline:
-    """The ``max_runtime`` clock of one attempt; ``restart()`` is what ``touch`` does.
-
-    Unlike ``gevent.Timeout``, it can be restarted from any greenlet and always throws
-    into the job's own greenlet.
-    """
-
-    def __init__(self, seconds: float, error: BaseException, target: Any) -> None:
-        self.seconds = seconds
-        self.error = error
-        self.target = target
-        self.expired = False
-        self._timer: Any = None
-
-    def restart(self) -> None:
-        self.cancel()
-        self._timer = gevent.get_hub().loop.timer(self.seconds)
-        self._timer.start(self._expire)
-
-    def _expire(self) -> None:
-        self.expired = True
-        if not self.target.dead:
-            self.target.throw(self.error)
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
+    def touch(self, job: Job, lease: float) -> bool | None:
+        """True: lease extended; False: the job is no longer ours; None: unknown."""
 
 
 def error_entry(job: Job, error: BaseException) -> dict[str, Any]:
     """The record of a failed attempt appended to ``job.errors``."""
+    if isinstance(error, IsolatedError):  # raised in a child process: its own record
+        error_type, trace = error.error_type, error.traceback_text
+    else:
+        error_type = f"{type(error).__module__}.{type(error).__qualname__}"
+        trace = "".join(traceback.format_exception(error))
     return {
         "attempt": job.attempt,
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "error": f"{type(error).__module__}.{type(error).__qualname__}",
+        "error": error_type,
         "message": str(error),
-        "traceback": "".join(traceback.format_exception(error)),
+        "traceback": trace,
     }
 
 
@@ -93,86 +76,141 @@ def lease_seconds(worker_class: type[Worker]) -> float:
     return float(worker_class.max_runtime) + float(worker_class.requeue_delay)
 
 
-class Executor:
-    """Runs attempts and reports their outcomes; one Executor serves a whole runner."""
+@dataclasses.dataclass
+class Running:
+    """An attempt whose ``perform`` runs now (in this process or in a child)."""
 
-    def __init__(self, settings: Settings, hooks: Hooks, sink: OutcomeSink) -> None:
+    job: Job
+    deadline: Deadline
+    isolated: bool
+
+
+class Executor:
+    """Runs attempts and reports their outcomes; one Executor serves a whole runner.
+
+    ``isolation`` holds the options a quarantined attempt's child process needs
+    (``imports``, ``client``, ``log_level``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        hooks: Hooks,
+        sink: OutcomeSink,
+        *,
+        isolation: dict[str, Any] | None = None,
+    ) -> None:
         self.settings = settings
         self.hooks = hooks
         self.sink = sink
-        #: The greenlets inside ``perform`` right now; shutdown interrupts only these.
-        self.performing: dict[Any, Job] = {}
+        self.isolation = isolation or {"imports": list(settings.imports), "client": {}}
+        #: The attempts inside ``perform`` right now, by greenlet: only these are ever
+        #: interrupted (a cancel, a shutdown), so finished work never is.
+        self.running: dict[Any, Running] = {}
+
+    def isolated_running(self) -> int:
+        """Quarantined attempts running now, each in a process of its own."""
+        return sum(1 for running in self.running.values() if running.isolated)
 
     def run(self, job: Job, registration: Registration) -> None:
         """Run one attempt of ``job`` in the current greenlet and report its outcome."""
+        if self._hand_back_if_late(job, "before it started"):
+            return
         try:
             worker = registration.cls()
         except Exception as exc:
             self._fail(job, None, exc, timed_out=False)
             return
         self.hooks.call("backy_before_job", job=job, worker=worker)
-        started = time.monotonic()
-        returned, result = self._perform(job, worker)
-        if not returned:
+        if self._hand_back_if_late(job, "while backy_before_job ran"):
             return
-        duration = time.monotonic() - started
-        self.hooks.call(
-            "backy_after_job", job=job, worker=worker, result=result, duration=duration
-        )
-        self.sink.completed(job)
-
-    def _perform(self, job: Job, worker: Worker) -> tuple[bool, Any]:
-        """Call ``perform`` under the ``max_runtime`` clock.
-
-        Returns ``(True, result)`` when it returned; ``(False, None)`` when the attempt
-        ended otherwise and its outcome (failure, hand-back, nothing when revoked) has
-        been reported already.
-        """
-        current = getcurrent()
-        max_runtime = float(worker.max_runtime)
-        deadline = Deadline(max_runtime, JobTimeout(job.id, max_runtime), current)
-        job._toucher = self._toucher(job, deadline, lease_seconds(type(worker)))
-        deadline.restart()
-        self.performing[current] = job
         try:
-            return True, worker.perform(job, job.args)
-        except HandBack:
-            deadline.cancel()
-            self.sink.handed_back(job)
-        except JobRevoked as revoked:
-            log.info("job %s (%s) attempt %s stopped: %s", job.id, job.worker, job.attempt,
-                     revoked)
+            outcome = self._attempt(job, worker)
         except gevent.GreenletExit:
-            deadline.cancel()
             self.sink.handed_back(job)
             raise
-        except BaseException as exc:  # a job's error, whatever it is, is its outcome
-            deadline.cancel()  # now, not in finally: the failure hooks run first
-            self._fail(job, worker, exc, timed_out=exc is deadline.error)
+        self._report(job, worker, outcome)
+
+    def _attempt(self, job: Job, worker: Worker) -> Outcome:
+        lease = lease_seconds(type(worker))
+
+        def touch() -> bool:
+            sent = time.monotonic()
+            extended = self.sink.touch(job, lease)
+            if extended:
+                job._lease_ends = sent + lease
+            return extended is not False
+
+        current = getcurrent()
+        if job.quarantined:
+            seconds = float(worker.max_runtime)
+            deadline = Deadline(seconds + KILL_GRACE, JobTimeout(job.id, seconds), current)
+        else:
+            deadline = new_deadline(job, worker)
+        self.running[current] = Running(job, deadline, job.quarantined)
+        try:
+            if job.quarantined:
+                return run_isolated(job, deadline, touch, self.isolation)
+            return run_in_process(job, worker, deadline, touch)
         finally:
-            self.performing.pop(current, None)
-            deadline.cancel()
-            job._toucher = None
-        return False, None
+            self.running.pop(current, None)
 
-    def _toucher(self, job: Job, deadline: Deadline, lease: float) -> Callable[[], None]:
-        """What ``job.touch()`` does during this attempt: restart the clock, extend the
-        lease, and stop the attempt if the job is no longer this runner's."""
-        attempt_greenlet = deadline.target
+    def _hand_back_if_late(self, job: Job, when: str) -> bool:
+        """Give the job back, unspent, if this runner's lease on it may have run out: by
+        now another runner may have rescued it and be running it."""
+        if job._lease_ends is None or time.monotonic() < job._lease_ends:
+            return False
+        log.warning(
+            "job %s (%s): its lease may have run out %s; handed back, not started",
+            job.id, job.worker, when,
+        )
+        self.sink.handed_back(job)
+        return True
 
-        def touch() -> None:
-            deadline.restart()
-            if not self.sink.touch(job, lease) and getcurrent() is attempt_greenlet:
-                # Going on would run the job twice: another runner may have it now.
-                raise JobRevoked("no longer this runner's (cancelled or rescued)")
+    def _report(self, job: Job, worker: Worker, outcome: Outcome) -> None:
+        if outcome.kind == "returned":
+            self.sink.completed(job)
+            self.hooks.call(
+                "backy_after_job", job=job, worker=worker, result=outcome.result,
+                duration=outcome.duration,
+            )
+        elif outcome.kind == "raised":
+            assert outcome.error is not None
+            self._fail(job, worker, outcome.error, timed_out=outcome.timed_out)
+        elif outcome is HANDED_BACK:
+            self.sink.handed_back(job)
+        else:
+            log.info("job %s (%s) attempt %s stopped: %s", job.id, job.worker, job.attempt,
+                     outcome.error)
 
-        return touch
+    def interrupt(self, error: BaseException, job_id: int | None = None) -> int:
+        """Throw ``error`` into the attempts running now (of job ``job_id`` only, if
+        given) while they are still inside ``perform``; return how many were asked."""
+        asked = 0
+        for greenlet, running in list(self.running.items()):
+            if job_id is None or running.job.id == job_id:
+                gevent.get_hub().loop.run_callback(self._deliver, greenlet, running, error)
+                asked += 1
+        return asked
+
+    def _deliver(self, greenlet: Any, running: Running, error: BaseException) -> None:
+        # A pool greenlet runs one job after another: throw only into the same attempt.
+        if self.running.get(greenlet) is running:
+            greenlet.throw(error)
+
+    def overdue(self, greenlet: Any) -> Running | None:
+        """The in-process attempt of ``greenlet`` if it ran past its ``max_runtime``."""
+        running = self.running.get(greenlet)
+        if running is None or running.isolated or running.deadline.overdue() <= 0:
+            return None
+        return running
 
     def _fail(
         self, job: Job, worker: Worker | None, error: BaseException, *, timed_out: bool
     ) -> None:
         will_retry = job.attempt < job.max_attempts
         retry_in = self._retry_delay(job, worker, error) if will_retry else None
+        self.sink.failed(job, error_entry(job, error), retry_in)
         log.info(
             "job %s (%s) attempt %s %s: %s%s",
             job.id,
@@ -190,7 +228,6 @@ class Executor:
             will_retry=will_retry,
             timed_out=timed_out,
         )
-        self.sink.failed(job, error_entry(job, error), retry_in)
 
     def _retry_delay(self, job: Job, worker: Worker | None, error: BaseException) -> float:
         chosen = self.hooks.first(

@@ -8,6 +8,7 @@ hands the jobs to the pools.
 from __future__ import annotations
 
 import collections
+import time
 from typing import Any
 
 import gevent
@@ -19,6 +20,7 @@ from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
 from backy_gevent.db.queries import Queries
 from backy_gevent.job import Job
 from backy_gevent.runner.executor import lease_seconds
+from backy_gevent.runner.isolation import ISOLATED_AT_ONCE
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
 
@@ -97,23 +99,33 @@ class Fetcher:
 
     def claim(self, wanted: dict[WorkerPool, int]) -> None:
         """Claim up to ``wanted[pool]`` jobs for each pool in one statement; hand them out."""
+        leases = {pool.name: lease_seconds(pool.registration.cls) for pool in wanted}
         params = {
-            "workers": [worker_pool.name for worker_pool in wanted],
+            "workers": list(leases),
             "limits": list(wanted.values()),
-            "leases": [lease_seconds(worker_pool.registration.cls) for worker_pool in wanted],
+            "leases": list(leases.values()),
             "queues": list(self.settings.queues),
+            "isolated": max(0, ISOLATED_AT_ONCE - self._quarantined_in_flight()),
             "runner_id": self.runner_id,
         }
+        # The lease is judged by this runner's own clock from before the claim was sent:
+        # a reply held up on the way must not start an attempt another runner may have.
+        sent = time.monotonic()
         jobs = sorted(
             (Job.from_row(row) for row in self._claimed_rows(params)),
             key=lambda j: (j.priority, j.run_at, j.id),
         )
+        for job in jobs:
+            job._lease_ends = sent + leases[job.worker]
         claimed = collections.Counter(job.worker for job in jobs)
         for job in jobs:
             self.worker_pools[job.worker].submit(job)
         for worker_pool, limit in wanted.items():
             # A full batch suggests more are due; a short one that the table is drained.
             worker_pool.maybe_more = claimed[worker_pool.name] >= limit
+
+    def _quarantined_in_flight(self) -> int:
+        return sum(pool.quarantined_in_flight for pool in self.worker_pools.values())
 
     def _claimed_rows(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         # Plain tuples: building a dict per row by zip is cheaper than RealDictCursor's,

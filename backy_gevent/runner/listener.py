@@ -8,6 +8,7 @@ missed while the connection was down.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ class Listener:
         *,
         table_oid: Callable[[], int],
         poll_interval: float,
+        timeout: float,
         wakeup: Wakeup,
         cancelled: Callable[[int], None],
     ) -> None:
@@ -36,9 +38,11 @@ class Listener:
         self.runner_id = runner_id
         self.table_oid = table_oid
         self.poll_interval = poll_interval
+        self.timeout = timeout
         self.wakeup = wakeup
         self.cancelled = cancelled
         self._conn: Any = None
+        self._last_heard = 0.0  # time.monotonic() of the server's last sign of life
 
     def step(self) -> None:
         """Connect and LISTEN if not connected, else handle what arrives within a poll."""
@@ -52,11 +56,15 @@ class Listener:
             raise
 
     def _listen(self) -> None:
-        conn = connect(self.dsn, application_name=f"backy-gevent listener {self.runner_id}")
+        conn = connect(
+            self.dsn, application_name=f"backy-gevent listener {self.runner_id}",
+            timeout=self.timeout,
+        )
         self._conn = conn
         with conn.cursor() as cur:
             channel = sql.Identifier(channel_name(self.table_oid()))
             cur.execute(sql.SQL("LISTEN {}").format(channel))
+        self._last_heard = time.monotonic()
         self.wakeup.set()  # notifications may have been missed while away
 
     def _receive(self) -> None:
@@ -64,8 +72,10 @@ class Listener:
         try:
             gevent.socket.wait_read(conn.fileno(), timeout=self.poll_interval)
         except TimeoutError:
+            self._ping_if_quiet()
             return
         conn.poll()
+        self._last_heard = time.monotonic()
         if not conn.notifies:
             return
         for notify in conn.notifies:
@@ -74,6 +84,16 @@ class Listener:
                 self.cancelled(int(job_id))
         conn.notifies.clear()
         self.wakeup.set()
+
+    def _ping_if_quiet(self) -> None:
+        """A connection that only listens hears nothing from a server that went silent
+        (or from a proxy that stopped forwarding): ask something now and then, bounded
+        by ``timeout``, so a dead path is noticed and replaced."""
+        if time.monotonic() - self._last_heard < self.timeout:
+            return
+        with self._conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        self._last_heard = time.monotonic()
 
     def close(self) -> None:
         """Drop the connection (a later step opens a new one)."""

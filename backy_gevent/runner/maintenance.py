@@ -59,9 +59,15 @@ class Maintenance:
             self.queries.execute(cur, "rescue", {})
             rescued = cur.fetchall()
         for row in rescued:
-            self.rescued[row["worker"], row["queue"], row["state"]] += 1
+            # Quarantined, uncounted: it ran beside others, any of which may have killed
+            # the runner (see the rescue statement).
+            state = row["state"] if row["counted"] else "quarantined"
+            self.rescued[row["worker"], row["queue"], state] += 1
             log.warning(
-                "job %s (%s) lost its runner; now %s", row["id"], row["worker"], row["state"]
+                "job %s (%s) lost its runner; now %s%s", row["id"], row["worker"],
+                row["state"], "" if row["counted"] else
+                ", quarantined (the lost attempt is not counted; its next attempts run"
+                " in a process of their own)",
             )
         self.health.ok()
         return self.poll_interval

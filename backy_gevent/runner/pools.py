@@ -41,12 +41,14 @@ class WorkerPool:
         self.executor = executor
         self.on_slot_free = on_slot_free
         self.in_flight = 0  # claimed and not finished: waiting in the queue or running
+        self.quarantined_in_flight = 0  # of those, quarantined ones (see runner.isolation)
         self.maybe_more = True  # the table may hold more due jobs of this worker
         self._queue: Queue[Job] = Queue()
         self._idle_greenlets = 0
         self._greenlets: set[gevent.Greenlet] = set()
-        self._drained = Event()
-        self._drained.set()
+        #: Set while no job of this pool is in flight.
+        self.drained = Event()
+        self.drained.set()
 
     def free_slots(self) -> int:
         """How many jobs to claim now: the free slots, or a batch when unlimited."""
@@ -57,7 +59,8 @@ class WorkerPool:
     def submit(self, job: Job) -> None:
         """Queue a claimed job; a free greenlet (or a new one, within capacity) runs it."""
         self.in_flight += 1
-        self._drained.clear()
+        self.quarantined_in_flight += job.quarantined
+        self.drained.clear()
         self._queue.put(job)
         if self._idle_greenlets < self._queue.qsize() and (
             self.capacity is None or len(self._greenlets) < self.capacity
@@ -78,19 +81,21 @@ class WorkerPool:
             try:
                 self.executor.run(job, self.registration)
             except gevent.GreenletExit:
-                self._finish()
+                self._finish(job)
                 raise
             except (HandBack, JobRevoked):
-                # Thrown just after perform returned: the outcome is already reported.
+                # Only thrown into an attempt inside perform, and reported there; one
+                # thrown as perform returned is already too late to matter.
                 pass
             except BaseException:
                 log.exception("the executor failed on job %s; the lease will rescue it", job.id)
-            self._finish()
+            self._finish(job)
 
-    def _finish(self) -> None:
+    def _finish(self, job: Job) -> None:
         self.in_flight -= 1
+        self.quarantined_in_flight -= job.quarantined
         if not self.in_flight:
-            self._drained.set()
+            self.drained.set()
         self.on_slot_free(self)
 
     def take_unstarted(self) -> list[Job]:
@@ -102,14 +107,15 @@ class WorkerPool:
             except Empty:
                 break
         self.in_flight -= len(jobs)
+        self.quarantined_in_flight -= sum(job.quarantined for job in jobs)
         if not self.in_flight:
-            self._drained.set()
+            self.drained.set()
         return jobs
 
     def join(self, timeout: float | None) -> bool:
         """Wait until no job is in flight; True if that happened within ``timeout``."""
-        return bool(self._drained.wait(timeout))
+        return bool(self.drained.wait(timeout))
 
     def stop(self) -> None:
-        """End the idle greenlets (after the jobs are drained or handed back)."""
-        gevent.killall(list(self._greenlets), block=True, timeout=5)
+        """End the pool's greenlets (after the jobs are drained or handed back)."""
+        gevent.killall(list(self._greenlets), block=False)

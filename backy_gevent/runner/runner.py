@@ -6,13 +6,17 @@ fetcher at once (``poll_interval`` polling stays as the fallback); a greenlet po
 worker; a completer that writes outcomes in batches; and a maintenance loop that
 rescues jobs whose lease ran out and records the runner's heartbeat. Every loop runs
 supervised (``runner.supervision``): one that loses the database logs it and retries
-with backoff; no job is lost meanwhile.
+with backoff, no job is lost meanwhile, and one that can't recover stops the runner
+with exit status 1. Every wait for the database is bounded (``database_timeout``), and
+so is every step of a shutdown: a warm one ends within ``shutdown_timeout`` plus a few
+seconds, a cold one (a second signal) within two, whatever the database does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
@@ -20,6 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
+import psycopg2
 from gevent.event import Event
 from psycopg2 import sql
 
@@ -27,15 +32,16 @@ from backy_gevent.config import Settings
 from backy_gevent.db import schema
 from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
 from backy_gevent.db.queries import Queries
-from backy_gevent.errors import SchemaMissing, WorkerError
+from backy_gevent.errors import DatabaseUnavailable, SchemaMissing, WorkerError
 from backy_gevent.hooks import Hooks
 from backy_gevent.runner.completer import Completer
 from backy_gevent.runner.executor import Executor, HandBack, JobRevoked
 from backy_gevent.runner.fetcher import Fetcher, Wakeup
+from backy_gevent.runner.guard import HubGuard
 from backy_gevent.runner.listener import Listener
-from backy_gevent.runner.maintenance import HEARTBEAT_SECONDS, Maintenance
+from backy_gevent.runner.maintenance import Maintenance
 from backy_gevent.runner.pools import WorkerPool
-from backy_gevent.runner.supervision import Backoff, DatabaseHealth, supervise
+from backy_gevent.runner.supervision import Backoff, DatabaseHealth, Supervisor, one_line
 from backy_gevent.worker import Registry
 
 log = logging.getLogger("backy_gevent.runner")
@@ -70,12 +76,17 @@ class Runner:
         self.queries = Queries(settings.table_name)
         self.connections = ConnectionPool(
             dsn, size=4, application_name=f"backy-gevent {self.id}",
-            prepare=settings.prepare_statements,
+            prepare=settings.prepare_statements, timeout=settings.database_timeout,
         )
         self.services = list(services)
         self.stopping = Event()
         self.stop_now = Event()
         self.database = DatabaseHealth()
+        self.supervisor = Supervisor(
+            self.database, give_up_after=settings.give_up_after, on_give_up=self._give_up
+        )
+        #: Why the runner gave up, when it did: the process then exits with status 1.
+        self.fatal: str | None = None
         self.table_oid: int | None = None  # learnt at start; names our NOTIFY channel
         self._greenlets: list[gevent.Greenlet] = []
         self._build_engine()
@@ -91,7 +102,14 @@ class Runner:
             delete_finished_jobs=settings.delete_finished_jobs,
             on_retry_scheduled=self.wakeup.set_later,
         )
-        self.executor = Executor(settings, self.hooks, self.completer)
+        self.executor = Executor(
+            settings, self.hooks, self.completer,
+            isolation={
+                "imports": list(settings.imports),
+                "log_level": settings.log_level,
+                "client": {"dsn": self.dsn, "table_name": settings.table_name},
+            },
+        )
         self.worker_pools = {
             registration.name: WorkerPool(
                 registration,
@@ -107,14 +125,16 @@ class Runner:
         )
         self.listener = Listener(
             self.dsn, self.id, table_oid=lambda: int(self.table_oid or 0),
-            poll_interval=settings.poll_interval, wakeup=self.wakeup,
-            cancelled=self._stop_if_running,
+            poll_interval=settings.poll_interval, timeout=settings.database_timeout,
+            wakeup=self.wakeup, cancelled=self._stop_if_running,
         )
         self.maintenance = Maintenance(
             self.connections, self.queries, self.id, workers=list(self.worker_pools),
             queues=list(settings.queues), poll_interval=settings.poll_interval,
             health=self.database,
         )
+        longest = max(float(r.cls.max_runtime) for r in self.registry)
+        self.guard = HubGuard(self.executor, stuck_after=longest + 5.0)
 
     # -- state for operators, plugins and metrics -------------------------------------
 
@@ -129,98 +149,140 @@ class Runner:
 
     def health(self) -> tuple[bool, str]:
         """Whether the runner is connected and working, and a line saying why."""
+        if self.fatal:
+            return False, f"giving up: {self.fatal}"
         if self.stopping.is_set():
             return False, "stopping"
+        trouble = self.supervisor.trouble()
+        if trouble:
+            return False, trouble
         silent = self.database.silent_for()
-        limit = max(3 * self.settings.poll_interval, 2 * HEARTBEAT_SECONDS)
+        limit = max(3 * self.settings.poll_interval, self.settings.database_timeout)
         if self.database.error and silent > limit:
             return False, f"database unreachable for {silent:.0f}s: {self.database.error}"
         return True, f"ok: runner {self.id}"
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def request_stop(self) -> None:
+    def request_stop(self, *_signal: Any) -> None:
         """First call: stop claiming and drain (warm). Second: stop jobs now (cold).
 
-        Safe to call from a signal handler: it only sets events.
+        Safe to call from a signal handler: it only sets flags.
         """
         if self.stopping.is_set():
             self.stop_now.set()
+            self.guard.exit_soon()
         self.stopping.set()
         self.wakeup.set()
+
+    def handle_signals(self) -> None:
+        """SIGTERM and SIGINT call ``request_stop``.
+
+        Plain signal handlers, not gevent's: they run even while a job blocks the hub,
+        so a second signal can always end the process (see ``runner.guard``).
+        """
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.request_stop)
 
     def run(self) -> None:
         """Start every loop, run until asked to stop, then shut down cleanly."""
         self._wait_for_schema()
-        fetcher = self._start_loops()
-        log.info(
-            "runner %s started: workers %s, queues %s",
-            self.id,
-            ", ".join(self.worker_pools),
-            ", ".join(self.settings.queues) or "all",
-        )
-        self.hooks.call("backy_runner_started", runner=self)
-        self.stopping.wait()
-        log.info("runner %s stopping: no more claims; draining running jobs", self.id)
-        self.hooks.call("backy_runner_stopping", runner=self)
-        fetcher.join()  # it finishes a claim in flight and dispatches what it took
-        self._drain()
-        self._finish(fetcher)
-        log.info("runner %s stopped", self.id)
+        self.guard.start()
+        try:
+            self._start_loops()
+            log.info(
+                "runner %s started: workers %s, queues %s",
+                self.id,
+                ", ".join(self.worker_pools),
+                ", ".join(self.settings.queues) or "all",
+            )
+            self.hooks.call("backy_runner_started", runner=self)
+            self.stopping.wait()
+            log.info("runner %s stopping: no more claims; draining running jobs", self.id)
+            self.hooks.call("backy_runner_stopping", runner=self)
+            self._shutdown()
+        finally:
+            self.guard.stop()
+        if self.fatal:
+            log.critical("runner %s stopped: %s", self.id, self.fatal)
+        else:
+            log.info("runner %s stopped", self.id)
 
-    def _start_loops(self) -> gevent.Greenlet:
-        """Spawn the loops and services; return the fetcher's greenlet."""
-        completer_done = self.completer.done
-        self._spawn(supervise, "writing outcomes", self.completer.step,
-                    stop=completer_done, health=self.database)
-        fetcher = self._spawn(supervise, "claiming jobs", self.fetcher.step,
-                              stop=self.stopping, health=self.database)
+    def _give_up(self, loop: str, exc: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = f"{loop}: {one_line(exc)}"
+        self.request_stop()
+
+    def _start_loops(self) -> None:
+        """Spawn the supervised loops and the services."""
+        run = self.supervisor.run
+        self.completer_loop = self._spawn(run, "writing outcomes", self.completer.step,
+                                          stop=self.completer.done)
+        self.fetcher_loop = self._spawn(run, "claiming jobs", self.fetcher.step,
+                                        stop=self.stopping)
         self._spawn(self._listen)
-        self._spawn(supervise, "maintenance", self.maintenance.step,
-                    stop=self.stopping, health=self.database)
+        self._spawn(run, "maintenance", self.maintenance.step, stop=self.stopping)
         for service in self.services:
             self._spawn(service, self)
-        return fetcher
 
     def _listen(self) -> None:
         try:
-            supervise("listening", self.listener.step, stop=self.stopping, health=self.database)
+            self.supervisor.run("listening", self.listener.step, stop=self.stopping)
         finally:
             self.listener.close()
 
     def _spawn(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> gevent.Greenlet:
         greenlet = gevent.spawn(function, *args, **kwargs)
+        greenlet.link_exception(self._died)
         self._greenlets.append(greenlet)
         return greenlet
 
-    def _drain(self) -> None:
+    def _died(self, greenlet: gevent.Greenlet) -> None:
+        """A loop or service ended with an exception its supervision did not take."""
+        log.critical("a runner greenlet died: %r", greenlet.exception, exc_info=greenlet.exc_info)
+        self._give_up(getattr(greenlet, "name", "a loop"), greenlet.exception)
+
+    # -- shutdown: every step bounded, a second signal cuts each short -------------
+
+    def _wait(self, waitables: list[Any], until: float) -> None:
+        """Wait until every one of ``waitables`` (events, greenlets) is ready, the
+        monotonic time ``until`` comes, or a cold stop is asked for."""
+        while not self.stop_now.is_set():
+            pending = [waitable for waitable in waitables if not waitable.ready()]
+            left = until - time.monotonic()
+            if not pending or left <= 0:
+                return
+            gevent.wait([*pending, self.stop_now], timeout=left, count=1)
+
+    def _shutdown(self) -> None:
+        ends = time.monotonic() + self.settings.shutdown_timeout
+        # A claim in flight finishes and hands out what it took (bounded: a silent
+        # database makes it fail within database_timeout anyway).
+        self._wait([self.fetcher_loop], until=max(ends, time.monotonic() + 1.0))
+        self.fetcher_loop.kill(block=False)
         for worker_pool in self.worker_pools.values():
             for job in worker_pool.take_unstarted():
                 self.completer.handed_back(job)
-        deadline = time.monotonic() + self.settings.shutdown_timeout
-        for worker_pool in self.worker_pools.values():
-            while not self.stop_now.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0 or worker_pool.join(timeout=min(left, 0.1)):
-                    break
-        performing = list(self.executor.performing)
-        if performing:
-            log.warning("handing back %d unfinished jobs", len(performing))
-            gevent.killall(performing, exception=HandBack, block=False)
-        for worker_pool in self.worker_pools.values():
-            worker_pool.join(timeout=5.0)
+        self._wait([pool.drained for pool in self.worker_pools.values()], until=ends)
+        unfinished = self.executor.interrupt(HandBack())
+        if unfinished:
+            log.warning("handing back %d unfinished jobs", unfinished)
+            self._wait([pool.drained for pool in self.worker_pools.values()],
+                       until=time.monotonic() + 1.0)
+        self._finish()
 
-    def _finish(self, fetcher: gevent.Greenlet) -> None:
+    def _finish(self) -> None:
         """Write the last outcomes, leave the runners table, end every greenlet."""
+        cold = self.stop_now.is_set()
         self.completer.stop()
-        if not self.completer.wait_written(timeout=10.0):
+        if not self.completer.wait_written(timeout=0.7 if cold else 2.0):
             log.error(
                 "%d outcomes could not be written; their jobs will be rescued when their"
                 " leases run out",
                 self.completer.pending,
             )
-        self.maintenance.unregister()
-        gevent.killall([g for g in self._greenlets if g is not fetcher], timeout=5)
+        gevent.spawn(self.maintenance.unregister).join(timeout=0.3 if cold else 0.5)
+        gevent.killall(self._greenlets, block=False)
         for worker_pool in self.worker_pools.values():
             worker_pool.stop()
         self.connections.close()
@@ -241,6 +303,8 @@ class Runner:
                 self.database.failed("start-up", exc, delay)
                 if self.stopping.wait(delay):
                     raise SystemExit(0) from None
+            except psycopg2.Error as exc:
+                raise DatabaseUnavailable(f"start-up: {one_line(exc)}") from None
         if missing:
             raise SchemaMissing(
                 f"the jobs table {self.settings.table_name!r} is missing or behind"
@@ -250,6 +314,4 @@ class Runner:
 
     def _stop_if_running(self, job_id: int) -> None:
         """Stop the attempt of a job cancelled while it runs here, if it does."""
-        for greenlet, job in list(self.executor.performing.items()):
-            if job.id == job_id:
-                greenlet.kill(JobRevoked("cancelled while running"), block=False)
+        self.executor.interrupt(JobRevoked("cancelled while running"), job_id=job_id)

@@ -33,7 +33,9 @@ WHERE unique_key = ANY(%(unique_keys)s) AND state IN ('available', 'running');
 -- name: claim
 -- Take up to "lim" available jobs of each worker for this runner, one statement for all
 -- workers. SKIP LOCKED lets runners claim side by side without ever taking one job twice;
--- the lease (expires_at) bounds how long a dead runner can hold a job.
+-- the lease (expires_at) bounds how long a dead runner can hold a job. Quarantined jobs
+-- (they lost a runner) each run in a process of their own, so at most "isolated" of
+-- them are taken, through an index of their own.
 WITH wanted AS (
     SELECT * FROM unnest(%(workers)s::text[], %(limits)s::int[], %(leases)s::float8[])
          AS w(worker, lim, lease)
@@ -42,11 +44,23 @@ WITH wanted AS (
     FROM wanted CROSS JOIN LATERAL (
         SELECT id FROM {table}
         WHERE state = 'available' AND worker = wanted.worker AND run_at <= now()
+          AND NOT quarantined
           AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
         ORDER BY priority, run_at, id
         LIMIT wanted.lim
         FOR UPDATE SKIP LOCKED
     ) j
+    UNION ALL
+    SELECT q.id, wanted.lease
+    FROM (
+        SELECT id, worker FROM {table}
+        WHERE state = 'available' AND quarantined AND run_at <= now()
+          AND worker = ANY(%(workers)s::text[])
+          AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+        ORDER BY priority, run_at, id
+        LIMIT %(isolated)s
+        FOR UPDATE SKIP LOCKED
+    ) q JOIN wanted ON wanted.worker = q.worker
 )
 UPDATE {table} t
 SET state = 'running', attempt = t.attempt + 1, runner_id = %(runner_id)s,
@@ -110,20 +124,31 @@ WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'running'
 RETURNING expires_at;
 
 -- name: rescue
--- Take back running jobs whose lease ran out (their runner died or froze). The lost
--- attempt counts: a job that kills its runner each time ends failed, not in a loop.
-WITH rescued AS (
-    UPDATE {table}
-    SET state = CASE WHEN attempt < max_attempts THEN 'available' ELSE 'failed' END,
-        finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE now() END,
-        run_at = now(),
-        errors = errors || jsonb_build_array(jsonb_build_object(
-            'attempt', attempt, 'at', now(), 'error', 'LeaseExpired',
-            'message', 'runner ' || runner_id || ' stopped renewing the lease',
-            'traceback', NULL)),
-        expires_at = NULL, runner_id = NULL
+-- Take back running jobs whose lease ran out: their runner died or froze. A rescued job
+-- keeps its place in the queue (its run_at is not touched) and is quarantined: its later
+-- attempts run in a process of their own. The lost attempt is not counted when the job
+-- ran beside others in its runner (it may be an innocent bystander of the job that
+-- killed the runner); it is counted, with a LeaseExpired error, when the job was already
+-- quarantined, so a job that keeps losing its runner still ends failed, not in a loop.
+WITH expired AS (
+    SELECT id, quarantined AS counted FROM {table}
     WHERE state = 'running' AND expires_at < now()
-    RETURNING id, worker, queue, state, tableoid
+    FOR UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE {table} t
+    SET state = CASE WHEN NOT e.counted OR t.attempt < t.max_attempts
+                     THEN 'available' ELSE 'failed' END,
+        finished_at = CASE WHEN NOT e.counted OR t.attempt < t.max_attempts
+                           THEN NULL ELSE now() END,
+        attempt = CASE WHEN e.counted THEN t.attempt ELSE t.attempt - 1 END,
+        errors = CASE WHEN e.counted THEN t.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', t.attempt, 'at', now(), 'error', 'LeaseExpired',
+            'message', 'runner ' || t.runner_id || ' stopped renewing the lease',
+            'traceback', NULL)) ELSE t.errors END,
+        quarantined = true, expires_at = NULL, runner_id = NULL
+    FROM expired e
+    WHERE t.id = e.id
+    RETURNING t.id, t.worker, t.queue, t.state, e.counted, t.tableoid
 ), notified AS (
     SELECT pg_notify('backy_' || tableoid, '') FROM rescued WHERE state = 'available' LIMIT 1
 )

@@ -1,0 +1,121 @@
+"""One call of ``perform`` in this process, under its ``max_runtime`` clock.
+
+``run_in_process`` calls the worker and turns whatever happens into an ``Outcome``;
+what to record and which hooks to call is the executor's business. The exceptions that
+stop an attempt from outside (``HandBack``, ``JobRevoked``) are defined here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import gevent
+from gevent import getcurrent
+
+from backy_gevent.job import Job, JobTimeout
+from backy_gevent.worker import Worker
+
+
+class HandBack(BaseException):
+    """Thrown into a running job at shutdown: stop, and give the job back unspent."""
+
+
+class JobRevoked(BaseException):
+    """Thrown into (or raised by ``touch`` inside) an attempt whose job is no longer its
+    own: cancelled, or rescued after its lease ran out. Stop; there is nothing to record,
+    since the row has moved on without this attempt."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended: ``perform`` returned or raised, or the attempt was handed
+    back (shutdown, a lease that ran out before it started) or revoked."""
+
+    kind: Literal["returned", "raised", "handed_back", "revoked"]
+    result: Any = None
+    duration: float = 0.0
+    error: BaseException | None = None
+    timed_out: bool = False
+
+
+HANDED_BACK = Outcome("handed_back")
+
+
+class Deadline:
+    """The ``max_runtime`` clock of one attempt; ``restart()`` is what ``touch`` does.
+
+    Unlike ``gevent.Timeout``, it can be restarted from any greenlet and always throws
+    into the job's own greenlet.
+    """
+
+    def __init__(self, seconds: float, error: BaseException, target: Any) -> None:
+        self.seconds = seconds
+        self.error = error
+        self.target = target
+        self.ends_at = float("inf")  # time.monotonic() at which it fires
+        self._timer: Any = None
+
+    def restart(self) -> None:
+        self.cancel()
+        self.ends_at = time.monotonic() + self.seconds
+        self._timer = gevent.get_hub().loop.timer(self.seconds)
+        self._timer.start(self._expire)
+
+    def overdue(self) -> float:
+        """Seconds past the deadline (0 or less while it still runs)."""
+        return time.monotonic() - self.ends_at
+
+    def _expire(self) -> None:
+        if not self.target.dead:
+            self.target.throw(self.error)
+
+    def cancel(self) -> None:
+        self.ends_at = float("inf")
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+
+
+def new_deadline(job: Job, worker: Worker) -> Deadline:
+    """A ``max_runtime`` clock for an attempt of ``job`` in the current greenlet."""
+    max_runtime = float(worker.max_runtime)
+    return Deadline(max_runtime, JobTimeout(job.id, max_runtime), getcurrent())
+
+
+def run_in_process(
+    job: Job, worker: Worker, deadline: Deadline, touch: Callable[[], bool]
+) -> Outcome:
+    """Call ``worker.perform`` in the current greenlet under ``deadline``.
+
+    ``touch()`` is what ``job.touch()`` does besides restarting the clock (extend the
+    lease); when it returns False the job is no longer ours and the attempt stops.
+    ``GreenletExit`` (the runner ending its greenlets) is re-raised.
+    """
+    current = getcurrent()
+
+    def touch_job() -> None:
+        deadline.restart()
+        if not touch() and getcurrent() is current:
+            # Going on would run the job twice: another runner may have it now.
+            raise JobRevoked("no longer this runner's (cancelled or rescued)")
+
+    job._toucher = touch_job
+    deadline.restart()
+    started = time.monotonic()
+    try:
+        result = worker.perform(job, job.args)
+        return Outcome("returned", result, time.monotonic() - started)
+    except HandBack:
+        return HANDED_BACK
+    except JobRevoked as revoked:
+        return Outcome("revoked", error=revoked)
+    except gevent.GreenletExit:
+        raise
+    except BaseException as exc:  # a job's error, whatever it is, is its outcome
+        return Outcome("raised", error=exc, timed_out=exc is deadline.error)
+    finally:
+        deadline.cancel()
+        job._toucher = None
