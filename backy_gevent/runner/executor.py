@@ -34,7 +34,7 @@ from backy_gevent.runner.attempt import (
     new_deadline,
     run_in_process,
 )
-from backy_gevent.runner.isolation import KILL_GRACE, IsolatedError, run_isolated
+from backy_gevent.runner.isolation import KILL_GRACE, IsolatedError, Quarantine, Ticket
 from backy_gevent.worker import Registration, Worker
 
 __all__ = ["Executor", "HandBack", "JobRevoked", "OutcomeSink", "error_entry", "lease_seconds"]
@@ -103,14 +103,12 @@ class Executor:
         self.settings = settings
         self.hooks = hooks
         self.sink = sink
-        self.isolation = isolation or {"imports": list(settings.imports), "client": {}}
+        self.quarantine = Quarantine(
+            isolation or {"imports": list(settings.imports), "client": {}}
+        )
         #: The attempts inside ``perform`` right now, by greenlet: only these are ever
         #: interrupted (a cancel, a shutdown), so finished work never is.
         self.running: dict[Any, Running] = {}
-
-    def isolated_running(self) -> int:
-        """Quarantined attempts running now, each in a process of its own."""
-        return sum(1 for running in self.running.values() if running.isolated)
 
     def run(self, job: Job, registration: Registration) -> None:
         """Run one attempt of ``job`` in the current greenlet and report its outcome."""
@@ -143,14 +141,18 @@ class Executor:
 
         current = getcurrent()
         if job.quarantined:
+            # The child stops the attempt itself at max_runtime when its code yields; the
+            # runner kills it a little later, still within the lease.
             seconds = float(worker.max_runtime)
-            deadline = Deadline(seconds + KILL_GRACE, JobTimeout(job.id, seconds), current)
+            grace = min(KILL_GRACE, float(worker.requeue_delay) / 2)
+            deadline = Deadline(seconds + grace, JobTimeout(job.id, seconds), current)
         else:
             deadline = new_deadline(job, worker)
         self.running[current] = Running(job, deadline, job.quarantined)
         try:
             if job.quarantined:
-                return run_isolated(job, deadline, touch, self.isolation)
+                starting = (job._lease_ends or time.monotonic() + 60) - time.monotonic()
+                return self.quarantine.run(Ticket(job, deadline, touch), max(1.0, starting))
             return run_in_process(job, worker, deadline, touch)
         finally:
             self.running.pop(current, None)

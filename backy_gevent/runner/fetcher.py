@@ -20,7 +20,7 @@ from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
 from backy_gevent.db.queries import Queries
 from backy_gevent.job import Job
 from backy_gevent.runner.executor import lease_seconds
-from backy_gevent.runner.isolation import ISOLATED_AT_ONCE
+from backy_gevent.runner.isolation import QUARANTINED_AT_ONCE
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
 
@@ -105,7 +105,7 @@ class Fetcher:
             "limits": list(wanted.values()),
             "leases": list(leases.values()),
             "queues": list(self.settings.queues),
-            "isolated": max(0, ISOLATED_AT_ONCE - self._quarantined_in_flight()),
+            "isolated": max(0, QUARANTINED_AT_ONCE - self._quarantined_in_flight()),
             "runner_id": self.runner_id,
         }
         # The lease is judged by this runner's own clock from before the claim was sent:

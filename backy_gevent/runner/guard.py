@@ -10,9 +10,11 @@ hub, that notices when the hub has not run for a while:
   ``max_runtime``, raises the job's ``JobTimeout`` right there: pure Python loops are
   stopped on time like any other job;
 - when the hub stays blocked longer than the longest ``max_runtime`` plus a few seconds
-  (a C call that no signal interrupts), it writes one line to stderr and exits the
-  process with status 70: its jobs' leases free them, and the job that was running
-  will run in quarantine, alone in a process of its own;
+  (a C call that no signal interrupts, and that may hold the GIL, so no Python thread
+  can run either), ``faulthandler``'s own C thread, re-armed by the hub at every beat,
+  prints every thread's traceback and exits the process with status 1: its jobs'
+  leases free them, and the job that was running will run in quarantine, in a process
+  of its own;
 - after a second stop signal, when the process has not exited within ``COLD_SECONDS``,
   it exits at once (status 0): a cold stop never waits on anything.
 
@@ -21,6 +23,7 @@ The runner reserves ``SIGUSR2``.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import time
@@ -36,8 +39,6 @@ COLD_SECONDS = 2.0
 #: After how long a blocked hub is poked (SIGUSR2), and how often the guard looks.
 POKE_AFTER = 1.0
 CHECK_EVERY = 0.25
-#: Exit status of a process the guard ends because its hub stayed blocked.
-BLOCKED_EXIT_STATUS = 70
 
 # The real ones: gevent has patched these into greenlet-based versions.
 _sleep = monkey.get_original("time", "sleep")
@@ -58,7 +59,8 @@ class HubGuard:
 
     def start(self) -> None:
         """Start beating in the hub, handling SIGUSR2, and watching from a thread."""
-        self._tick = time.monotonic()
+        faulthandler.enable()  # a segfault prints the Python traceback of every thread
+        self._beat()
         self._timer = gevent.get_hub().loop.timer(CHECK_EVERY / 2, CHECK_EVERY / 2, ref=False)
         self._timer.start(self._beat)
         signal.signal(signal.SIGUSR2, self._interrupt_overdue_job)
@@ -69,6 +71,7 @@ class HubGuard:
         self._stopped = True
         if self._timer is not None:
             self._timer.close()
+        faulthandler.cancel_dump_traceback_later()
 
     def exit_soon(self) -> None:
         """A second stop signal came: the process must be gone within COLD_SECONDS."""
@@ -77,6 +80,8 @@ class HubGuard:
 
     def _beat(self) -> None:
         self._tick = time.monotonic()
+        # Needs no GIL to fire: the way out of a C call that never returns.
+        faulthandler.dump_traceback_later(self.stuck_after, exit=True)
 
     def _interrupt_overdue_job(self, signum: int, frame: Any) -> None:
         # Runs in the main thread, inside whatever greenlet is blocking the hub.
@@ -92,11 +97,6 @@ class HubGuard:
                 _exit(0, f"not stopped {COLD_SECONDS:g}s after a second stop signal;"
                          " exiting now (jobs not handed back are rescued by their leases)")
             blocked = now - self._tick
-            if blocked >= self.stuck_after:
-                _exit(BLOCKED_EXIT_STATUS,
-                      f"the runner's hub has been blocked for {blocked:.0f}s by code that does"
-                      " not yield (a job or plugin computing, or stuck in a C call); exiting"
-                      " so that its jobs' leases free them")
             if blocked >= POKE_AFTER and not self._stopped:
                 os.kill(os.getpid(), signal.SIGUSR2)
 

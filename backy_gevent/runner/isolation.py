@@ -1,47 +1,61 @@
-"""Quarantine: one attempt in a process of its own, so that it can only kill itself.
+"""Quarantine: suspect attempts run in child processes, which is all they can kill.
 
 A job that was running when its runner died is *quarantined* (see the ``rescue``
 statement): it may be the one that killed the runner (``os._exit``, a segfault, memory
-blown up), or an innocent that ran beside it. Its later attempts run here: the runner
-starts a child process (``python -m backy_gevent.runner.isolated``) for the one
-attempt, and talks to it over two pipes, one JSON message per line:
+blown up), or one of the innocents that ran beside it. Its later attempts run here, in a
+child process of the runner (``python -m backy_gevent.runner.isolated``):
 
-- to the child: the job, the worker's name and the options it needs; then the answer to
-  each touch (``{"touched": true}``);
-- from the child: ``{"touch": true}`` when the job touches, then the end of the
-  attempt: ``{"returned": result, "duration": s}``, ``{"raised": {...}, "timed_out":
-  b}`` or ``{"revoked": message}``.
+- quarantined attempts that arrive together share one child (up to ``BATCH_MAX``), so a
+  runner that died with a thousand jobs in flight costs one process, not a thousand;
+- when a child dies before every attempt in it ended, the unfinished ones are split in
+  two halves, each run again at once in a child of its own, until the one that kills
+  its process runs alone: it then fails with ``JobCrashed`` (naming the signal or the
+  exit status) and is charged for it like for any failure, while every innocent
+  finishes, uncharged;
+- a child whose attempt runs past ``max_runtime`` plus a grace (pure CPU work that no
+  timeout can interrupt) is killed: that attempt timed out, the others are rerun;
+- one spare child is kept started and ready (imports done, workers found), so a
+  quarantined attempt starts as fast as any other, within the bound a dead runner's
+  jobs are promised.
 
-If the child dies before saying how the attempt ended, the attempt failed with
-``JobCrashed``, which names the exit status or the signal: the job that kills its process
-is found on its first attempt in quarantine, is charged for it like for any failure, and
-the runner and the jobs beside it never notice. The runner kills a child that runs past
-``max_runtime`` plus a grace (pure CPU work included), and at a cold shutdown.
-Hooks run in the runner, not in the child.
+The runner talks to each child over two pipes, one JSON message per line. To the
+child: the options at once, the jobs when there are some, then ``{"id": n, "touched":
+b}`` answers and ``{"id": n, "stop": true}`` orders. From the child: ``{"id": n,
+"touch": true}`` (the first one when the attempt is about to start) and one end per
+attempt: ``{"id": n, "returned": result, "duration": s}``, ``{"id": n, "raised":
+{...}, "timed_out": b}`` or ``{"id": n, "revoked": message}``. Hooks run in the runner.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import gevent
+from gevent.event import AsyncResult, Event
 from gevent.fileobject import FileObjectPosix
 
 from backy_gevent.job import Job, JobCrashed, JobTimeout
 from backy_gevent.runner.attempt import HANDED_BACK, Deadline, HandBack, JobRevoked, Outcome
 
-#: How many quarantined attempts one runner runs at once (each is a process).
-ISOLATED_AT_ONCE = 4
-#: How long past ``max_runtime`` the runner lets a child run before killing it: the
-#: child stops the attempt itself at ``max_runtime`` when its code yields.
+log = logging.getLogger("backy_gevent.executor")
+
+#: Most quarantined jobs one runner holds at once (the claim takes no more).
+QUARANTINED_AT_ONCE = 200
+#: Most attempts that share one child process.
+BATCH_MAX = 100
+#: How long past ``max_runtime`` the runner lets an attempt in a child run before
+#: killing the child: the child stops the attempt itself at ``max_runtime`` when its
+#: code yields. Never more than half of ``requeue_delay``, to stay within the lease.
 KILL_GRACE = 2.0
 
 
@@ -73,65 +87,136 @@ def job_from_json(fields: dict[str, Any]) -> Job:
     return job
 
 
-def run_isolated(
-    job: Job,
-    deadline: Deadline,
-    touch: Callable[[], bool],
-    options: dict[str, Any],
-) -> Outcome:
-    """Run one attempt of ``job`` in a child process and return how it ended.
+@dataclasses.dataclass(eq=False)
+class Ticket:
+    """One quarantined attempt waiting for, or running in, a child."""
 
-    ``deadline`` is the runner's own clock for the child (``max_runtime`` plus
-    ``KILL_GRACE``): when it fires the child is killed and the attempt timed out.
-    ``touch()`` extends the lease when the child's job touches. ``options`` are the
-    settings the child needs (``imports``, and the client options jobs enqueue with).
-    HandBack and JobRevoked thrown into this greenlet kill the child first.
+    job: Job
+    deadline: Deadline  # max_runtime plus the grace, started when the attempt starts
+    touch: Callable[[], bool]
+    started: Event = dataclasses.field(default_factory=Event)  # at the first touch
+    outcome: AsyncResult = dataclasses.field(default_factory=AsyncResult)
+    child: _Child | None = None
+
+
+class Quarantine:
+    """Runs quarantined attempts in child processes; one per runner.
+
+    ``options`` are what a child needs: ``imports``, ``log_level`` and ``client`` (the
+    options of the default client jobs enqueue with).
     """
-    child = _Child(options)
-    try:
-        child.send({"job": job_to_json(job), "options": options})
-        deadline.restart()
-        for message in child.messages():
-            if "touch" in message:
-                deadline.restart()
-                child.send({"touched": touch()})
-                continue
-            return _outcome(job, message)
-        return Outcome("raised", error=JobCrashed(job.id, child.wait()))
-    except HandBack:
-        child.kill()
-        return HANDED_BACK
-    except JobRevoked as revoked:
-        child.kill()
-        return Outcome("revoked", error=revoked)
-    except JobTimeout as timeout:
-        child.kill()
-        return Outcome("raised", error=timeout, timed_out=True)
-    except BaseException:
-        child.kill()
-        raise
-    finally:
-        deadline.cancel()
-        child.close()
 
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        self._waiting: list[Ticket] = []
+        self._arrived = Event()
+        self._dispatcher: gevent.Greenlet | None = None
+        self._children: set[_Child] = set()
+        self._spare: _Child | None = None
 
-def _outcome(job: Job, message: dict[str, Any]) -> Outcome:
-    if "returned" in message:
-        return Outcome("returned", message["returned"], float(message.get("duration", 0.0)))
-    if "revoked" in message:
-        return Outcome("revoked", error=JobRevoked(message["revoked"]))
-    raised = message["raised"]
-    if message.get("timed_out"):
-        return Outcome("raised", error=JobTimeout(job.id, float(raised["seconds"])),
-                       timed_out=True)
-    error = IsolatedError(raised["type"], raised["message"], raised["traceback"])
-    return Outcome("raised", error=error)
+    def start(self) -> None:
+        """Start the spare child, so that the first quarantined attempt need not wait."""
+        if self._spare is None:
+            self._spare = _Child(self.options)
+
+    def _take_child(self) -> _Child:
+        """The spare child if it is alive, else a new one; a new spare starts now."""
+        child, self._spare = self._spare, _Child(self.options)
+        if child is None or not child.alive():
+            child = _Child(self.options)
+        return child
+
+    def run(self, ticket: Ticket, starting: float) -> Outcome:
+        """Run ``ticket``'s attempt in a child, from the job's own greenlet; return how
+        it ended. HandBack, JobRevoked and the deadline's JobTimeout end it early; so
+        does a child that is not ready within ``starting`` seconds (the job's lease)."""
+        if self._dispatcher is None:
+            self._dispatcher = gevent.spawn(self._dispatch)
+        self._waiting.append(ticket)
+        self._arrived.set()
+        try:
+            gevent.wait([ticket.started, ticket.outcome], timeout=starting, count=1)
+            if not (ticket.started.is_set() or ticket.outcome.ready()):
+                log.warning("job %s: its process was not ready within its lease; handed"
+                            " back", ticket.job.id)
+                return self._end(ticket, HANDED_BACK)
+            outcome: Outcome = ticket.outcome.get()
+            return outcome
+        except HandBack:
+            return self._end(ticket, HANDED_BACK)
+        except JobRevoked as revoked:
+            return self._end(ticket, Outcome("revoked", error=revoked))
+        except JobTimeout as timeout:
+            # Past max_runtime and the grace: code that no timeout interrupts. Only
+            # killing its process stops it; the attempts beside it are run again.
+            log.warning("job %s ran past max_runtime in its process; killing the process",
+                        ticket.job.id)
+            ended = self._end(ticket, Outcome("raised", error=timeout, timed_out=True))
+            if ticket.child is not None:
+                ticket.child.kill()
+            return ended
+        finally:
+            ticket.deadline.cancel()
+            if ticket in self._waiting:
+                self._waiting.remove(ticket)
+
+    def _end(self, ticket: Ticket, outcome: Outcome) -> Outcome:
+        """End a ticket from the runner's side: what its child says later is ignored."""
+        if not ticket.outcome.ready():
+            ticket.outcome.set(outcome)
+            if ticket.child is not None:
+                ticket.child.stop(ticket)
+        return outcome
+
+    def close(self) -> None:
+        """Kill every child (the runner is stopping; its attempts were handed back)."""
+        for child in [*self._children, *filter(None, [self._spare])]:
+            child.kill()
+        if self._dispatcher is not None:
+            self._dispatcher.kill(block=False)
+
+    def _dispatch(self) -> None:
+        """Start a child for the attempts that arrived together, as they arrive."""
+        while True:
+            self._arrived.wait()
+            self._arrived.clear()
+            gevent.sleep(0.01)  # let the rest of a claim's batch arrive
+            while self._waiting:
+                batch, self._waiting = self._waiting[:BATCH_MAX], self._waiting[BATCH_MAX:]
+                gevent.spawn(self._run_child, batch)
+
+    def _run_child(self, batch: list[Ticket]) -> None:
+        """Run ``batch`` in one child; on its death, bisect what did not end."""
+        child = self._take_child()
+        self._children.add(child)
+        child.assign(batch)
+        try:
+            child.serve()
+        finally:
+            self._children.discard(child)
+        unfinished = [t for t in batch if not t.outcome.ready()]
+        if not unfinished:
+            return
+        returncode = child.returncode()
+        if len(unfinished) == 1:
+            ticket = unfinished[0]
+            ticket.outcome.set(Outcome("raised", error=JobCrashed(ticket.job.id, returncode)))
+            return
+        log.warning(
+            "a quarantine process died (status %s) with %d attempts unfinished; running"
+            " them again in two halves to find the one that kills its process",
+            returncode, len(unfinished),
+        )
+        half = len(unfinished) // 2
+        for part in (unfinished[:half], unfinished[half:]):
+            gevent.spawn(self._run_child, part)
 
 
 class _Child:
-    """The child process and the two pipes to it."""
+    """One child process, the attempts it runs, and the two pipes to it."""
 
     def __init__(self, options: dict[str, Any]) -> None:
+        self.tickets: dict[int, Ticket] = {}
         from_child, child_writes = os.pipe()
         child_reads, to_child = os.pipe()
         try:
@@ -146,33 +231,73 @@ class _Child:
             os.close(child_writes)
         self._reader = FileObjectPosix(from_child, "rb")
         self._writer = FileObjectPosix(to_child, "wb")
+        self._send({"options": options})
 
-    def send(self, message: dict[str, Any]) -> None:
-        self._writer.write(json.dumps(message, default=str).encode() + b"\n")
-        self._writer.flush()
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
-    def messages(self) -> Iterator[dict[str, Any]]:
-        """Each message the child sends, until it closes its end (it exited)."""
-        for line in self._reader:
-            yield json.loads(line)
-
-    def wait(self) -> int | None:
-        """The child's exit status, waiting a little for it to be reaped."""
+    def assign(self, batch: list[Ticket]) -> None:
+        """Give the child its attempts (it has been getting ready meanwhile)."""
+        self.tickets = {ticket.job.id: ticket for ticket in batch}
+        for ticket in batch:
+            ticket.child = self
         try:
-            return self.process.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
+            self._send({"jobs": [job_to_json(t.job) for t in batch]})
+        except OSError as exc:  # it died getting ready: serve() sees it and bisects
+            log.warning("a quarantine process is gone before it started: %s", exc)
+
+    def serve(self) -> None:
+        """Answer the child until it exits: touches, and each attempt's end."""
+        try:
+            for line in self._reader:
+                message = json.loads(line)
+                ticket = self.tickets.get(message.pop("id"))
+                if ticket is None or ticket.outcome.ready():
+                    continue  # stopped meanwhile: what it says no longer matters
+                if "touch" in message:
+                    ticket.started.set()
+                    ticket.deadline.restart()
+                    self._send({"id": ticket.job.id, "touched": ticket.touch()})
+                else:
+                    ticket.outcome.set(_outcome(ticket.job, message))
+        except (OSError, ValueError) as exc:  # a broken pipe, a garbled line
+            log.warning("a quarantine process could not be heard: %s", exc)
+        finally:
             self.kill()
-            return self.process.returncode
+            self.close()
+
+    def stop(self, ticket: Ticket) -> None:
+        """Ask the child to stop one attempt (a cancel, a hand-back)."""
+        with contextlib.suppress(OSError):
+            self._send({"id": ticket.job.id, "stop": True})
+
+    def returncode(self) -> int | None:
+        with gevent.Timeout(5.0, False):
+            return self.process.wait()
+        return self.process.poll()
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
-            with gevent.Timeout(5.0, False):
-                self.process.wait()
 
     def close(self) -> None:
         for pipe in (self._reader, self._writer):
             with contextlib.suppress(OSError):  # a child that is gone breaks the pipe
                 pipe.close()
-        if self.process.poll() is None:
-            self.kill()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self._writer.write(json.dumps(message, default=str).encode() + b"\n")
+        self._writer.flush()
+
+
+def _outcome(job: Job, message: dict[str, Any]) -> Outcome:
+    if "returned" in message:
+        return Outcome("returned", message["returned"], float(message.get("duration", 0.0)))
+    if "revoked" in message:
+        return Outcome("revoked", error=JobRevoked(message["revoked"]))
+    raised = message["raised"]
+    if message.get("timed_out"):
+        return Outcome("raised", error=JobTimeout(job.id, float(raised["seconds"])),
+                       timed_out=True)
+    error = IsolatedError(raised["type"], raised["message"], raised["traceback"])
+    return Outcome("raised", error=error)

@@ -188,6 +188,7 @@ class Runner:
         """Start every loop, run until asked to stop, then shut down cleanly."""
         self._wait_for_schema()
         self.guard.start()
+        self.executor.quarantine.start()
         try:
             self._start_loops()
             log.info(
@@ -283,6 +284,7 @@ class Runner:
             )
         gevent.spawn(self.maintenance.unregister).join(timeout=0.3 if cold else 0.5)
         gevent.killall(self._greenlets, block=False)
+        self.executor.quarantine.close()
         for worker_pool in self.worker_pools.values():
             worker_pool.stop()
         self.connections.close()
