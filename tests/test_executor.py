@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import gevent.event
 import psycopg2
 import psycopg2.extensions
 import pytest
@@ -365,6 +366,81 @@ def test_interrupted_attempt_is_handed_back(exception: type[BaseException]) -> N
     assert sink.outcomes == [("handed_back", job)]
     assert "failure" not in spy.names()
     assert executor.running == {}
+
+
+class BlockingAfter:
+    """A hook plugin whose backy_after_job waits until released, and notes what the sink
+    had been told by then."""
+
+    def __init__(self, sink: RecordingSink) -> None:
+        self.sink = sink
+        self.entered = gevent.event.Event()
+        self.release = gevent.event.Event()
+        self.seen: list[str] = []
+
+    @backy.hookimpl
+    def backy_after_job(self, job: Job) -> None:
+        self.seen = [kind for kind, _ in self.sink.outcomes]
+        self.entered.set()
+        self.release.wait()
+
+
+def test_finished_work_is_recorded_before_anything_can_interrupt_it() -> None:
+    executor, sink, _ = make_executor()
+    blocking = BlockingAfter(sink)
+    executor.hooks = Hooks(build_plugin_manager([("blocking", blocking)], load_entry_points=False))
+    job = make_job("ok", value=1)
+    greenlet = gevent.spawn(executor.run, job, Registration("ok", Ok, "test"))
+    assert blocking.entered.wait(5)
+    # The completion is handed over before the hook runs; and a shutdown now (the hook
+    # is past perform) has nothing to interrupt.
+    assert blocking.seen == ["completed"]
+    assert executor.interrupt(HandBack()) == 0
+    blocking.release.set()
+    greenlet.join(5)
+    assert sink.outcomes == [("completed", job)]
+
+
+def test_an_interrupt_meant_for_one_attempt_never_hits_the_next_one() -> None:
+    executor, _sink, _ = make_executor()
+    first, second = make_job("slow", seconds=5), make_job("slow", seconds=5)
+    second.id = 8
+    greenlet = gevent.spawn(executor.run, first, Registration("slow", Slow, "test"))
+    while not executor.running:
+        gevent.sleep(0.01)
+    meant_for_first = executor.running[greenlet]
+    executor.running[greenlet] = executor.running[greenlet].__class__(
+        second, meant_for_first.deadline, False
+    )  # the greenlet has moved on to the next job before the interrupt is delivered
+    executor._deliver(greenlet, meant_for_first, HandBack())
+    gevent.sleep(0.05)
+    assert not greenlet.dead  # nothing was thrown
+    greenlet.kill(block=True, timeout=5)
+
+
+def test_an_attempt_whose_lease_may_have_run_out_is_handed_back_not_started() -> None:
+    executor, sink, spy = make_executor()
+    job = make_job("ok", value=1)
+    job._lease_ends = time.monotonic() - 0.001  # by this runner's own clock
+    run(executor, job, Ok)
+    assert sink.outcomes == [("handed_back", job)]
+    assert spy.names() == []  # not even backy_before_job
+
+
+def test_a_lease_that_runs_out_during_before_job_stops_the_start() -> None:
+    executor, sink, _spy = make_executor()
+    job = make_job("ok", value=1)
+    job._lease_ends = time.monotonic() + 0.1
+
+    class SlowBefore:
+        @backy.hookimpl
+        def backy_before_job(self) -> None:
+            gevent.sleep(0.2)
+
+    executor.hooks = Hooks(build_plugin_manager([("slow", SlowBefore())],
+                                                load_entry_points=False))
+    run(executor, job, Ok)
+    assert sink.outcomes == [("handed_back", job)]
 
 
 # -- with the database: the real Completer as the sink ----------------------------------

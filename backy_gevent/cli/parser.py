@@ -23,6 +23,7 @@ _RUN_OPTIONS = (
     "metrics_port",
     "shutdown_timeout",
     "fetch_limit",
+    "give_up_after",
 )
 
 
