@@ -120,10 +120,12 @@ def backy_before_job(job: Job, worker: Worker) -> None:
 def backy_after_job(job: Job, worker: Worker, result: Any, duration: float) -> None:
     """The attempt succeeded: ``perform`` returned ``result`` after ``duration`` seconds.
 
-    Called in the job's own greenlet, after ``perform`` returned and before the
-    completion is written to the database (if the runner dies in between, the job runs
-    again once its lease runs out). ``duration`` is the wall time of ``perform`` alone,
-    from a monotonic clock.
+    Called in the job's own greenlet, after ``perform`` returned and after the completion
+    was handed to the completer (so a shutdown that interrupts the hook can't lose it),
+    normally before it is written (if the runner dies in between, the job runs again
+    once its lease runs out). ``duration`` is the wall time of ``perform`` alone, from a
+    monotonic clock. For a quarantined job, ``perform`` ran in a child process and
+    ``result`` is what JSON made of its return value.
 
     Returns: ignored. Raises: logged and counted; the job is still completed.
     """
@@ -133,8 +135,9 @@ def backy_after_job(job: Job, worker: Worker, result: Any, duration: float) -> N
 def backy_on_failure(
     job: Job, worker: Worker | None, error: BaseException, will_retry: bool, timed_out: bool
 ) -> None:
-    """The attempt failed: ``perform`` raised ``error``, ran past ``max_runtime``, or the
-    worker class could not even be instantiated.
+    """The attempt failed: ``perform`` raised ``error``, ran past ``max_runtime``, the
+    worker class could not even be instantiated, or (a quarantined job) its process died:
+    ``error`` is then a ``backy_gevent.JobCrashed``.
 
     ``timed_out`` is true when the attempt was stopped at ``max_runtime``; ``error`` is
     then a ``backy_gevent.JobTimeout``. ``worker`` is None when instantiating the worker
@@ -142,7 +145,8 @@ def backy_on_failure(
     says whether the job is scheduled to run again; when false it ends ``failed``.
 
     Called in the job's own greenlet, after ``backy_retry_delay`` chose the delay and
-    before the failure is written. Not called for a job handed back at shutdown (that
+    after the failure was handed to the completer, normally before it is written. Not
+    called for a job handed back at shutdown (that
     spends no attempt), for a job cancelled while it ran, nor for an attempt lost with
     its runner (no process is left to see it; the rescued job's next attempt fires hooks
     as usual).
