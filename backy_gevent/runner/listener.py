@@ -73,9 +73,10 @@ class Listener:
             gevent.socket.wait_read(conn.fileno(), timeout=self.poll_interval)
         except TimeoutError:
             self._ping_if_quiet()
-            return
-        conn.poll()
-        self._last_heard = time.monotonic()
+        else:
+            conn.poll()
+            self._last_heard = time.monotonic()
+        # Also what arrived during a ping: psycopg2 keeps it in notifies.
         if not conn.notifies:
             return
         for notify in conn.notifies:
