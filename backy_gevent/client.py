@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -22,12 +21,25 @@ from backy_gevent.db import schema
 from backy_gevent.db.connections import ConnectionPool
 from backy_gevent.db.dsn import configured_dsn
 from backy_gevent.db.queries import Queries, Statement
+from backy_gevent.errors import BadOption
 from backy_gevent.hooks import Hooks
-from backy_gevent.job import CANCELLED, COMPLETED, FAILED, Job
+from backy_gevent.job import (
+    BIGINT_MAX,
+    BIGINT_MIN,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    INTEGER_MAX,
+    INTEGER_MIN,
+    Job,
+)
 from backy_gevent.worker import Registry, Worker, retry_count_of
 
 #: Option names of ``enqueue``; a job arg of the same name must be passed in ``args``.
 ENQUEUE_OPTIONS = ("run_at", "delay", "priority", "queue", "unique_key", "connection")
+#: The longest ``delay`` and ``prune`` age, in seconds (about 317 years): far beyond any
+#: schedule, and far inside the dates Python and PostgreSQL can hold.
+MAX_SECONDS = 10_000_000_000
 
 
 def encode_args(args: Mapping[str, Any]) -> str:
@@ -51,6 +63,34 @@ def encode_args(args: Mapping[str, Any]) -> str:
     raise TypeError("job args can't be stored as JSON")
 
 
+def text_problem(text: str) -> str | None:
+    """Why PostgreSQL can't store this string, or None: it refuses NUL characters, and
+    lone surrogates (what Python makes of bytes that are not UTF-8) are not text."""
+    if "\x00" in text:
+        return "it holds a NUL character (\\u0000), which PostgreSQL can't store"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"it holds {exc.object[exc.start]!r}, a lone surrogate, which is not valid Unicode"
+    return None
+
+
+def _seconds_in_range(value: Any) -> bool:
+    """A number of seconds from 0 to MAX_SECONDS (NaN and infinities are not)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_SECONDS
+    )
+
+
+def check_text_option(name: str, value: Any) -> None:
+    """``BadOption`` when ``value``, a string option, is one PostgreSQL can't store."""
+    problem = text_problem(value) if isinstance(value, str) else None
+    if problem:
+        raise BadOption(f"{name} {value!r} can't be stored: {problem}")
+
+
 def check_enqueue_options(
     *,
     run_at: datetime.datetime | None,
@@ -58,17 +98,27 @@ def check_enqueue_options(
     queue: str | None,
     priority: int | None,
 ) -> None:
-    """ValueError saying what is wrong with ``enqueue``'s options, if anything is."""
+    """``BadOption`` (a ValueError) saying what is wrong with ``enqueue``'s options, if
+    anything is."""
     if run_at is not None and delay is not None:
-        raise ValueError("give run_at or delay, not both")
+        raise BadOption("give run_at or delay, not both")
     if run_at is not None and run_at.tzinfo is None:
-        raise ValueError("run_at must be timezone-aware (for example datetime.UTC)")
-    if delay is not None and not (isinstance(delay, (int, float)) and math.isfinite(delay)):
-        raise ValueError(f"delay must be a number of seconds, not {delay!r}")
+        raise BadOption("run_at must be timezone-aware (for example datetime.UTC)")
+    if delay is not None and not _seconds_in_range(delay):
+        raise BadOption(
+            f"delay must be a number of seconds from 0 to {MAX_SECONDS}, not {delay!r}"
+        )
     if queue is not None and not (isinstance(queue, str) and queue):
-        raise ValueError(f"queue must be a non-empty string, not {queue!r}")
-    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-        raise ValueError(f"priority must be an integer, not {priority!r}")
+        raise BadOption(f"queue must be a non-empty string, not {queue!r}")
+    if priority is not None and (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not INTEGER_MIN <= priority <= INTEGER_MAX
+    ):
+        raise BadOption(
+            f"priority must be an integer from {INTEGER_MIN} to {INTEGER_MAX}, not {priority!r}"
+        )
+    check_text_option("queue", queue)
 
 
 class Client:
@@ -224,8 +274,10 @@ class Client:
         if unique_keys is None:
             unique_keys = [None] * len(encoded)
         elif len(unique_keys) != len(encoded):
-            raise ValueError("unique_keys must hold one key (or None) per job")
+            raise BadOption("unique_keys must hold one key (or None) per job")
         check_enqueue_options(run_at=run_at, delay=delay, queue=queue, priority=priority)
+        for key in unique_keys:
+            check_text_option("unique_key", key)
         count = len(encoded)
         params = {
             "workers": [name] * count,
@@ -234,7 +286,7 @@ class Client:
             "priorities": [worker_class.priority if priority is None else priority] * count,
             "max_attempts": [retry_count_of(worker_class, self.settings.retry_count) + 1] * count,
             "run_ats": [run_at] * count,
-            "delays": [max(0.0, float(delay or 0))] * count,
+            "delays": [float(delay or 0)] * count,
             "unique_keys": list(unique_keys),
         }
         written = [Job.from_row(row) for row in self._fetch("insert_jobs", params, connection)]
@@ -261,6 +313,8 @@ class Client:
 
     def get_job(self, job_id: int) -> Job | None:
         """The job with this id, or None when there is no such row."""
+        if not _may_be_an_id(job_id):
+            return None
         rows = self._fetch("get_job", {"id": job_id})
         return Job.from_row(rows[0]) if rows else None
 
@@ -270,6 +324,8 @@ class Client:
         The runner of a running job is told at commit (NOTIFY) and stops the attempt at
         once, as it would at ``max_runtime``; nothing of it is recorded.
         """
+        if not _may_be_an_id(job_id):
+            return None
         rows = self._fetch("cancel", {"id": job_id})
         return Job.from_row(rows[0]) if rows else None
 
@@ -323,7 +379,13 @@ class Client:
         return [row["id"] for row in rows]
 
     def prune(self, older_than: float = 0.0, states: Sequence[str] = (COMPLETED,)) -> int:
-        """Delete finished rows in ``states`` older than ``older_than`` seconds."""
+        """Delete finished rows in ``states`` older than ``older_than`` seconds (from 0 to
+        ``MAX_SECONDS``; anything else raises ``BadOption``, a ValueError)."""
+        if not _seconds_in_range(older_than):
+            raise BadOption(
+                f"older_than must be a number of seconds from 0 to {MAX_SECONDS},"
+                f" not {older_than!r}"
+            )
         with self.pool.borrow() as conn, conn.cursor() as cur:
             cur.execute(
                 self.queries.composed("prune"), {"states": list(states), "older_than": older_than}
@@ -337,6 +399,11 @@ class Client:
     def stats(self) -> list[dict[str, Any]]:
         """Job counts by worker, queue and state, with the oldest due job's wait."""
         return [dict(row) for row in self._fetch("stats", {})]
+
+
+def _may_be_an_id(job_id: Any) -> bool:
+    """False for an integer no bigint id can be (the query would fail, not find nothing)."""
+    return not isinstance(job_id, int) or BIGINT_MIN <= job_id <= BIGINT_MAX
 
 
 class DefaultClient:

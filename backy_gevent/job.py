@@ -13,6 +13,11 @@ COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
 
+#: The values the jobs table's columns can hold: ``priority`` and the attempt counts are
+#: PostgreSQL integers, ``id`` a bigint.
+INTEGER_MIN, INTEGER_MAX = -(2**31), 2**31 - 1
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+
 
 class JobTimeout(BaseException):
     """Raised inside a job that ran past its ``max_runtime``.

@@ -86,6 +86,8 @@ def test_perform_must_be_defined() -> None:
         ("retry_count", -1),
         ("queue", ""),
         ("priority", "high"),
+        ("priority", 2**31),  # past PostgreSQL's integer: no job of it could be written
+        ("priority", -(2**31) - 1),
     ],
 )
 def test_bad_worker_settings_are_named(attribute: str, value: Any) -> None:

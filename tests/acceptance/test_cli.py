@@ -32,11 +32,14 @@ def table_exists(db: Any, name: str = "jobs") -> bool:
     return query(db, "SELECT to_regclass(%s)", name)[0][0] is not None
 
 
-def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+def one_error_line(done: subprocess.CompletedProcess[str], status: int = 2) -> str:
+    """The one line a refused command printed, having checked its exit status."""
+    assert done.returncode == status, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("backy-gevent: error: ")
+    assert done.stdout == ""
     return lines[0]
 
 
@@ -196,6 +199,31 @@ def test_enqueue_bad_input_exits_2_and_writes_nothing(
     assert count_jobs(db) == 0
 
 
+@pytest.mark.parametrize(
+    ("options", "line"),
+    [
+        (["--priority", "99999999999"],
+         "priority must be an integer from -2147483648 to 2147483647, not 99999999999"),
+        (["--priority", "-2147483649"],
+         "priority must be an integer from -2147483648 to 2147483647, not -2147483649"),
+        (["--delay", "nan"], "delay must be a number of seconds from 0 to 10000000000, not nan"),
+        (["--delay", "inf"], "delay must be a number of seconds from 0 to 10000000000, not inf"),
+        (["--delay=-inf"], "delay must be a number of seconds from 0 to 10000000000, not -inf"),
+        (["--delay", "-5"], "delay must be a number of seconds from 0 to 10000000000, not -5.0"),
+        # Past the year 9999: the row would be written and then be unreadable.
+        (["--delay", "1e12"],
+         "delay must be a number of seconds from 0 to 10000000000, not 1000000000000.0"),
+        (["--job-queue", ""], "queue must be a non-empty string, not ''"),
+    ],
+)
+def test_enqueue_bad_option_is_one_line_and_writes_nothing(
+    dsn: str, db: Any, client: Client, options: list[str], line: str
+) -> None:
+    done = cli(dsn, "enqueue", "record", "{}", *options)
+    assert one_error_line(done) == f"backy-gevent: error: {line}"
+    assert count_jobs(db) == 0
+
+
 # -- jobs, retry, cancel, prune ------------------------------------------------------------
 
 
@@ -287,6 +315,18 @@ def test_prune_from_the_cli(dsn: str, db: Any, client: Client) -> None:
     assert prune() == "deleted 2 jobs"
     assert prune("--failed", "--cancelled") == "deleted 2 jobs"
     assert query(db, "SELECT id FROM jobs") == [(ids[4],)]  # the waiting one stays
+
+
+@pytest.mark.parametrize("age", ["-5", "nan", "inf", "1e300"])
+def test_prune_refuses_a_bad_age(dsn: str, db: Any, client: Client, age: str) -> None:
+    job = client.enqueue(workers.Record)
+    query(db, "UPDATE jobs SET state = 'completed', finished_at = now() WHERE id = %s", job.id)
+    done = cli(dsn, "prune", f"--older-than={age}")
+    assert one_error_line(done) == (
+        "backy-gevent: error: older_than must be a number of seconds from 0 to 10000000000,"
+        f" not {float(age)!r}"
+    )
+    assert count_jobs(db) == 1
 
 
 def test_prune_what_a_runner_kept(
