@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ from backy_gevent.db import schema
 from backy_gevent.db.connections import ConnectionPool
 from backy_gevent.db.dsn import configured_dsn
 from backy_gevent.db.queries import Queries, Statement
-from backy_gevent.errors import BadOption
+from backy_gevent.errors import BadJobArgs, BadOption
 from backy_gevent.hooks import Hooks
 from backy_gevent.job import (
     BIGINT_MAX,
@@ -43,24 +44,60 @@ MAX_SECONDS = 10_000_000_000
 
 
 def encode_args(args: Mapping[str, Any]) -> str:
-    """JSON for a job's args; TypeError naming the first key JSON can't hold."""
+    """JSON for a job's args, as PostgreSQL's jsonb can hold it.
+
+    Raises ``BadJobArgs`` (a TypeError) naming the first key whose value can't be
+    stored: not JSON (a set, a datetime...), NaN or an infinity (``1e999`` parses to
+    one), nesting too deep, or a string holding a NUL character or a lone surrogate.
+    """
     if not isinstance(args, Mapping):
-        raise TypeError(f"job args must be a dict, not {type(args).__name__}")
+        raise BadJobArgs(f"job args must be a dict, not {type(args).__name__}")
     # json.dumps would turn a key like 1 into "1": the job would not get its args back.
     for key in args:
         if not isinstance(key, str):
-            raise TypeError(f"job arg keys must be strings, got {key!r}")
+            raise BadJobArgs(f"job arg keys must be strings, got {key!r}")
     try:
-        return json.dumps(dict(args), allow_nan=False)
-    except (TypeError, ValueError):
-        pass
-    # Slow path, only for bad input: find the key to name in the error.
+        text = json.dumps(dict(args), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        text = None
+    # jsonb refuses \u0000 and lone surrogates, which json.dumps writes as \u escapes:
+    # only text holding such an escape needs a closer look (pairs like \ud83d\ude00 pass).
+    if text is not None and "\\u0000" not in text and "\\ud" not in text:
+        return text
+    # Slow path, for bad input and escapes: find the key to name in the error.
     for key, value in args.items():
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"job arg {key!r} can't be stored as JSON: {exc}") from None
-    raise TypeError("job args can't be stored as JSON")
+        problem = text_problem(key) or _value_problem(value)
+        if problem:
+            raise BadJobArgs(f"job arg {key!r} can't be stored as JSON: {problem}")
+    if text is None:
+        raise BadJobArgs("job args can't be stored as JSON")
+    return text
+
+
+def _value_problem(value: Any) -> str | None:
+    """Why jsonb can't hold this arg value, or None."""
+    # Every string (keys included) and float in it, without recursion: a value nested as
+    # deep as json.dumps allows could exhaust the stack here.
+    stack, seen = [value], set()
+    while stack:
+        item = stack.pop()
+        problem = None
+        if isinstance(item, str):
+            problem = text_problem(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            problem = f"it holds {item!r}, and JSON has no NaN or infinity (1e999 reads as inf)"
+        elif isinstance(item, (dict, list, tuple)) and id(item) not in seen:
+            seen.add(id(item))  # json.dumps below reports a circular reference
+            stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
+        if problem:
+            return problem
+    try:
+        json.dumps(value, allow_nan=False)
+    except RecursionError:
+        return "nested too deeply"
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
 
 
 def text_problem(text: str) -> str | None:
@@ -230,11 +267,12 @@ class Client:
         caller's psycopg2 connection) the job commits or rolls back with the caller's
         transaction. ``delay`` (seconds) counts from this call. With ``unique_key``,
         while a job holding that key waits or runs, that job is returned and nothing is
-        written. Args JSON can't hold raise TypeError; an unknown worker raises
-        ``WorkerError``; nothing is written in either case.
+        written. Args that jsonb can't hold raise ``BadJobArgs`` (a TypeError) naming the
+        key, options out of range ``BadOption`` (a ValueError), and an unknown worker
+        ``WorkerError``; nothing is written in any case.
         """
         if args is not None and not isinstance(args, Mapping):
-            raise TypeError(f"job args must be a dict, not {type(args).__name__}")
+            raise BadJobArgs(f"job args must be a dict, not {type(args).__name__}")
         merged = dict(args or {})
         merged.update(kwargs)
         return self.enqueue_many(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
+import re
 import subprocess
 import sys
 import time
@@ -17,8 +18,8 @@ import psycopg2.extensions
 import pytest
 
 import backy_gevent as backy
-from backy_gevent.client import Client
-from backy_gevent.errors import BadOption
+from backy_gevent.client import Client, encode_args
+from backy_gevent.errors import BadJobArgs, BadOption
 from backy_gevent.worker import Registry, WorkerError
 from tests import workers
 from tests.conftest import ROOT, query
@@ -26,6 +27,14 @@ from tests.conftest import ROOT, query
 
 def count_jobs(db: Any) -> int:
     return int(query(db, "SELECT count(*) FROM jobs")[0][0])
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """A dict ``depth`` levels deep."""
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
 
 
 class CountingConnection(psycopg2.extensions.connection):
@@ -97,6 +106,9 @@ def test_args_survive_the_round_trip(client: Client) -> None:
         "nested": {"list": [1, 2.5, None, True, False], "empty": {}},
         "big": 2**53,
         "negative": -1.25,
+        "emoji": "\U0001f600",  # written as a surrogate pair, which jsonb takes
+        "not a nul": "\\u0000",  # a backslash and five characters
+        "deep": nested(500),
     }
     job = client.enqueue(workers.Record, args)
     assert client.get_job(job.id).args == args  # type: ignore[union-attr]
@@ -164,14 +176,27 @@ def test_options_at_their_limits_are_kept(client: Client) -> None:
         ({"ratio": float("nan")}, "ratio"),
         ({"blob": b"bytes"}, "blob"),
         ({"deep": {"inner": [object()]}}, "deep"),
+        # What Python reads from JSON, or holds, but jsonb can't:
+        ({"ok": 1, "huge": json.loads("1e999")}, "huge"),  # inf
+        ({"n": [1, {"m": float("-inf")}]}, "n"),
+        ({"text": "a\x00b"}, "text"),
+        ({"nested": {"k\x00": 1}}, "nested"),
+        ({"key\x00": 1}, "key\x00"),
+        ({"lone": "\ud800"}, "lone"),
+        ({"bytes": b"\xff".decode("utf-8", "surrogateescape")}, "bytes"),
+        ({"digits": 10**5000}, "digits"),
+        ({"deep": nested(5000)}, "deep"),
     ],
 )
 def test_non_json_args_raise_type_error_naming_the_key(
     client: Client, db: Any, args: dict[str, Any], key: str
 ) -> None:
-    with pytest.raises(TypeError, match=repr(key)):
+    with pytest.raises(BadJobArgs, match=re.escape(f"job arg {key!r} can't be stored as JSON")):
         client.enqueue(workers.Record, args)
+    with pytest.raises(BadJobArgs, match=re.escape(repr(key))):
+        encode_args(args)
     assert count_jobs(db) == 0
+    assert issubclass(BadJobArgs, TypeError)  # what the API documents
 
 
 def test_non_json_arg_in_a_batch_writes_none_of_it(client: Client, db: Any) -> None:

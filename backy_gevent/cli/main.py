@@ -19,6 +19,7 @@ from backy_gevent.cli.database import database, embedded_connection_limit
 from backy_gevent.cli.parser import build_parser, settings_from
 from backy_gevent.config import Settings
 from backy_gevent.errors import (
+    BadJobArgs,
     BadOption,
     ConfigError,
     DatabaseUnavailable,
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit = 100 if settings.dsn else embedded_connection_limit(settings, arguments.command)
         with database(settings, environ, max_connections=limit) as ready:
             return int(handler(arguments, ready))
-    except (ConfigError, UsageError, WorkerError, PluginError, BadOption) as exc:
+    except (ConfigError, UsageError, WorkerError, PluginError, BadJobArgs, BadOption) as exc:
         print(f"backy-gevent: error: {exc}", file=sys.stderr)
         return 2
     except (SchemaMissing, DatabaseUnavailable) as exc:

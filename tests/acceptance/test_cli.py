@@ -199,6 +199,48 @@ def test_enqueue_bad_input_exits_2_and_writes_nothing(
     assert count_jobs(db) == 0
 
 
+NOT_JSON = "job arg 'a' can't be stored as JSON: "
+NO_NAN = "it holds {}, and JSON has no NaN or infinity (1e999 reads as inf)"
+NO_NUL = "it holds a NUL character (\\u0000), which PostgreSQL can't store"
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        ('{"a": NaN}', NOT_JSON + NO_NAN.format("nan")),
+        ('{"a": Infinity}', NOT_JSON + NO_NAN.format("inf")),
+        ('{"a": -Infinity}', NOT_JSON + NO_NAN.format("-inf")),
+        ('{"a": 1e999}', NOT_JSON + NO_NAN.format("inf")),
+        ('{"a": [1, {"b": 1e999}]}', NOT_JSON + NO_NAN.format("inf")),
+        ('{"a": "x\\u0000y"}', NOT_JSON + NO_NUL),
+        ('{"a": {"b\\u0000": 1}}', NOT_JSON + NO_NUL),
+        ('{"a\\u0000": 1}', "job arg 'a\\x00' can't be stored as JSON: " + NO_NUL),
+        ('{"a": "\\ud800"}',
+         NOT_JSON + "it holds '\\ud800', a lone surrogate, which is not valid Unicode"),
+        pytest.param('{"a": ' + "[" * 5000 + "]" * 5000 + "}", "args: nested too deeply",
+                     id="nested-5000-deep"),
+        pytest.param('{"a": ' + "9" * 5000 + "}",
+                     "args: can't be read (Exceeds the limit (4300 digits) for integer string"
+                     " conversion: value has 5000 digits; use sys.set_int_max_str_digits() to"
+                     " increase the limit)",
+                     id="5000-digits"),
+    ],
+)
+def test_enqueue_args_jsonb_cant_hold_are_one_line_naming_the_key(
+    dsn: str, db: Any, client: Client, args: str, line: str
+) -> None:
+    done = cli(dsn, "enqueue", "record", args)
+    assert one_error_line(done) == f"backy-gevent: error: {line}"
+    assert count_jobs(db) == 0
+
+
+def test_enqueue_args_jsonb_can_hold_are_kept(dsn: str, db: Any, client: Client) -> None:
+    args = {"emoji": "\U0001f600", "backslash": "\\u0000", "text": "x" * 100_000}
+    done = cli(dsn, "enqueue", "record", json.dumps(args))
+    assert done.returncode == 0, done.stderr
+    assert query(db, "SELECT args FROM jobs") == [(args,)]
+
+
 @pytest.mark.parametrize(
     ("options", "line"),
     [
