@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 import psycopg2
+import psycopg2.errors
 
 from backy_gevent.cli import bench, catalog, jobs, run
 from backy_gevent.cli.database import database, embedded_connection_limit
@@ -57,6 +58,21 @@ def _configure_logging(level: str) -> None:
     )
 
 
+def _on_the_jobs_table(
+    handler: Callable[[argparse.Namespace, Settings], int],
+    arguments: argparse.Namespace,
+    settings: Settings,
+) -> int:
+    """Run a command that uses the database; a jobs table that is not there (``setup``
+    never ran on this database and schema) is ``SchemaMissing``, for every command."""
+    try:
+        return int(handler(arguments, settings))
+    except psycopg2.errors.UndefinedTable:
+        raise SchemaMissing(
+            f"the jobs table {settings.table_name!r} is missing: run `backy-gevent setup`"
+        ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the console script; returns the exit status."""
     parser = build_parser()
@@ -70,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(handler(arguments, settings))
         limit = 100 if settings.dsn else embedded_connection_limit(settings, arguments.command)
         with database(settings, environ, max_connections=limit) as ready:
-            return int(handler(arguments, ready))
+            return _on_the_jobs_table(handler, arguments, ready)
     except (ConfigError, UsageError, WorkerError, PluginError, BadJobArgs, BadOption) as exc:
         print(f"backy-gevent: error: {exc}", file=sys.stderr)
         return 2

@@ -89,6 +89,29 @@ def test_run_before_setup_says_what_to_do(dsn: str) -> None:
     assert "backy-gevent setup" in done.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["jobs"],
+        ["show", "1"],
+        ["cancel", "1"],
+        ["retry", "1"],
+        ["retry", "--failed"],
+        ["prune"],
+        ["enqueue", "record", "{}"],
+    ],
+)
+def test_a_command_before_setup_says_what_to_do(dsn: str, db: Any, command: list[str]) -> None:
+    line = one_error_line(cli(dsn, *command), status=1)
+    assert line == "backy-gevent: error: the jobs table 'jobs' is missing: run `backy-gevent setup`"
+    assert not table_exists(db)
+
+
+def test_a_missing_table_is_named_as_configured(dsn: str, db: Any, client: Client) -> None:
+    line = one_error_line(cli(dsn, "jobs", "--table-name", "other_jobs"), status=1)
+    assert "the jobs table 'other_jobs' is missing" in line
+
+
 # -- workers and registration ---------------------------------------------------------
 
 
