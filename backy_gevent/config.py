@@ -119,6 +119,11 @@ def _names(value: Any) -> tuple[str, ...]:
         items = [_text(part).strip() for part in value]
     else:
         raise ValueError("expected a list or a comma-separated string")
+    for item in items:
+        try:
+            item.encode("utf-8")  # queue and worker names go to the database
+        except UnicodeEncodeError:
+            raise ValueError(f"not valid UTF-8: {item!r}") from None
     return tuple(item for item in items if item)
 
 

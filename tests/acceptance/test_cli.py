@@ -4,6 +4,7 @@ configuration precedence, ``python -m backy_gevent``, and gevent patched first."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -30,6 +31,10 @@ def count_jobs(db: Any) -> int:
 
 def table_exists(db: Any, name: str = "jobs") -> bool:
     return query(db, "SELECT to_regclass(%s)", name)[0][0] is not None
+
+
+#: A command-line argument holding a byte that is not UTF-8, as Python sees it.
+NOT_UTF8 = os.fsdecode(b"caf\xe9")
 
 
 def one_error_line(done: subprocess.CompletedProcess[str], status: int = 2) -> str:
@@ -61,6 +66,9 @@ def one_error_line(done: subprocess.CompletedProcess[str], status: int = 2) -> s
         (["run", "--metrics-port", "70000"], {}, "metrics_port", "70000"),
         (["run", "--shutdown-timeout", "-1"], {}, "shutdown_timeout", "-1"),
         (["setup", "--log-level", "chatty"], {}, "log_level", "chatty"),
+        # Bytes that are not UTF-8 (Python keeps them as lone surrogates):
+        (["run", "--queue", NOT_UTF8], {}, "queues", NOT_UTF8),
+        (["run"], {"BACKY_WORKERS": NOT_UTF8}, "workers", NOT_UTF8),
     ],
 )
 def test_bad_value_is_one_line_and_exit_2(
@@ -289,7 +297,66 @@ def test_enqueue_bad_option_is_one_line_and_writes_nothing(
     assert count_jobs(db) == 0
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["record", "{}", "--job-queue", NOT_UTF8],
+         "enqueue: argument --job-queue: not valid UTF-8: 'caf\\udce9'"),
+        (["record", "{}", "--unique-key", NOT_UTF8],
+         "enqueue: argument --unique-key: not valid UTF-8: 'caf\\udce9'"),
+        (["record", '{"a": "' + NOT_UTF8 + '"}'],
+         "enqueue: argument args: not valid UTF-8: '{\"a\": \"caf\\udce9\"}'"),
+        ([NOT_UTF8, "{}"], "enqueue: argument worker: not valid UTF-8: 'caf\\udce9'"),
+        (["record", "{}", "--delay", "-inf"], "enqueue: argument --delay: expected one argument"),
+        (["record", "{}", "--priority", "1.5"],
+         "enqueue: argument --priority: invalid int value: '1.5'"),
+        (["", "{}"], "unknown worker '' (registered: "),
+    ],
+)
+def test_enqueue_bad_command_line_is_one_line(
+    dsn: str, db: Any, client: Client, args: list[str], line: str
+) -> None:
+    done = cli(dsn, "enqueue", *args)
+    assert one_error_line(done).startswith(f"backy-gevent: error: {line}")
+    assert count_jobs(db) == 0
+
+
 # -- jobs, retry, cancel, prune ------------------------------------------------------------
+
+
+BAD_ID = "argument JOB_ID: a job id is a whole number from 1 to 9223372036854775807, not {!r}"
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["show", "99999999999999999999"], "show: " + BAD_ID.format("99999999999999999999")),
+        (["cancel", "1", "2", "99999999999999999999"],
+         "cancel: " + BAD_ID.format("99999999999999999999")),
+        (["retry", "99999999999999999999"], "retry: " + BAD_ID.format("99999999999999999999")),
+        (["show", "-1"], "show: " + BAD_ID.format("-1")),
+        (["cancel", "-5"], "cancel: " + BAD_ID.format("-5")),
+        (["retry", "0"], "retry: " + BAD_ID.format("0")),
+        (["show", "abc"], "show: " + BAD_ID.format("abc")),
+        (["cancel"], "cancel: the following arguments are required: JOB_ID"),
+        (["retry"], "retry: give job ids, or --failed for every failed job"),
+        (["retry", "--failed", "--queue", NOT_UTF8],
+         "retry: argument --queue: not valid UTF-8: 'caf\\udce9'"),
+        (["retry", "--failed", "--worker", NOT_UTF8],
+         "retry: argument --worker: not valid UTF-8: 'caf\\udce9'"),
+    ],
+)
+def test_bad_job_ids_and_filters_are_one_line_and_change_nothing(
+    dsn: str, db: Any, client: Client, args: list[str], line: str
+) -> None:
+    jobs = client.enqueue_many(workers.Record, [{"n": 1}, {"n": 2}])
+    query(db, "UPDATE jobs SET state = 'failed' WHERE id = %s", jobs[1].id)
+    done = cli(dsn, *args)
+    suffix = "" if line.startswith("retry: give") else " (see --help)"
+    assert one_error_line(done) == f"backy-gevent: error: {line}{suffix}"
+    assert query(db, "SELECT state FROM jobs ORDER BY id") == [("available",), ("failed",)]
+
+
 
 
 def test_jobs_shows_counts_and_oldest_wait(dsn: str, db: Any, client: Client) -> None:
