@@ -32,15 +32,13 @@ from backy_gevent.job import (
     FAILED,
     INTEGER_MAX,
     INTEGER_MIN,
+    MAX_SECONDS,
     Job,
 )
 from backy_gevent.worker import Registry, Worker, retry_count_of
 
 #: Option names of ``enqueue``; a job arg of the same name must be passed in ``args``.
 ENQUEUE_OPTIONS = ("run_at", "delay", "priority", "queue", "unique_key", "connection")
-#: The longest ``delay`` and ``prune`` age, in seconds (about 317 years): far beyond any
-#: schedule, and far inside the dates Python and PostgreSQL can hold.
-MAX_SECONDS = 10_000_000_000
 
 
 def encode_args(args: Mapping[str, Any]) -> str:

@@ -17,6 +17,12 @@ CANCELLED = "cancelled"
 #: PostgreSQL integers, ``id`` a bigint.
 INTEGER_MIN, INTEGER_MAX = -(2**31), 2**31 - 1
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+#: The most retries a job can be given (by the ``retry_count`` option or a worker's): far
+#: beyond any use, and far inside the integer ``max_attempts``, even after many ``retry``.
+MAX_RETRY_COUNT = 1_000_000
+#: The longest delay (``delay``, ``retry_delay``) and ``prune`` age, in seconds (about 317
+#: years): far beyond any schedule, and far inside the dates Python and PostgreSQL hold.
+MAX_SECONDS = 10_000_000_000
 
 
 class JobTimeout(BaseException):

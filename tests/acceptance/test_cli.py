@@ -66,6 +66,11 @@ def one_error_line(done: subprocess.CompletedProcess[str], status: int = 2) -> s
         (["run", "--metrics-port", "70000"], {}, "metrics_port", "70000"),
         (["run", "--shutdown-timeout", "-1"], {}, "shutdown_timeout", "-1"),
         (["setup", "--log-level", "chatty"], {}, "log_level", "chatty"),
+        # Past what PostgreSQL's columns hold: the runner could not write the outcome.
+        (["enqueue", "record", "--retry-count", "99999999999"], {}, "retry_count",
+         "99999999999"),
+        (["run", "--fetch-limit", "99999999999"], {}, "fetch_limit", "99999999999"),
+        (["run", "--retry-delay", "1e300"], {}, "retry_delay", "1e300"),
         # Bytes that are not UTF-8 (Python keeps them as lone surrogates):
         (["run", "--queue", NOT_UTF8], {}, "queues", NOT_UTF8),
         (["run"], {"BACKY_WORKERS": NOT_UTF8}, "workers", NOT_UTF8),
