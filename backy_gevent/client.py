@@ -32,6 +32,7 @@ from backy_gevent.job import (
     FAILED,
     INTEGER_MAX,
     INTEGER_MIN,
+    MAX_NAME_LENGTH,
     MAX_SECONDS,
     Job,
 )
@@ -120,8 +121,17 @@ def _seconds_in_range(value: Any) -> bool:
 
 
 def check_text_option(name: str, value: Any) -> None:
-    """``BadOption`` when ``value``, a string option, is one PostgreSQL can't store."""
-    problem = text_problem(value) if isinstance(value, str) else None
+    """``BadOption`` when ``value``, an indexed string option (``queue``, ``unique_key``),
+    is one PostgreSQL can't store or index."""
+    if not isinstance(value, str):
+        return
+    if len(value) > MAX_NAME_LENGTH:
+        # Written, such a job could be neither cancelled nor failed: its index entry in
+        # another state would not fit.
+        raise BadOption(
+            f"{name} must be at most {MAX_NAME_LENGTH} characters, not {len(value)}"
+        )
+    problem = text_problem(value)
     if problem:
         raise BadOption(f"{name} {value!r} can't be stored: {problem}")
 

@@ -23,6 +23,9 @@ MAX_RETRY_COUNT = 1_000_000
 #: The longest delay (``delay``, ``retry_delay``) and ``prune`` age, in seconds (about 317
 #: years): far beyond any schedule, and far inside the dates Python and PostgreSQL hold.
 MAX_SECONDS = 10_000_000_000
+#: The longest ``queue`` and ``unique_key``: both are indexed, and a PostgreSQL btree entry
+#: holds about 2,700 bytes; 500 characters are at most 2,000 bytes of UTF-8.
+MAX_NAME_LENGTH = 500
 
 
 class JobTimeout(BaseException):

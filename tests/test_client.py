@@ -145,6 +145,9 @@ def test_delay_and_run_at(client: Client, db: Any) -> None:
         ({"queue": "mail\x00"}, r"queue 'mail\\x00' can't be stored: it holds a NUL"),
         ({"queue": "mail\udcff"}, "queue .* lone surrogate"),
         ({"unique_key": "k\x00"}, r"unique_key 'k\\x00' can't be stored: it holds a NUL"),
+        # Indexed: a longer one could be written, then never cancelled nor failed.
+        ({"queue": "q" * 501}, "queue must be at most 500 characters, not 501"),
+        ({"unique_key": "k" * 501}, "unique_key must be at most 500 characters, not 501"),
         ({"priority": "high"}, "priority"),
         ({"priority": 2**40}, "priority must be an integer from -2147483648 to 2147483647"),
         ({"priority": -(2**31) - 1}, "priority"),
@@ -163,6 +166,9 @@ def test_options_at_their_limits_are_kept(client: Client) -> None:
     assert client.enqueue(workers.Record, priority=2**31 - 1).priority == 2**31 - 1
     assert client.enqueue(workers.Record, priority=-(2**31)).priority == -(2**31)
     assert client.enqueue(workers.Record, delay=0).state == "available"
+    random = "".join(chr(0x10000 + n * 7919 % 0xFFFF) for n in range(500))  # 2,000 bytes
+    longest = client.enqueue(workers.Record, queue=random, unique_key=random)
+    assert client.cancel(longest.id) is not None  # its index entries fit in every state
     far = client.enqueue(workers.Record, delay=10**10)
     assert far.run_at.year > datetime.datetime.now().year + 300
 

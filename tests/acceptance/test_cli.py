@@ -292,6 +292,10 @@ def test_enqueue_args_jsonb_can_hold_are_kept(dsn: str, db: Any, client: Client)
         (["--delay", "1e12"],
          "delay must be a number of seconds from 0 to 10000000000, not 1000000000000.0"),
         (["--job-queue", ""], "queue must be a non-empty string, not ''"),
+        pytest.param(["--job-queue", "q" * 501], "queue must be at most 500 characters, not 501",
+                     id="long-queue"),
+        pytest.param(["--unique-key", "k" * 501],
+                     "unique_key must be at most 500 characters, not 501", id="long-key"),
     ],
 )
 def test_enqueue_bad_option_is_one_line_and_writes_nothing(
