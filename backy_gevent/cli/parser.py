@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from backy_gevent.config import OPTIONS, Settings, load_settings
@@ -48,6 +48,23 @@ def _job_id(text: str) -> int:
             f"a job id is a whole number from 1 to {BIGINT_MAX}, not {text!r}"
         )
     return job_id
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def whole_number(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            number = minimum - 1
+        if number < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number of at least {minimum}, not {text!r}"
+            )
+        return number
+
+    return whole_number
 
 
 def _text(text: str) -> str:
@@ -133,11 +150,12 @@ def _add_prune(prune: argparse.ArgumentParser) -> None:
 
 
 def _add_bench(bench: argparse.ArgumentParser) -> None:
-    bench.add_argument("--jobs", type=int, default=20000, help="no-op jobs to run")
-    bench.add_argument("--runners", type=int, default=1, help="runner processes")
-    bench.add_argument("--pgbench-clients", type=int, default=4,
+    # No runner would wait for the jobs forever; pgbench -c 0 fails.
+    bench.add_argument("--jobs", type=_at_least(1), default=20000, help="no-op jobs to run")
+    bench.add_argument("--runners", type=_at_least(1), default=1, help="runner processes")
+    bench.add_argument("--pgbench-clients", type=_at_least(1), default=4,
                        help="pgbench -c, and the number of one-by-one enqueuers")
-    bench.add_argument("--single-jobs", type=int, default=5000,
+    bench.add_argument("--single-jobs", type=_at_least(0), default=5000,
                        help="jobs enqueued one per transaction while the runners work")
 
 

@@ -483,6 +483,23 @@ def test_prune_what_a_runner_kept(
     assert count_jobs(db) == 0
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "minimum"),
+    [("--runners", "0", 1), ("--jobs", "-1", 1), ("--pgbench-clients", "0", 1),
+     ("--single-jobs", "-1", 0)],
+)
+def test_bench_counts_are_checked_before_anything_starts(
+    option: str, value: str, minimum: int
+) -> None:
+    # No runner would wait for the jobs forever; refused by the parser, so the database
+    # (here one that does not answer) is never reached.
+    done = cli("postgresql://root@127.0.0.1:1/none", "bench", option, value)
+    assert one_error_line(done) == (
+        f"backy-gevent: error: bench: argument {option}: must be a whole number of at least"
+        f" {minimum}, not {value!r} (see --help)"
+    )
+
+
 # -- how the script starts -----------------------------------------------------------------
 
 
