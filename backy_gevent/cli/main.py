@@ -1,7 +1,8 @@
 """``main``: parse, configure, pick the database, run the command, map errors to exits.
 
 Exit statuses: 0 success; 1 a job could not be found or changed, the schema is missing,
-or the database can't be reached; 2 bad input or configuration.
+or the database can't be reached or refuses the command; 2 bad input or configuration.
+Every error is one line (``--log-level debug`` adds a database error's traceback).
 """
 
 from __future__ import annotations
@@ -93,7 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SchemaMissing, DatabaseUnavailable) as exc:
         print(f"backy-gevent: error: {exc}", file=sys.stderr)
         return 1
-    except psycopg2.OperationalError as exc:
-        # A one-shot command that can't reach the database (the runner retries instead).
-        print(f"backy-gevent: error: database: {' '.join(str(exc).split())}", file=sys.stderr)
+    except psycopg2.Error as exc:
+        # A one-shot command whose database can't be reached (the runner retries instead)
+        # or refuses it: read-only (a standby), permission denied, out of disk...
+        log.debug("database error", exc_info=True)
+        print(f"backy-gevent: error: database: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _one_line(exc: psycopg2.Error) -> str:
+    """The server's own message, without its LINE/CONTEXT lines; libpq's for a failed
+    connection, on one line."""
+    primary = getattr(exc.diag, "message_primary", None)
+    return str(primary) if primary else " ".join(str(exc).split())

@@ -577,6 +577,23 @@ def test_an_unreachable_database_is_one_line_and_exit_1(dsn: str) -> None:
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
 
 
+def test_a_database_that_refuses_a_command_is_one_line_and_exit_1(
+    dsn: str, db: Any, client: Client
+) -> None:
+    # As a standby, a revoked grant or a full disk would: the server refuses the write.
+    query(db, "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+              " $$BEGIN RAISE EXCEPTION 'writes are refused here'; END$$")
+    query(db, "CREATE TRIGGER refuse BEFORE INSERT ON jobs EXECUTE FUNCTION refuse()")
+    done = cli(dsn, "enqueue", "record", "{}")
+    assert one_error_line(done, status=1) == (
+        "backy-gevent: error: database: writes are refused here"
+    )
+    assert count_jobs(db) == 0
+    debug = cli(dsn, "enqueue", "record", "{}", "--log-level", "debug")
+    assert "Traceback" in debug.stderr  # asked for
+    assert debug.stderr.splitlines()[-1] == "backy-gevent: error: database: writes are refused here"
+
+
 def test_retry_failed_in_bulk_with_filters(dsn: str, db: Any, client: Client) -> None:
     fails = client.enqueue_many(workers.Fail, [{"n": n} for n in range(3)])
     record = client.enqueue(workers.Record, queue="mail")
