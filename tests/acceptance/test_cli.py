@@ -500,6 +500,23 @@ def test_bench_counts_are_checked_before_anything_starts(
     )
 
 
+@pytest.mark.parametrize(
+    ("data_dir", "problem"),
+    [("/dev/null", "cannot use /dev/null for the embedded PostgreSQL server ([Errno 20] Not a"
+                   " directory: '/dev/null/start.lock')"),
+     (os.fsdecode(b"/tmp/caf\xe9"), "the data directory path '/tmp/caf\\udce9' is not valid"
+                                    " UTF-8, which connection strings need")],
+)
+def test_an_unusable_embedded_data_dir_is_one_line(data_dir: str, problem: str) -> None:
+    # No DSN anywhere: the embedded server, refused before anything is made or started.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKY_", "PG"))}
+    env.update(PYTHONPATH=str(ROOT), BACKY_DATA_DIR=data_dir)
+    line = one_error_line(run_cli("jobs", dsn="", env=env))
+    assert line.startswith(f"backy-gevent: error: {problem}")
+    assert line.endswith("or set --dsn or BACKY_DSN")
+    assert not os.path.exists(os.fsencode(data_dir)) or data_dir == "/dev/null"
+
+
 # -- how the script starts -----------------------------------------------------------------
 
 
