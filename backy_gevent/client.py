@@ -23,8 +23,20 @@ from backy_gevent.db import schema
 from backy_gevent.db.connections import ConnectionPool, connect
 from backy_gevent.db.dsn import configured_dsn
 from backy_gevent.db.queries import Queries, Statement
+from backy_gevent.errors import BadJobArgs, BadOption
 from backy_gevent.hooks import Hooks
-from backy_gevent.job import CANCELLED, COMPLETED, FAILED, Job
+from backy_gevent.job import (
+    BIGINT_MAX,
+    BIGINT_MIN,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    INTEGER_MAX,
+    INTEGER_MIN,
+    MAX_NAME_LENGTH,
+    MAX_SECONDS,
+    Job,
+)
 from backy_gevent.worker import Registry, Worker, retry_count_of
 
 #: Option names of ``enqueue``; a job arg of the same name must be passed in ``args``.
@@ -32,24 +44,97 @@ ENQUEUE_OPTIONS = ("run_at", "delay", "priority", "queue", "unique_key", "connec
 
 
 def encode_args(args: Mapping[str, Any]) -> str:
-    """JSON for a job's args; TypeError naming the first key JSON can't hold."""
+    """JSON for a job's args, as PostgreSQL's jsonb can hold it.
+
+    Raises ``BadJobArgs`` (a TypeError) naming the first key whose value can't be
+    stored: not JSON (a set, a datetime...), NaN or an infinity (``1e999`` parses to
+    one), nesting too deep, or a string holding a NUL character or a lone surrogate.
+    """
     if not isinstance(args, Mapping):
-        raise TypeError(f"job args must be a dict, not {type(args).__name__}")
+        raise BadJobArgs(f"job args must be a dict, not {type(args).__name__}")
     # json.dumps would turn a key like 1 into "1": the job would not get its args back.
     for key in args:
         if not isinstance(key, str):
-            raise TypeError(f"job arg keys must be strings, got {key!r}")
+            raise BadJobArgs(f"job arg keys must be strings, got {key!r}")
     try:
-        return json.dumps(dict(args), allow_nan=False)
-    except (TypeError, ValueError):
-        pass
-    # Slow path, only for bad input: find the key to name in the error.
+        text = json.dumps(dict(args), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        text = None
+    # jsonb refuses \u0000 and lone surrogates, which json.dumps writes as \u escapes:
+    # only text holding such an escape needs a closer look (pairs like \ud83d\ude00 pass).
+    if text is not None and "\\u0000" not in text and "\\ud" not in text:
+        return text
+    # Slow path, for bad input and escapes: find the key to name in the error.
     for key, value in args.items():
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"job arg {key!r} can't be stored as JSON: {exc}") from None
-    raise TypeError("job args can't be stored as JSON")
+        problem = text_problem(key) or _value_problem(value)
+        if problem:
+            raise BadJobArgs(f"job arg {key!r} can't be stored as JSON: {problem}")
+    if text is None:
+        raise BadJobArgs("job args can't be stored as JSON")
+    return text
+
+
+def _value_problem(value: Any) -> str | None:
+    """Why jsonb can't hold this arg value, or None."""
+    # Every string (keys included) and float in it, without recursion: a value nested as
+    # deep as json.dumps allows could exhaust the stack here.
+    stack, seen = [value], set()
+    while stack:
+        item = stack.pop()
+        problem = None
+        if isinstance(item, str):
+            problem = text_problem(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            problem = f"it holds {item!r}, and JSON has no NaN or infinity (1e999 reads as inf)"
+        elif isinstance(item, (dict, list, tuple)) and id(item) not in seen:
+            seen.add(id(item))  # json.dumps below reports a circular reference
+            stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
+        if problem:
+            return problem
+    try:
+        json.dumps(value, allow_nan=False)
+    except RecursionError:
+        return "nested too deeply"
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def text_problem(text: str) -> str | None:
+    """Why PostgreSQL can't store this string, or None: it refuses NUL characters, and
+    lone surrogates (what Python makes of bytes that are not UTF-8) are not text."""
+    if "\x00" in text:
+        return "it holds a NUL character (\\u0000), which PostgreSQL can't store"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"it holds {exc.object[exc.start]!r}, a lone surrogate, which is not valid Unicode"
+    return None
+
+
+def _seconds_in_range(value: Any) -> bool:
+    """A number of seconds from 0 to MAX_SECONDS (NaN and infinities are not)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_SECONDS
+    )
+
+
+def check_text_option(name: str, value: Any) -> None:
+    """``BadOption`` when ``value``, an indexed string option (``queue``, ``unique_key``),
+    is one PostgreSQL can't store or index."""
+    if not isinstance(value, str):
+        return
+    if len(value) > MAX_NAME_LENGTH:
+        # Written, such a job could be neither cancelled nor failed: its index entry in
+        # another state would not fit.
+        raise BadOption(
+            f"{name} must be at most {MAX_NAME_LENGTH} characters, not {len(value)}"
+        )
+    problem = text_problem(value)
+    if problem:
+        raise BadOption(f"{name} {value!r} can't be stored: {problem}")
 
 
 def check_enqueue_options(
@@ -59,17 +144,27 @@ def check_enqueue_options(
     queue: str | None,
     priority: int | None,
 ) -> None:
-    """ValueError saying what is wrong with ``enqueue``'s options, if anything is."""
+    """``BadOption`` (a ValueError) saying what is wrong with ``enqueue``'s options, if
+    anything is."""
     if run_at is not None and delay is not None:
-        raise ValueError("give run_at or delay, not both")
+        raise BadOption("give run_at or delay, not both")
     if run_at is not None and run_at.tzinfo is None:
-        raise ValueError("run_at must be timezone-aware (for example datetime.UTC)")
-    if delay is not None and not (isinstance(delay, (int, float)) and math.isfinite(delay)):
-        raise ValueError(f"delay must be a number of seconds, not {delay!r}")
+        raise BadOption("run_at must be timezone-aware (for example datetime.UTC)")
+    if delay is not None and not _seconds_in_range(delay):
+        raise BadOption(
+            f"delay must be a number of seconds from 0 to {MAX_SECONDS}, not {delay!r}"
+        )
     if queue is not None and not (isinstance(queue, str) and queue):
-        raise ValueError(f"queue must be a non-empty string, not {queue!r}")
-    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-        raise ValueError(f"priority must be an integer, not {priority!r}")
+        raise BadOption(f"queue must be a non-empty string, not {queue!r}")
+    if priority is not None and (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not INTEGER_MIN <= priority <= INTEGER_MAX
+    ):
+        raise BadOption(
+            f"priority must be an integer from {INTEGER_MIN} to {INTEGER_MAX}, not {priority!r}"
+        )
+    check_text_option("queue", queue)
 
 
 class Client:
@@ -193,11 +288,12 @@ class Client:
         caller's psycopg2 connection) the job commits or rolls back with the caller's
         transaction. ``delay`` (seconds) counts from this call. With ``unique_key``,
         while a job holding that key waits or runs, that job is returned and nothing is
-        written. Args JSON can't hold raise TypeError; an unknown worker raises
-        ``WorkerError``; nothing is written in either case.
+        written. Args that jsonb can't hold raise ``BadJobArgs`` (a TypeError) naming the
+        key, options out of range ``BadOption`` (a ValueError), and an unknown worker
+        ``WorkerError``; nothing is written in any case.
         """
         if args is not None and not isinstance(args, Mapping):
-            raise TypeError(f"job args must be a dict, not {type(args).__name__}")
+            raise BadJobArgs(f"job args must be a dict, not {type(args).__name__}")
         merged = dict(args or {})
         merged.update(kwargs)
         return self.enqueue_many(
@@ -237,8 +333,10 @@ class Client:
         if unique_keys is None:
             unique_keys = [None] * len(encoded)
         elif len(unique_keys) != len(encoded):
-            raise ValueError("unique_keys must hold one key (or None) per job")
+            raise BadOption("unique_keys must hold one key (or None) per job")
         check_enqueue_options(run_at=run_at, delay=delay, queue=queue, priority=priority)
+        for key in unique_keys:
+            check_text_option("unique_key", key)
         count = len(encoded)
         params = {
             "workers": [name] * count,
@@ -247,7 +345,7 @@ class Client:
             "priorities": [worker_class.priority if priority is None else priority] * count,
             "max_attempts": [retry_count_of(worker_class, self.settings.retry_count) + 1] * count,
             "run_ats": [run_at] * count,
-            "delays": [max(0.0, float(delay or 0))] * count,
+            "delays": [float(delay or 0)] * count,
             "unique_keys": list(unique_keys),
         }
         written = [Job.from_row(row) for row in self._fetch("insert_jobs", params, connection)]
@@ -274,6 +372,8 @@ class Client:
 
     def get_job(self, job_id: int) -> Job | None:
         """The job with this id, or None when there is no such row."""
+        if not _may_be_an_id(job_id):
+            return None
         rows = self._fetch("get_job", {"id": job_id})
         return Job.from_row(rows[0]) if rows else None
 
@@ -283,6 +383,8 @@ class Client:
         The runner of a running job is told at commit (NOTIFY) and stops the attempt at
         once, as it would at ``max_runtime``; nothing of it is recorded.
         """
+        if not _may_be_an_id(job_id):
+            return None
         rows = self._fetch("cancel", {"id": job_id})
         return Job.from_row(rows[0]) if rows else None
 
@@ -336,7 +438,13 @@ class Client:
         return [row["id"] for row in rows]
 
     def prune(self, older_than: float = 0.0, states: Sequence[str] = (COMPLETED,)) -> int:
-        """Delete finished rows in ``states`` older than ``older_than`` seconds."""
+        """Delete finished rows in ``states`` older than ``older_than`` seconds (from 0 to
+        ``MAX_SECONDS``; anything else raises ``BadOption``, a ValueError)."""
+        if not _seconds_in_range(older_than):
+            raise BadOption(
+                f"older_than must be a number of seconds from 0 to {MAX_SECONDS},"
+                f" not {older_than!r}"
+            )
         with contextlib.closing(self._long_connection()) as conn, conn, conn.cursor() as cur:
             cur.execute(
                 self.queries.composed("prune"), {"states": list(states), "older_than": older_than}
@@ -350,6 +458,11 @@ class Client:
     def stats(self) -> list[dict[str, Any]]:
         """Job counts by worker, queue and state, with the oldest due job's wait."""
         return [dict(row) for row in self._fetch("stats", {})]
+
+
+def _may_be_an_id(job_id: Any) -> bool:
+    """False for an integer no bigint id can be (the query would fail, not find nothing)."""
+    return not isinstance(job_id, int) or BIGINT_MIN <= job_id <= BIGINT_MAX
 
 
 class DefaultClient:

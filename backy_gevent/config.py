@@ -19,6 +19,7 @@ from typing import Any
 import psycopg2.extensions
 
 from backy_gevent.errors import ConfigError
+from backy_gevent.job import INTEGER_MAX, MAX_RETRY_COUNT, MAX_SECONDS
 
 
 def default_retry_delay(retry: int) -> float:
@@ -97,12 +98,19 @@ def _non_negative_seconds(value: Any) -> float:
     return float(_number(value, minimum=0))
 
 
-def _count(value: Any) -> int:
-    return int(_number(value, minimum=0, integer=True))
+def _at_most(number: int, maximum: int) -> int:
+    if number > maximum:
+        raise ValueError(f"must be at most {maximum}")
+    return number
+
+
+def _retry_count(value: Any) -> int:
+    return _at_most(int(_number(value, minimum=0, integer=True)), MAX_RETRY_COUNT)
 
 
 def _positive_count(value: Any) -> int:
-    return int(_number(value, minimum=1, integer=True))
+    # A PostgreSQL integer in the claim query.
+    return _at_most(int(_number(value, minimum=1, integer=True)), INTEGER_MAX)
 
 
 def _port(value: Any) -> int:
@@ -119,6 +127,11 @@ def _names(value: Any) -> tuple[str, ...]:
         items = [_text(part).strip() for part in value]
     else:
         raise ValueError("expected a list or a comma-separated string")
+    for item in items:
+        try:
+            item.encode("utf-8")  # queue and worker names go to the database
+        except UnicodeEncodeError:
+            raise ValueError(f"not valid UTF-8: {item!r}") from None
     return tuple(item for item in items if item)
 
 
@@ -134,6 +147,8 @@ def _retry_delay(value: Any) -> Callable[[int], float]:
         return value
     # A number from the environment or a flag means a constant delay.
     constant = _non_negative_seconds(value)
+    if constant > MAX_SECONDS:
+        raise ValueError(f"must be at most {MAX_SECONDS}")
     return lambda retry: constant
 
 
@@ -150,7 +165,7 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("dsn", _dsn, None, "libpq DSN or URI; none at all starts the embedded server"),
     Option("table_name", _identifier, "jobs", "name of the jobs table"),
-    Option("retry_count", _count, 3, "retries after the first attempt"),
+    Option("retry_count", _retry_count, 3, "retries after the first attempt"),
     Option("retry_delay", _retry_delay, default_retry_delay, "seconds before retry N"),
     Option("poll_interval", _seconds, 1.0, "seconds between polls (LISTEN/NOTIFY wakes sooner)"),
     Option("delete_finished_jobs", _boolean, True, "delete completed jobs instead of keeping"),

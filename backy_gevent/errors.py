@@ -2,9 +2,9 @@
 
 Each is one line of text meant for a person. The console script turns them into exit
 statuses: 2 for what the user must change (``ConfigError``, ``UsageError``,
-``WorkerError``, ``PluginError``, ``EmbeddedUnavailable``), 1 for a database that is
-missing, behind or won't start (``SchemaMissing``, ``DatabaseUnavailable``,
-``EmbeddedServerError``).
+``WorkerError``, ``PluginError``, ``BadJobArgs``, ``BadOption``, ``EmbeddedUnavailable``),
+1 for a database that is missing, behind or won't start (``SchemaMissing``,
+``DatabaseUnavailable``, ``EmbeddedServerError``).
 
 The exceptions a job sees or raises (``JobTimeout``) live with the Job in
 ``backy_gevent.job``: their module is recorded in the rows' error history.
@@ -27,6 +27,16 @@ class WorkerError(LookupError):
 
 class PluginError(RuntimeError):
     """A plugin can't be loaded or implements a hook that does not exist."""
+
+
+class BadJobArgs(TypeError):
+    """Job args that the jobs table can't hold; the message names the key. Nothing is
+    written."""
+
+
+class BadOption(ValueError):
+    """An option of a ``Client`` call that is of the wrong type or out of range (a delay,
+    a priority, a queue...); the message names it. Nothing is written."""
 
 
 class SchemaMissing(RuntimeError):

@@ -13,6 +13,20 @@ COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
 
+#: The values the jobs table's columns can hold: ``priority`` and the attempt counts are
+#: PostgreSQL integers, ``id`` a bigint.
+INTEGER_MIN, INTEGER_MAX = -(2**31), 2**31 - 1
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+#: The most retries a job can be given (by the ``retry_count`` option or a worker's): far
+#: beyond any use, and far inside the integer ``max_attempts``, even after many ``retry``.
+MAX_RETRY_COUNT = 1_000_000
+#: The longest delay (``delay``, ``retry_delay``) and ``prune`` age, in seconds (about 317
+#: years): far beyond any schedule, and far inside the dates Python and PostgreSQL hold.
+MAX_SECONDS = 10_000_000_000
+#: The longest ``queue`` and ``unique_key``: both are indexed, and a PostgreSQL btree entry
+#: holds about 2,700 bytes; 500 characters are at most 2,000 bytes of UTF-8.
+MAX_NAME_LENGTH = 500
+
 
 class JobTimeout(BaseException):
     """Raised inside a job that ran past its ``max_runtime``.

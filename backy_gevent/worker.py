@@ -14,7 +14,7 @@ from importlib import metadata
 from typing import Any, ClassVar
 
 from backy_gevent.errors import WorkerError
-from backy_gevent.job import Job
+from backy_gevent.job import INTEGER_MAX, INTEGER_MIN, MAX_RETRY_COUNT, Job
 
 ENTRY_POINT_GROUP = "backy.workers"
 
@@ -76,13 +76,17 @@ def check_worker_class(cls: Any, where: str) -> type[Worker]:
     ):
         problems.append(f"max_concurrency={cls.max_concurrency!r} (must be None or >= 1)")
     if cls.retry_count is not None and not (
-        isinstance(cls.retry_count, int) and cls.retry_count >= 0
+        isinstance(cls.retry_count, int) and 0 <= cls.retry_count <= MAX_RETRY_COUNT
     ):
-        problems.append(f"retry_count={cls.retry_count!r} (must be None or >= 0)")
+        problems.append(
+            f"retry_count={cls.retry_count!r} (must be None or from 0 to {MAX_RETRY_COUNT})"
+        )
     if not (isinstance(cls.queue, str) and cls.queue):
         problems.append(f"queue={cls.queue!r} (must be a non-empty string)")
-    if not isinstance(cls.priority, int):
-        problems.append(f"priority={cls.priority!r} (must be an integer)")
+    if not (isinstance(cls.priority, int) and INTEGER_MIN <= cls.priority <= INTEGER_MAX):
+        problems.append(
+            f"priority={cls.priority!r} (must be an integer from {INTEGER_MIN} to {INTEGER_MAX})"
+        )
     if problems:
         raise WorkerError(f"{where}: {cls.__name__} has bad settings: " + ", ".join(problems))
     return cls

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
+import re
 import subprocess
 import sys
 import time
@@ -17,7 +18,8 @@ import psycopg2.extensions
 import pytest
 
 import backy_gevent as backy
-from backy_gevent.client import Client
+from backy_gevent.client import Client, encode_args
+from backy_gevent.errors import BadJobArgs, BadOption
 from backy_gevent.worker import Registry, WorkerError
 from tests import workers
 from tests.conftest import ROOT, query
@@ -25,6 +27,14 @@ from tests.conftest import ROOT, query
 
 def count_jobs(db: Any) -> int:
     return int(query(db, "SELECT count(*) FROM jobs")[0][0])
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """A dict ``depth`` levels deep."""
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
 
 
 class CountingConnection(psycopg2.extensions.connection):
@@ -96,6 +106,9 @@ def test_args_survive_the_round_trip(client: Client) -> None:
         "nested": {"list": [1, 2.5, None, True, False], "empty": {}},
         "big": 2**53,
         "negative": -1.25,
+        "emoji": "\U0001f600",  # written as a surrogate pair, which jsonb takes
+        "not a nul": "\\u0000",  # a backslash and five characters
+        "deep": nested(500),
     }
     job = client.enqueue(workers.Record, args)
     assert client.get_job(job.id).args == args  # type: ignore[union-attr]
@@ -124,16 +137,40 @@ def test_delay_and_run_at(client: Client, db: Any) -> None:
         ({"run_at": datetime.datetime(2030, 1, 1)}, "timezone"),
         ({"delay": "soon"}, "delay"),
         ({"delay": float("nan")}, "delay"),
+        ({"delay": float("inf")}, "delay must be a number of seconds from 0 to 10000000000"),
+        ({"delay": -5}, "delay must be a number of seconds from 0 to 10000000000, not -5"),
+        ({"delay": 10**12}, "delay"),  # past the year 9999: Python could not read it back
+        ({"delay": 10**400}, "delay"),  # too big for a float
         ({"queue": ""}, "queue"),
+        ({"queue": "mail\x00"}, r"queue 'mail\\x00' can't be stored: it holds a NUL"),
+        ({"queue": "mail\udcff"}, "queue .* lone surrogate"),
+        ({"unique_key": "k\x00"}, r"unique_key 'k\\x00' can't be stored: it holds a NUL"),
+        # Indexed: a longer one could be written, then never cancelled nor failed.
+        ({"queue": "q" * 501}, "queue must be at most 500 characters, not 501"),
+        ({"unique_key": "k" * 501}, "unique_key must be at most 500 characters, not 501"),
         ({"priority": "high"}, "priority"),
+        ({"priority": 2**40}, "priority must be an integer from -2147483648 to 2147483647"),
+        ({"priority": -(2**31) - 1}, "priority"),
     ],
 )
 def test_bad_options_raise_and_write_nothing(
     client: Client, db: Any, options: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(BadOption, match=message):
         client.enqueue(workers.Record, **options)
     assert count_jobs(db) == 0
+    assert issubclass(BadOption, ValueError)  # what the API documents
+
+
+def test_options_at_their_limits_are_kept(client: Client) -> None:
+    assert client.enqueue(workers.Record, priority=2**31 - 1).priority == 2**31 - 1
+    assert client.enqueue(workers.Record, priority=-(2**31)).priority == -(2**31)
+    assert client.enqueue(workers.Record, delay=0).state == "available"
+    random = "".join(chr(0x10000 + n * 7919 % 0xFFFF) for n in range(500))  # 2,000 bytes
+    longest = client.enqueue(workers.Record, queue=random, unique_key=random)
+    assert client.cancel(longest.id) is not None  # its index entries fit in every state
+    far = client.enqueue(workers.Record, delay=10**10)
+    assert far.run_at.year > datetime.datetime.now().year + 300
 
 
 @pytest.mark.parametrize(
@@ -145,14 +182,27 @@ def test_bad_options_raise_and_write_nothing(
         ({"ratio": float("nan")}, "ratio"),
         ({"blob": b"bytes"}, "blob"),
         ({"deep": {"inner": [object()]}}, "deep"),
+        # What Python reads from JSON, or holds, but jsonb can't:
+        ({"ok": 1, "huge": json.loads("1e999")}, "huge"),  # inf
+        ({"n": [1, {"m": float("-inf")}]}, "n"),
+        ({"text": "a\x00b"}, "text"),
+        ({"nested": {"k\x00": 1}}, "nested"),
+        ({"key\x00": 1}, "key\x00"),
+        ({"lone": "\ud800"}, "lone"),
+        ({"bytes": b"\xff".decode("utf-8", "surrogateescape")}, "bytes"),
+        ({"digits": 10**5000}, "digits"),
+        ({"deep": nested(5000)}, "deep"),
     ],
 )
 def test_non_json_args_raise_type_error_naming_the_key(
     client: Client, db: Any, args: dict[str, Any], key: str
 ) -> None:
-    with pytest.raises(TypeError, match=repr(key)):
+    with pytest.raises(BadJobArgs, match=re.escape(f"job arg {key!r} can't be stored as JSON")):
         client.enqueue(workers.Record, args)
+    with pytest.raises(BadJobArgs, match=re.escape(repr(key))):
+        encode_args(args)
     assert count_jobs(db) == 0
+    assert issubclass(BadJobArgs, TypeError)  # what the API documents
 
 
 def test_non_json_arg_in_a_batch_writes_none_of_it(client: Client, db: Any) -> None:
@@ -369,6 +419,7 @@ def test_cancel(client: Client, db: Any) -> None:
     assert cancelled.finished_at is not None
     assert client.cancel(job.id) is None  # already cancelled
     assert client.cancel(10**12) is None  # no such job
+    assert client.cancel(2**63) is None  # no bigint id: still no such job, not an error
     assert query(db, "SELECT state FROM jobs WHERE id = %s", job.id) == [("cancelled",)]
 
 
@@ -394,6 +445,8 @@ def test_retry_a_cancelled_job_and_not_a_waiting_one(client: Client) -> None:
     retried = client.retry(job.id)
     assert retried is not None and retried.state == "available"
     assert client.retry(10**12) is None
+    assert client.retry(2**63) is None
+    assert client.get_job(-(2**63) - 1) is None
 
 
 def test_prune_deletes_old_finished_rows_only(client: Client, db: Any) -> None:
@@ -412,6 +465,15 @@ def test_prune_deletes_old_finished_rows_only(client: Client, db: Any) -> None:
     assert client.prune() == 1  # the recent completed one
     assert client.prune(states=["completed", "failed"]) == 1
     assert sorted(row[0] for row in query(db, "SELECT id FROM jobs")) == [waiting.id]
+
+
+@pytest.mark.parametrize("older_than", [-1, float("nan"), float("inf"), 1e300, "1 hour"])
+def test_prune_refuses_a_bad_age(client: Client, db: Any, older_than: Any) -> None:
+    job = client.enqueue(workers.Record)
+    query(db, "UPDATE jobs SET state = 'completed', finished_at = now() WHERE id = %s", job.id)
+    with pytest.raises(BadOption, match="older_than must be a number of seconds from 0 to"):
+        client.prune(older_than=older_than)
+    assert count_jobs(db) == 1
 
 
 def test_stats_counts_by_worker_queue_and_state(client: Client, db: Any) -> None:

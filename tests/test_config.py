@@ -175,12 +175,15 @@ def test_environment_names_every_option() -> None:
         ("retry_count", "-1"),
         ("retry_count", "1.5"),
         ("retry_count", "three"),
+        ("retry_count", "1000001"),  # max_attempts is a PostgreSQL integer
         ("retry_delay", "-0.5"),
+        ("retry_delay", "1e300"),  # now() + retry_delay must be a timestamp
         ("metrics_port", "70000"),
         ("shutdown_timeout", "-1"),
         ("log_level", "loud"),
         ("fetch_limit", "0"),
         ("fetch_limit", "-5"),
+        ("fetch_limit", "2147483648"),
     ],
 )
 def test_bad_value_names_option_and_value(option: str, value: str) -> None:

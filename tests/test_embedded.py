@@ -209,6 +209,25 @@ def test_a_socket_path_too_long_asks_for_a_shorter_data_dir(data_dir: Path) -> N
         pass
 
 
+def test_a_data_dir_that_is_a_file_asks_for_another(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(EmbeddedUnavailable, match=r"Not a directory.*BACKY_DATA_DIR"), (
+        embedded_server(a_file)
+    ):
+        pass
+
+
+def test_a_data_dir_not_in_utf8_asks_for_another(data_dir: Path) -> None:
+    # A connection string can't hold it: refused before anything is made or started.
+    odd = data_dir / os.fsdecode(b"caf\xe9")
+    with pytest.raises(EmbeddedUnavailable, match=r"not valid UTF-8.*BACKY_DATA_DIR"), (
+        embedded_server(odd)
+    ):
+        pass
+    assert not data_dir.exists()
+
+
 def test_a_failed_start_says_why_and_leaves_nothing_running(data_dir: Path) -> None:
     (data_dir / "pgdata").mkdir(parents=True)  # not a cluster: we must not initdb over it
     with pytest.raises(EmbeddedServerError, match="no PG_VERSION"), embedded_server(data_dir):

@@ -275,6 +275,16 @@ def test_configured_retry_delay_applies_without_the_workers_own() -> None:
     assert error["error"] == "builtins.KeyError"
 
 
+@pytest.mark.parametrize("delay", [1e300, float("inf"), float("nan"), -1.0])
+def test_a_retry_delay_the_table_cant_hold_means_at_once(delay: float) -> None:
+    # now() + 1e300 s would overflow the timestamp: the failure could not be written.
+    settings = Settings(retry_delay=lambda retry: delay)
+    executor, sink, _ = make_executor(settings=settings)
+    run(executor, make_job("boom_default", attempt=1), BoomDefaultDelay)
+    [(_, (_, retry_in))] = sink.outcomes
+    assert retry_in == 0.0
+
+
 def test_default_retry_delay_is_backys() -> None:
     executor, sink, _ = make_executor()
     run(executor, make_job("boom_default", attempt=2), BoomDefaultDelay)

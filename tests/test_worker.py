@@ -84,8 +84,11 @@ def test_perform_must_be_defined() -> None:
         ("max_concurrency", 0),
         ("max_concurrency", 2.5),
         ("retry_count", -1),
+        ("retry_count", 1_000_001),
         ("queue", ""),
         ("priority", "high"),
+        ("priority", 2**31),  # past PostgreSQL's integer: no job of it could be written
+        ("priority", -(2**31) - 1),
     ],
 )
 def test_bad_worker_settings_are_named(attribute: str, value: Any) -> None:

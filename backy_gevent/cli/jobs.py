@@ -46,6 +46,10 @@ def command_enqueue(arguments: argparse.Namespace, settings: Settings) -> int:
         args = json.loads(arguments.args)
     except json.JSONDecodeError as exc:
         raise UsageError(f"args: not valid JSON ({exc})") from None
+    except ValueError as exc:  # a number of more digits than Python converts
+        raise UsageError(f"args: can't be read ({exc})") from None
+    except RecursionError:
+        raise UsageError("args: nested too deeply") from None
     if not isinstance(args, dict):
         raise UsageError("args: must be a JSON object, like '{\"name\": \"x\"}'")
     with _client(settings) as client:

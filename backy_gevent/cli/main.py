@@ -1,7 +1,8 @@
 """``main``: parse, configure, pick the database, run the command, map errors to exits.
 
 Exit statuses: 0 success; 1 a job could not be found or changed, the schema is missing,
-or the database can't be reached; 2 bad input or configuration.
+or the database can't be reached or refuses the command; 2 bad input or configuration.
+Every error is one line (``--log-level debug`` adds a database error's traceback).
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import sys
 from collections.abc import Callable, Sequence
 
 import psycopg2
+import psycopg2.errors
 
 from backy_gevent.cli import bench, catalog, jobs, run
 from backy_gevent.cli.database import database, embedded_connection_limit
 from backy_gevent.cli.parser import build_parser, settings_from
 from backy_gevent.config import Settings
 from backy_gevent.errors import (
+    BadJobArgs,
+    BadOption,
     ConfigError,
     DatabaseUnavailable,
     PluginError,
@@ -55,6 +59,21 @@ def _configure_logging(level: str) -> None:
     )
 
 
+def _on_the_jobs_table(
+    handler: Callable[[argparse.Namespace, Settings], int],
+    arguments: argparse.Namespace,
+    settings: Settings,
+) -> int:
+    """Run a command that uses the database; a jobs table that is not there (``setup``
+    never ran on this database and schema) is ``SchemaMissing``, for every command."""
+    try:
+        return int(handler(arguments, settings))
+    except psycopg2.errors.UndefinedTable:
+        raise SchemaMissing(
+            f"the jobs table {settings.table_name!r} is missing: run `backy-gevent setup`"
+        ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the console script; returns the exit status."""
     parser = build_parser()
@@ -68,14 +87,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(handler(arguments, settings))
         limit = 100 if settings.dsn else embedded_connection_limit(settings, arguments.command)
         with database(settings, environ, max_connections=limit) as ready:
-            return int(handler(arguments, ready))
-    except (ConfigError, UsageError, WorkerError, PluginError) as exc:
+            return _on_the_jobs_table(handler, arguments, ready)
+    except (ConfigError, UsageError, WorkerError, PluginError, BadJobArgs, BadOption) as exc:
         print(f"backy-gevent: error: {exc}", file=sys.stderr)
         return 2
     except (SchemaMissing, DatabaseUnavailable) as exc:
         print(f"backy-gevent: error: {exc}", file=sys.stderr)
         return 1
-    except psycopg2.OperationalError as exc:
-        # A one-shot command that can't reach the database (the runner retries instead).
-        print(f"backy-gevent: error: database: {' '.join(str(exc).split())}", file=sys.stderr)
+    except psycopg2.Error as exc:
+        # A one-shot command whose database can't be reached (the runner retries instead)
+        # or refuses it: read-only (a standby), permission denied, out of disk...
+        log.debug("database error", exc_info=True)
+        print(f"backy-gevent: error: database: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _one_line(exc: psycopg2.Error) -> str:
+    """The server's own message, without its LINE/CONTEXT lines; libpq's for a failed
+    connection, on one line."""
+    primary = getattr(exc.diag, "message_primary", None)
+    return str(primary) if primary else " ".join(str(exc).split())

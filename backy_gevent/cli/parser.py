@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from backy_gevent.config import OPTIONS, Settings, load_settings
+from backy_gevent.job import BIGINT_MAX
 
 #: Options that take a list get a repeatable flag with a singular name.
 _LIST_FLAGS = {
@@ -28,10 +29,53 @@ _RUN_OPTIONS = (
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and exit status 2), like a bad option."""
+    """argparse, but a usage error is one line (and exit status 2), like a bad option,
+    and starts like every other error: ``backy-gevent: error: COMMAND: ...``."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        program, _, command = self.prog.partition(" ")
+        where = f"{command}: " if command else ""
+        self.exit(2, f"{program}: error: {where}{message} (see --help)\n")
+
+
+def _job_id(text: str) -> int:
+    """A job id: a whole number from 1 to the largest bigint (ids start at 1)."""
+    try:
+        job_id = int(text)
+    except ValueError:
+        job_id = 0
+    if not 1 <= job_id <= BIGINT_MAX:
+        raise argparse.ArgumentTypeError(
+            f"a job id is a whole number from 1 to {BIGINT_MAX}, not {text!r}"
+        )
+    return job_id
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def whole_number(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            number = minimum - 1
+        if number < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number of at least {minimum}, not {text!r}"
+            )
+        return number
+
+    return whole_number
+
+
+def _text(text: str) -> str:
+    """Text for the database: the bytes given must be UTF-8 (Python keeps other bytes
+    as lone surrogates, which PostgreSQL can't store)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"not valid UTF-8: {text!r}") from None
+    return text
 
 
 def _add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -62,12 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("plugins", parents=[common], help="list hook plugins")
     commands.add_parser("jobs", parents=[common], help="job counts by worker, queue, state")
     show = commands.add_parser("show", parents=[common], help="one job, with its error history")
-    show.add_argument("job_id", type=int, metavar="JOB_ID")
+    show.add_argument("job_id", type=_job_id, metavar="JOB_ID")
     _add_retry(
         commands.add_parser("retry", parents=[common], help="run failed or cancelled jobs again")
     )
     cancel = commands.add_parser("cancel", parents=[common], help="cancel jobs")
-    cancel.add_argument("ids", nargs="+", type=int, metavar="JOB_ID")
+    cancel.add_argument("ids", nargs="+", type=_job_id, metavar="JOB_ID")
     _add_prune(commands.add_parser("prune", parents=[common], help="delete finished jobs"))
     _add_bench(
         commands.add_parser(
@@ -78,21 +122,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_enqueue(enqueue: argparse.ArgumentParser) -> None:
-    enqueue.add_argument("worker", help="registered worker name")
-    enqueue.add_argument("args", nargs="?", default="{}", help="job args as a JSON object")
-    enqueue.add_argument("--job-queue", dest="job_queue", help="queue (default: the worker's)")
-    enqueue.add_argument("--delay", type=float, help="seconds before it may run")
+    enqueue.add_argument("worker", type=_text, help="registered worker name")
+    enqueue.add_argument("args", nargs="?", type=_text, default="{}",
+                         help="job args as a JSON object")
+    enqueue.add_argument("--job-queue", dest="job_queue", type=_text,
+                         help="queue (default: the worker's)")
+    enqueue.add_argument("--delay", type=float, help="seconds before it may run (0 and up)")
     enqueue.add_argument("--priority", type=int, help="lower runs first")
-    enqueue.add_argument("--unique-key", help="skip if a job with this key waits or runs")
+    enqueue.add_argument("--unique-key", type=_text,
+                         help="skip if a job with this key waits or runs")
 
 
 def _add_retry(retry: argparse.ArgumentParser) -> None:
-    retry.add_argument("ids", nargs="*", type=int, metavar="JOB_ID")
+    retry.add_argument("ids", nargs="*", type=_job_id, metavar="JOB_ID")
     retry.add_argument("--failed", action="store_true", help="every failed job (see filters)")
     retry.add_argument("--worker", dest="only_workers", action="append", default=[],
-                       metavar="NAME", help="with --failed: only this worker's (repeatable)")
+                       type=_text, metavar="NAME",
+                       help="with --failed: only this worker's (repeatable)")
     retry.add_argument("--queue", dest="only_queues", action="append", default=[],
-                       metavar="NAME", help="with --failed: only this queue's (repeatable)")
+                       type=_text, metavar="NAME",
+                       help="with --failed: only this queue's (repeatable)")
 
 
 def _add_prune(prune: argparse.ArgumentParser) -> None:
@@ -102,11 +151,12 @@ def _add_prune(prune: argparse.ArgumentParser) -> None:
 
 
 def _add_bench(bench: argparse.ArgumentParser) -> None:
-    bench.add_argument("--jobs", type=int, default=20000, help="no-op jobs to run")
-    bench.add_argument("--runners", type=int, default=1, help="runner processes")
-    bench.add_argument("--pgbench-clients", type=int, default=4,
+    # No runner would wait for the jobs forever; pgbench -c 0 fails.
+    bench.add_argument("--jobs", type=_at_least(1), default=20000, help="no-op jobs to run")
+    bench.add_argument("--runners", type=_at_least(1), default=1, help="runner processes")
+    bench.add_argument("--pgbench-clients", type=_at_least(1), default=4,
                        help="pgbench -c, and the number of one-by-one enqueuers")
-    bench.add_argument("--single-jobs", type=int, default=5000,
+    bench.add_argument("--single-jobs", type=_at_least(0), default=5000,
                        help="jobs enqueued one per transaction while the runners work")
 
 

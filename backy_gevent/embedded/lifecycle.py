@@ -87,7 +87,8 @@ def _join(data_dir: Path, max_connections: int) -> tuple[Layout, int, str]:
     try:
         pg.make_data_dir(layout)
         start_lock = lock(layout, "start", fcntl.LOCK_EX)
-    except PermissionError as exc:  # e.g. a data directory made by another user, or by root
+    # A data directory made by another user or by root, a file, a read-only file system...
+    except OSError as exc:
         raise EmbeddedUnavailable(
             f"cannot use {layout.data_dir} for the embedded PostgreSQL server ({exc}); set "
             "BACKY_DATA_DIR to a directory of your own, or set --dsn or BACKY_DSN"

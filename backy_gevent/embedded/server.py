@@ -126,6 +126,13 @@ def make_data_dir(layout: Layout) -> None:
     data directory, 0755 for parents); as a normal user the data directory is 0700.
     """
     path = layout.data_dir
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, kept as lone surrogates
+        raise EmbeddedUnavailable(
+            f"the data directory path {str(path)!r} is not valid UTF-8, which connection"
+            " strings need; set BACKY_DATA_DIR to another path, or set --dsn or BACKY_DSN"
+        ) from None
     socket = layout.run_dir / f".s.PGSQL.{PORT}"
     if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
         raise EmbeddedUnavailable(

@@ -24,7 +24,7 @@ from gevent import getcurrent
 
 from backy_gevent.config import Settings
 from backy_gevent.hooks import Hooks
-from backy_gevent.job import Job, JobTimeout
+from backy_gevent.job import MAX_SECONDS, Job, JobTimeout
 from backy_gevent.runner.attempt import (
     HANDED_BACK,
     Deadline,
@@ -249,9 +249,10 @@ class Executor:
 
 
 def _is_delay(value: Any) -> bool:
+    # Past MAX_SECONDS, now() + delay could overflow the timestamp and the outcome could
+    # not be written.
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
-        and value >= 0
-        and value != float("inf")
+        and 0 <= value <= MAX_SECONDS
     )

@@ -4,6 +4,7 @@ configuration precedence, ``python -m backy_gevent``, and gevent patched first."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -32,11 +33,18 @@ def table_exists(db: Any, name: str = "jobs") -> bool:
     return query(db, "SELECT to_regclass(%s)", name)[0][0] is not None
 
 
-def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+#: A command-line argument holding a byte that is not UTF-8, as Python sees it.
+NOT_UTF8 = os.fsdecode(b"caf\xe9")
+
+
+def one_error_line(done: subprocess.CompletedProcess[str], status: int = 2) -> str:
+    """The one line a refused command printed, having checked its exit status."""
+    assert done.returncode == status, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("backy-gevent: error: ")
+    assert done.stdout == ""
     return lines[0]
 
 
@@ -58,6 +66,14 @@ def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
         (["run", "--metrics-port", "70000"], {}, "metrics_port", "70000"),
         (["run", "--shutdown-timeout", "-1"], {}, "shutdown_timeout", "-1"),
         (["setup", "--log-level", "chatty"], {}, "log_level", "chatty"),
+        # Past what PostgreSQL's columns hold: the runner could not write the outcome.
+        (["enqueue", "record", "--retry-count", "99999999999"], {}, "retry_count",
+         "99999999999"),
+        (["run", "--fetch-limit", "99999999999"], {}, "fetch_limit", "99999999999"),
+        (["run", "--retry-delay", "1e300"], {}, "retry_delay", "1e300"),
+        # Bytes that are not UTF-8 (Python keeps them as lone surrogates):
+        (["run", "--queue", NOT_UTF8], {}, "queues", NOT_UTF8),
+        (["run"], {"BACKY_WORKERS": NOT_UTF8}, "workers", NOT_UTF8),
     ],
 )
 def test_bad_value_is_one_line_and_exit_2(
@@ -84,6 +100,29 @@ def test_run_before_setup_says_what_to_do(dsn: str) -> None:
     done = cli(dsn, "run", "--metrics-port", "0")
     assert done.returncode == 1
     assert "backy-gevent setup" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["jobs"],
+        ["show", "1"],
+        ["cancel", "1"],
+        ["retry", "1"],
+        ["retry", "--failed"],
+        ["prune"],
+        ["enqueue", "record", "{}"],
+    ],
+)
+def test_a_command_before_setup_says_what_to_do(dsn: str, db: Any, command: list[str]) -> None:
+    line = one_error_line(cli(dsn, *command), status=1)
+    assert line == "backy-gevent: error: the jobs table 'jobs' is missing: run `backy-gevent setup`"
+    assert not table_exists(db)
+
+
+def test_a_missing_table_is_named_as_configured(dsn: str, db: Any, client: Client) -> None:
+    line = one_error_line(cli(dsn, "jobs", "--table-name", "other_jobs"), status=1)
+    assert "the jobs table 'other_jobs' is missing" in line
 
 
 # -- workers and registration ---------------------------------------------------------
@@ -196,7 +235,137 @@ def test_enqueue_bad_input_exits_2_and_writes_nothing(
     assert count_jobs(db) == 0
 
 
+NOT_JSON = "job arg 'a' can't be stored as JSON: "
+NO_NAN = "it holds {}, and JSON has no NaN or infinity (1e999 reads as inf)"
+NO_NUL = "it holds a NUL character (\\u0000), which PostgreSQL can't store"
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        ('{"a": NaN}', NOT_JSON + NO_NAN.format("nan")),
+        ('{"a": Infinity}', NOT_JSON + NO_NAN.format("inf")),
+        ('{"a": -Infinity}', NOT_JSON + NO_NAN.format("-inf")),
+        ('{"a": 1e999}', NOT_JSON + NO_NAN.format("inf")),
+        ('{"a": [1, {"b": 1e999}]}', NOT_JSON + NO_NAN.format("inf")),
+        ('{"a": "x\\u0000y"}', NOT_JSON + NO_NUL),
+        ('{"a": {"b\\u0000": 1}}', NOT_JSON + NO_NUL),
+        ('{"a\\u0000": 1}', "job arg 'a\\x00' can't be stored as JSON: " + NO_NUL),
+        ('{"a": "\\ud800"}',
+         NOT_JSON + "it holds '\\ud800', a lone surrogate, which is not valid Unicode"),
+        pytest.param('{"a": ' + "[" * 5000 + "]" * 5000 + "}", "args: nested too deeply",
+                     id="nested-5000-deep"),
+        pytest.param('{"a": ' + "9" * 5000 + "}",
+                     "args: can't be read (Exceeds the limit (4300 digits) for integer string"
+                     " conversion: value has 5000 digits; use sys.set_int_max_str_digits() to"
+                     " increase the limit)",
+                     id="5000-digits"),
+    ],
+)
+def test_enqueue_args_jsonb_cant_hold_are_one_line_naming_the_key(
+    dsn: str, db: Any, client: Client, args: str, line: str
+) -> None:
+    done = cli(dsn, "enqueue", "record", args)
+    assert one_error_line(done) == f"backy-gevent: error: {line}"
+    assert count_jobs(db) == 0
+
+
+def test_enqueue_args_jsonb_can_hold_are_kept(dsn: str, db: Any, client: Client) -> None:
+    args = {"emoji": "\U0001f600", "backslash": "\\u0000", "text": "x" * 100_000}
+    done = cli(dsn, "enqueue", "record", json.dumps(args))
+    assert done.returncode == 0, done.stderr
+    assert query(db, "SELECT args FROM jobs") == [(args,)]
+
+
+@pytest.mark.parametrize(
+    ("options", "line"),
+    [
+        (["--priority", "99999999999"],
+         "priority must be an integer from -2147483648 to 2147483647, not 99999999999"),
+        (["--priority", "-2147483649"],
+         "priority must be an integer from -2147483648 to 2147483647, not -2147483649"),
+        (["--delay", "nan"], "delay must be a number of seconds from 0 to 10000000000, not nan"),
+        (["--delay", "inf"], "delay must be a number of seconds from 0 to 10000000000, not inf"),
+        (["--delay=-inf"], "delay must be a number of seconds from 0 to 10000000000, not -inf"),
+        (["--delay", "-5"], "delay must be a number of seconds from 0 to 10000000000, not -5.0"),
+        # Past the year 9999: the row would be written and then be unreadable.
+        (["--delay", "1e12"],
+         "delay must be a number of seconds from 0 to 10000000000, not 1000000000000.0"),
+        (["--job-queue", ""], "queue must be a non-empty string, not ''"),
+        pytest.param(["--job-queue", "q" * 501], "queue must be at most 500 characters, not 501",
+                     id="long-queue"),
+        pytest.param(["--unique-key", "k" * 501],
+                     "unique_key must be at most 500 characters, not 501", id="long-key"),
+    ],
+)
+def test_enqueue_bad_option_is_one_line_and_writes_nothing(
+    dsn: str, db: Any, client: Client, options: list[str], line: str
+) -> None:
+    done = cli(dsn, "enqueue", "record", "{}", *options)
+    assert one_error_line(done) == f"backy-gevent: error: {line}"
+    assert count_jobs(db) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["record", "{}", "--job-queue", NOT_UTF8],
+         "enqueue: argument --job-queue: not valid UTF-8: 'caf\\udce9'"),
+        (["record", "{}", "--unique-key", NOT_UTF8],
+         "enqueue: argument --unique-key: not valid UTF-8: 'caf\\udce9'"),
+        (["record", '{"a": "' + NOT_UTF8 + '"}'],
+         "enqueue: argument args: not valid UTF-8: '{\"a\": \"caf\\udce9\"}'"),
+        ([NOT_UTF8, "{}"], "enqueue: argument worker: not valid UTF-8: 'caf\\udce9'"),
+        (["record", "{}", "--delay", "-inf"], "enqueue: argument --delay: expected one argument"),
+        (["record", "{}", "--priority", "1.5"],
+         "enqueue: argument --priority: invalid int value: '1.5'"),
+        (["", "{}"], "unknown worker '' (registered: "),
+    ],
+)
+def test_enqueue_bad_command_line_is_one_line(
+    dsn: str, db: Any, client: Client, args: list[str], line: str
+) -> None:
+    done = cli(dsn, "enqueue", *args)
+    assert one_error_line(done).startswith(f"backy-gevent: error: {line}")
+    assert count_jobs(db) == 0
+
+
 # -- jobs, retry, cancel, prune ------------------------------------------------------------
+
+
+BAD_ID = "argument JOB_ID: a job id is a whole number from 1 to 9223372036854775807, not {!r}"
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["show", "99999999999999999999"], "show: " + BAD_ID.format("99999999999999999999")),
+        (["cancel", "1", "2", "99999999999999999999"],
+         "cancel: " + BAD_ID.format("99999999999999999999")),
+        (["retry", "99999999999999999999"], "retry: " + BAD_ID.format("99999999999999999999")),
+        (["show", "-1"], "show: " + BAD_ID.format("-1")),
+        (["cancel", "-5"], "cancel: " + BAD_ID.format("-5")),
+        (["retry", "0"], "retry: " + BAD_ID.format("0")),
+        (["show", "abc"], "show: " + BAD_ID.format("abc")),
+        (["cancel"], "cancel: the following arguments are required: JOB_ID"),
+        (["retry"], "retry: give job ids, or --failed for every failed job"),
+        (["retry", "--failed", "--queue", NOT_UTF8],
+         "retry: argument --queue: not valid UTF-8: 'caf\\udce9'"),
+        (["retry", "--failed", "--worker", NOT_UTF8],
+         "retry: argument --worker: not valid UTF-8: 'caf\\udce9'"),
+    ],
+)
+def test_bad_job_ids_and_filters_are_one_line_and_change_nothing(
+    dsn: str, db: Any, client: Client, args: list[str], line: str
+) -> None:
+    jobs = client.enqueue_many(workers.Record, [{"n": 1}, {"n": 2}])
+    query(db, "UPDATE jobs SET state = 'failed' WHERE id = %s", jobs[1].id)
+    done = cli(dsn, *args)
+    suffix = "" if line.startswith("retry: give") else " (see --help)"
+    assert one_error_line(done) == f"backy-gevent: error: {line}{suffix}"
+    assert query(db, "SELECT state FROM jobs ORDER BY id") == [("available",), ("failed",)]
+
+
 
 
 def test_jobs_shows_counts_and_oldest_wait(dsn: str, db: Any, client: Client) -> None:
@@ -289,6 +458,18 @@ def test_prune_from_the_cli(dsn: str, db: Any, client: Client) -> None:
     assert query(db, "SELECT id FROM jobs") == [(ids[4],)]  # the waiting one stays
 
 
+@pytest.mark.parametrize("age", ["-5", "nan", "inf", "1e300"])
+def test_prune_refuses_a_bad_age(dsn: str, db: Any, client: Client, age: str) -> None:
+    job = client.enqueue(workers.Record)
+    query(db, "UPDATE jobs SET state = 'completed', finished_at = now() WHERE id = %s", job.id)
+    done = cli(dsn, "prune", f"--older-than={age}")
+    assert one_error_line(done) == (
+        "backy-gevent: error: older_than must be a number of seconds from 0 to 10000000000,"
+        f" not {float(age)!r}"
+    )
+    assert count_jobs(db) == 1
+
+
 def test_prune_what_a_runner_kept(
     dsn: str, db: Any, client: Client, runner: Callable[..., RunnerProcess]
 ) -> None:
@@ -300,6 +481,40 @@ def test_prune_what_a_runner_kept(
     )
     assert cli(dsn, "prune").stdout.strip() == "deleted 3 jobs"
     assert count_jobs(db) == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "minimum"),
+    [("--runners", "0", 1), ("--jobs", "-1", 1), ("--pgbench-clients", "0", 1),
+     ("--single-jobs", "-1", 0)],
+)
+def test_bench_counts_are_checked_before_anything_starts(
+    option: str, value: str, minimum: int
+) -> None:
+    # No runner would wait for the jobs forever; refused by the parser, so the database
+    # (here one that does not answer) is never reached.
+    done = cli("postgresql://root@127.0.0.1:1/none", "bench", option, value)
+    assert one_error_line(done) == (
+        f"backy-gevent: error: bench: argument {option}: must be a whole number of at least"
+        f" {minimum}, not {value!r} (see --help)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data_dir", "problem"),
+    [("/dev/null", "cannot use /dev/null for the embedded PostgreSQL server ([Errno 20] Not a"
+                   " directory: '/dev/null/start.lock')"),
+     (os.fsdecode(b"/tmp/caf\xe9"), "the data directory path '/tmp/caf\\udce9' is not valid"
+                                    " UTF-8, which connection strings need")],
+)
+def test_an_unusable_embedded_data_dir_is_one_line(data_dir: str, problem: str) -> None:
+    # No DSN anywhere: the embedded server, refused before anything is made or started.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKY_", "PG"))}
+    env.update(PYTHONPATH=str(ROOT), BACKY_DATA_DIR=data_dir)
+    line = one_error_line(run_cli("jobs", dsn="", env=env))
+    assert line.startswith(f"backy-gevent: error: {problem}")
+    assert line.endswith("or set --dsn or BACKY_DSN")
+    assert not os.path.exists(os.fsencode(data_dir)) or data_dir == "/dev/null"
 
 
 # -- how the script starts -----------------------------------------------------------------
@@ -377,6 +592,23 @@ def test_an_unreachable_database_is_one_line_and_exit_1(dsn: str) -> None:
         assert done.returncode == 1, (command, done.stderr)
         assert done.stderr.startswith("backy-gevent: error: database:"), done.stderr
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_a_database_that_refuses_a_command_is_one_line_and_exit_1(
+    dsn: str, db: Any, client: Client
+) -> None:
+    # As a standby, a revoked grant or a full disk would: the server refuses the write.
+    query(db, "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+              " $$BEGIN RAISE EXCEPTION 'writes are refused here'; END$$")
+    query(db, "CREATE TRIGGER refuse BEFORE INSERT ON jobs EXECUTE FUNCTION refuse()")
+    done = cli(dsn, "enqueue", "record", "{}")
+    assert one_error_line(done, status=1) == (
+        "backy-gevent: error: database: writes are refused here"
+    )
+    assert count_jobs(db) == 0
+    debug = cli(dsn, "enqueue", "record", "{}", "--log-level", "debug")
+    assert "Traceback" in debug.stderr  # asked for
+    assert debug.stderr.splitlines()[-1] == "backy-gevent: error: database: writes are refused here"
 
 
 def test_retry_failed_in_bulk_with_filters(dsn: str, db: Any, client: Client) -> None:

@@ -255,8 +255,9 @@ def test_notify_wakes_the_runner_at_commit_not_the_poll(
 def test_queue_and_worker_restrictions(runner: Runner, client: Client, db: Any) -> None:
     runner(*FAST, "--queue", "mail", "--worker", "record", "--worker", "fail")
     # Due first, but on a queue or of a worker this runner does not serve:
-    other_queue = client.enqueue(workers.Record, delay=-60)
-    other_worker = client.enqueue(workers.Limited, queue="mail", delay=-60)
+    earlier = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=60)
+    other_queue = client.enqueue(workers.Record, run_at=earlier)
+    other_worker = client.enqueue(workers.Limited, queue="mail", run_at=earlier)
     served = client.enqueue(workers.Record, queue="mail")
     wait_until(lambda: runs(db, served.id), timeout=10, what="the mail job to run")
     assert runs(db, other_queue.id) == runs(db, other_worker.id) == []
