@@ -1,0 +1,98 @@
+"""Fixtures of the fault suite: a private cluster per test, a proxy in front of it, and
+real runners pointed at either.
+
+``private_cluster`` is in tests/conftest.py's ``DATABASE_FIXTURES``, so these tests are
+marked ``db`` and stay out of the fast tier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from backy_gevent.client import Client
+from backy_gevent.config import Settings
+from backy_gevent.worker import Registry
+from tests import workers
+from tests.conftest import RunnerProcess, cli_env
+from tests.faults.cluster import ClusterTemplate, PrivateCluster, server_binaries
+from tests.faults.proxy import TcpProxy
+
+#: ``runner_on(dsn, *args, record_dsn=None, env=None, wait=True)``
+RunnerOn = Callable[..., RunnerProcess]
+
+
+@pytest.fixture(scope="session")
+def cluster_template() -> Iterator[ClusterTemplate]:
+    """One initdb per session; every private cluster starts as a copy of it."""
+    bin_dir = server_binaries()
+    if bin_dir is None:
+        pytest.skip("the fault suite needs PostgreSQL's server binaries in"
+                    " /usr/lib/postgresql/<version>/bin (Debian's postgresql package)")
+    template = ClusterTemplate(bin_dir)
+    yield template
+    template.remove()
+
+
+def make_client(dsn: str) -> Client:
+    """A client of ``dsn`` that knows the test workers (the caller closes it)."""
+    return Client(Settings(dsn=dsn), registry=Registry.from_classes(*workers.ALL))
+
+
+@pytest.fixture
+def private_cluster(cluster_template: ClusterTemplate, tmp_path: Path) -> Iterator[PrivateCluster]:
+    """A running cluster of this test's own, with the jobs table and ``runs``. Its
+    server log is kept as ``server.log`` in the test's tmp_path."""
+    cluster = PrivateCluster(cluster_template)
+    try:
+        cluster.start()
+        with make_client(cluster.dsn) as client:
+            client.setup()
+        cluster.execute(workers.RUNS_TABLE)
+        yield cluster
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.copy(cluster.log_path, tmp_path / "server.log")
+        cluster.close()
+
+
+@pytest.fixture
+def proxy(private_cluster: PrivateCluster) -> Iterator[TcpProxy]:
+    """A TCP proxy to the private cluster; ``proxy.dsn_for(private_cluster.dsn)``."""
+    with TcpProxy(private_cluster.port) as tcp_proxy:
+        yield tcp_proxy
+
+
+@pytest.fixture
+def runner_on(private_cluster: PrivateCluster, tmp_path: Path) -> Iterator[RunnerOn]:
+    """Start real runners on a DSN (the cluster's, or the proxy's):
+    ``runner_on(dsn, "--poll-interval", "0.2")``. Workers record their runs straight
+    into the cluster (``record_dsn`` to change that), so a fault between the runner and
+    its database does not also hit the bookkeeping. Every runner is killed at the end."""
+    started: list[RunnerProcess] = []
+
+    def start(
+        dsn: str,
+        *args: str,
+        record_dsn: str | None = None,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> RunnerProcess:
+        environment = env or cli_env(
+            dsn, BACKY_TEST_RECORD_DSN=record_dsn or private_cluster.dsn
+        )
+        process = RunnerProcess(
+            dsn, list(args), tmp_path / f"runner-{len(started)}.log", environment
+        )
+        started.append(process)
+        if wait:
+            process.wait_started()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

@@ -1,0 +1,174 @@
+"""The fault suite's own tools do what the scenarios rely on: the proxy forwards, stalls,
+holds and cuts real PostgreSQL connections without losing a byte, and a private cluster
+restarts, terminates backends and limits connections on demand."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+
+from tests.conftest import wait_until
+from tests.faults.cluster import PrivateCluster
+from tests.faults.proxy import TcpProxy
+
+#: How long a query must stay unanswered to count as held: the proxy forwards within
+#: milliseconds, so half a second without an answer is not a slow machine.
+HELD = 0.5
+
+
+@pytest.fixture
+def threads() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        yield pool
+
+
+def connect(dsn: str, **kwargs: Any) -> Any:
+    conn = psycopg2.connect(dsn, connect_timeout=10, **kwargs)
+    conn.autocommit = True
+    return conn
+
+
+def one(conn: Any, sql: str, *params: Any) -> Any:
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchone()[0]
+
+
+def still_waiting(future: concurrent.futures.Future[Any]) -> bool:
+    """True if ``future`` has no result after ``HELD`` seconds."""
+    done, _ = concurrent.futures.wait([future], timeout=HELD)
+    return not done
+
+
+def test_the_proxy_forwards_queries_and_big_results_intact(
+    private_cluster: PrivateCluster, proxy: TcpProxy
+) -> None:
+    with contextlib.closing(connect(proxy.dsn_for(private_cluster.dsn))) as conn:
+        assert one(conn, "SELECT 6 * 7") == 42
+        # Larger than the proxy's buffer limit: back-pressure, not loss.
+        big = one(conn, "SELECT string_agg(md5(i::text), '') FROM generate_series(1, 200000) i")
+        assert len(big) == 32 * 200000
+        assert big == one(conn, "SELECT string_agg(md5(i::text), '') FROM"
+                                " generate_series(1, 200000) i")
+        assert one(conn, "SELECT length(%s)", big) == len(big)  # and the other way
+        assert one(conn, "SELECT inet_server_port()") == private_cluster.port
+    stats = proxy.stats()
+    assert stats.accepted == 1
+    wait_until(lambda: proxy.stats().open == 0, 5, what="the proxy to see the connection end")
+
+
+def test_a_stall_holds_queries_and_new_connections_until_resume(
+    private_cluster: PrivateCluster, proxy: TcpProxy, threads: concurrent.futures.Executor
+) -> None:
+    dsn = proxy.dsn_for(private_cluster.dsn)
+    with contextlib.closing(connect(dsn)) as conn:
+        assert one(conn, "SELECT 1") == 1
+        proxy.stall()
+        answer = threads.submit(one, conn, "SELECT 'after the stall'")
+        opening = threads.submit(connect, dsn)
+        assert still_waiting(answer)
+        assert still_waiting(opening)
+        assert proxy.stats().open == 2  # the new connection is accepted, not refused
+        proxy.resume()
+        assert answer.result(10) == "after the stall"
+        with contextlib.closing(opening.result(10)) as late:
+            assert one(late, "SELECT 2") == 2
+
+
+def test_hold_replies_forwards_the_request_and_delays_only_the_reply(
+    private_cluster: PrivateCluster, proxy: TcpProxy, threads: concurrent.futures.Executor
+) -> None:
+    private_cluster.execute("CREATE TABLE marks (n int)")
+    with contextlib.closing(connect(proxy.dsn_for(private_cluster.dsn))) as conn:
+        proxy.hold_replies()
+        answer = threads.submit(one, conn, "INSERT INTO marks VALUES (1) RETURNING n + 1")
+        # The server got the statement and ran it (autocommit: the row is visible)...
+        wait_until(lambda: private_cluster.execute("SELECT n FROM marks") == [(1,)], 5,
+                   what="the insert to reach the server")
+        # ...but its reply has not come back.
+        assert still_waiting(answer)
+        proxy.resume()
+        assert answer.result(10) == 2
+        assert one(conn, "SELECT count(*) FROM marks") == 1
+
+
+def test_a_cut_resets_connections_and_refuses_new_ones_until_restore(
+    private_cluster: PrivateCluster, proxy: TcpProxy
+) -> None:
+    dsn = proxy.dsn_for(private_cluster.dsn)
+    conn = connect(dsn, application_name="cut-me")
+    try:
+        assert one(conn, "SELECT 1") == 1
+        assert proxy.cut() == 1
+        with pytest.raises(psycopg2.OperationalError):
+            one(conn, "SELECT 1")
+        with pytest.raises(psycopg2.OperationalError):
+            connect(dsn)
+        # The server saw the reset too: its backend ends.
+        wait_until(
+            lambda: not private_cluster.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'cut-me'"),
+            10, what="the cut connection's backend to end",
+        )
+        stats = proxy.stats()
+        assert (stats.cut, stats.refused, stats.open) == (1, 1, 0)
+        proxy.restore()
+        with contextlib.closing(connect(dsn)) as again:
+            assert one(again, "SELECT 3") == 3
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_the_cluster_restarts_and_answers_on_the_same_port(
+    private_cluster: PrivateCluster, mode: str
+) -> None:
+    private_cluster.execute("CREATE TABLE kept (n int)")
+    private_cluster.execute("INSERT INTO kept SELECT generate_series(1, 100)")
+    dsn = private_cluster.dsn
+    with contextlib.closing(connect(dsn)) as before:
+        private_cluster.restart(mode)
+        with pytest.raises(psycopg2.OperationalError):
+            one(before, "SELECT 1")
+    assert private_cluster.dsn == dsn
+    # Every commit survives, an immediate (crash-like) stop included.
+    assert private_cluster.execute("SELECT count(*) FROM kept") == [(100,)]
+
+
+def test_terminate_backends_ends_the_other_sessions_by_application_name(
+    private_cluster: PrivateCluster,
+) -> None:
+    runners = [connect(private_cluster.dsn, application_name=f"backy-gevent r{n}")
+               for n in range(3)]
+    bystander = connect(private_cluster.dsn, application_name="bystander")
+    try:
+        assert private_cluster.terminate_backends("backy-gevent ") == 3
+        for conn in runners:
+            with pytest.raises(psycopg2.OperationalError):
+                one(conn, "SELECT 1")
+        assert one(bystander, "SELECT 1") == 1
+        assert private_cluster.terminate_backends() == 1
+        with pytest.raises(psycopg2.OperationalError):
+            one(bystander, "SELECT 1")
+    finally:
+        for conn in [*runners, bystander]:
+            conn.close()
+
+
+def test_set_max_connections_limits_sessions(private_cluster: PrivateCluster) -> None:
+    private_cluster.set_max_connections(5)
+    assert private_cluster.execute("SHOW max_connections") == [("5",)]
+    held = []
+    try:
+        with pytest.raises(psycopg2.OperationalError, match="too many clients"):
+            for _ in range(10):
+                held.append(connect(private_cluster.dsn))
+        assert len(held) == 5
+    finally:
+        for conn in held:
+            conn.close()
