@@ -53,6 +53,7 @@ def private_cluster(cluster_template: ClusterTemplate, tmp_path: Path) -> Iterat
         with make_client(cluster.dsn) as client:
             client.setup()
         cluster.execute(workers.RUNS_TABLE)
+        cluster.execute(workers.STEADY_RUNS_COLUMNS)
         yield cluster
     finally:
         with contextlib.suppress(OSError):
