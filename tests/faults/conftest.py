@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +21,6 @@ from tests import workers
 from tests.conftest import RunnerProcess, cli_env
 from tests.faults.cluster import ClusterTemplate, PrivateCluster, server_binaries
 from tests.faults.proxy import TcpProxy
-
-#: ``runner_on(dsn, *args, record_dsn=None, env=None, wait=True)``
-RunnerOn = Callable[..., RunnerProcess]
 
 
 @pytest.fixture(scope="session")
@@ -68,32 +65,44 @@ def proxy(private_cluster: PrivateCluster) -> Iterator[TcpProxy]:
         yield tcp_proxy
 
 
-@pytest.fixture
-def runner_on(private_cluster: PrivateCluster, tmp_path: Path) -> Iterator[RunnerOn]:
-    """Start real runners on a DSN (the cluster's, or the proxy's):
+class RunnerOn:
+    """Starts real runners on a DSN (the cluster's, or the proxy's):
     ``runner_on(dsn, "--poll-interval", "0.2")``. Workers record their runs straight
-    into the cluster (``record_dsn`` to change that), so a fault between the runner and
-    its database does not also hit the bookkeeping. Every runner is killed at the end."""
-    started: list[RunnerProcess] = []
+    into the cluster (``record_dsn`` to change that), so a fault between a runner and
+    its database does not also hit the bookkeeping. ``started`` lists every runner."""
 
-    def start(
+    def __init__(self, cluster: PrivateCluster, log_dir: Path) -> None:
+        self.cluster = cluster
+        self.log_dir = log_dir
+        self.started: list[RunnerProcess] = []
+
+    def __call__(
+        self,
         dsn: str,
         *args: str,
         record_dsn: str | None = None,
         env: dict[str, str] | None = None,
         wait: bool = True,
     ) -> RunnerProcess:
-        environment = env or cli_env(
-            dsn, BACKY_TEST_RECORD_DSN=record_dsn or private_cluster.dsn
-        )
+        environment = env or cli_env(dsn, BACKY_TEST_RECORD_DSN=record_dsn or self.cluster.dsn)
         process = RunnerProcess(
-            dsn, list(args), tmp_path / f"runner-{len(started)}.log", environment
+            dsn, list(args), self.log_dir / f"runner-{len(self.started)}.log", environment
         )
-        started.append(process)
+        self.started.append(process)
         if wait:
             process.wait_started()
         return process
 
-    yield start
-    for process in started:
+    def assert_no_tracebacks(self) -> None:
+        """No runner logged an unexpected exception (a fault is a logged warning)."""
+        for process in self.started:
+            assert "Traceback" not in process.output, process.output
+
+
+@pytest.fixture
+def runner_on(private_cluster: PrivateCluster, tmp_path: Path) -> Iterator[RunnerOn]:
+    """A ``RunnerOn``; every runner it started is killed at the end."""
+    factory = RunnerOn(private_cluster, tmp_path)
+    yield factory
+    for process in factory.started:
         process.stop()

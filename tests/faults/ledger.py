@@ -8,8 +8,9 @@ finished job is deleted, or ``completed`` when finished rows are kept).
 Delivery is at least once: a job may run again when an earlier attempt was cut short by
 the fault (its runner was killed, or lost the database before its outcome was written).
 The scenario says which attempts the fault could have cut short with an ``Excuse``: the
-pids it killed (``killed``), or the windows in which the database was away
-(``overlapping``). Any other repeat is a defect and fails the check.
+runner processes it killed and when (``killed``), or the windows in which the database
+was away (``outage``). Any other repeat is a defect and fails the check: an outcome
+the runner should have kept and written was lost, or a job was claimed twice.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import psycopg2
@@ -39,20 +40,48 @@ Excuse = Callable[[Run], bool]
 Window = tuple[datetime.datetime, datetime.datetime]
 
 
-def killed(pids: Collection[int]) -> Excuse:
-    """Runs of the runner processes that were killed."""
-    return lambda run: run.pid in pids
-
-
-def overlapping(windows: Iterable[Window], slack: float = 2.0) -> Excuse:
-    """Runs that were going on (give or take ``slack`` seconds: an outcome is written a
-    moment after its run ends) while the database was away."""
+def killed(kills: Mapping[int, datetime.datetime], slack: float = 1.0) -> Excuse:
+    """Runs of the runner processes killed (pid -> when) that the kill cut short: under
+    way at the kill, or finished so shortly before it (``slack`` seconds) that their
+    outcome may not have been written yet (it is written a moment after the run)."""
     margin = datetime.timedelta(seconds=slack)
-    spans = [(start - margin, end + margin) for start, end in windows]
 
     def excused(run: Run) -> bool:
-        ended = run.finished_at or datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
-        return any(run.started_at <= end and ended >= start for start, end in spans)
+        at = kills.get(run.pid)
+        return at is not None and (run.finished_at is None or run.finished_at >= at - margin)
+
+    return excused
+
+
+def outage(windows: Iterable[Window], lease: float, slack: float = 1.0) -> Excuse:
+    """Runs that the database being away (the ``windows``) could cut short.
+
+    - A run that never finished and was under way during a window: the worker's
+      attempt failed with the database, or timed out waiting for it.
+    - A run that finished, but whose outcome could not be written before its ``lease``
+      (max_runtime + requeue_delay) ran out and the job was rescued. The runner keeps
+      such an outcome and retries with doubling pauses, so it writes it at the latest
+      about as long after the database is back as it had been away (at most 5 s), plus
+      ``slack``; the lease must have run out before that, and the run must have finished
+      no earlier than ``slack`` before the window.
+
+    Any other repeat means an outcome was lost or a job was claimed twice.
+    """
+    margin, lease_span = datetime.timedelta(seconds=slack), datetime.timedelta(seconds=lease)
+    spans = []
+    for start, end in windows:
+        backoff = min(end - start, datetime.timedelta(seconds=5))
+        spans.append((start - margin, end + backoff + margin))
+
+    def excused(run: Run) -> bool:
+        for start, end in spans:
+            if run.started_at > end or run.started_at + lease_span < start:
+                continue
+            if run.finished_at is None:
+                return True
+            if run.finished_at >= start and run.started_at + lease_span <= end:
+                return True
+        return False
 
     return excused
 

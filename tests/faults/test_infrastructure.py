@@ -1,11 +1,13 @@
 """The fault suite's own tools do what the scenarios rely on: the proxy forwards, stalls,
 holds and cuts real PostgreSQL connections without losing a byte, and a private cluster
-restarts, terminates backends and limits connections on demand."""
+restarts, terminates backends and limits connections on demand; the ledger catches a
+lost job and a repeat no fault excuses."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import datetime
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +15,7 @@ import psycopg2
 import pytest
 
 from tests.conftest import wait_until
+from tests.faults import ledger
 from tests.faults.cluster import PrivateCluster
 from tests.faults.proxy import TcpProxy
 
@@ -172,3 +175,68 @@ def test_set_max_connections_limits_sessions(private_cluster: PrivateCluster) ->
     finally:
         for conn in held:
             conn.close()
+
+
+# -- the ledger -------------------------------------------------------------------------
+
+T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def at(seconds: float) -> datetime.datetime:
+    return T0 + datetime.timedelta(seconds=seconds)
+
+
+def run(pid: int, start: float, end: float | None) -> ledger.Run:
+    return ledger.Run(1, 1, pid, at(start), None if end is None else at(end))
+
+
+def test_a_kill_excuses_only_the_runs_it_cut_short() -> None:
+    excused = ledger.killed({7: at(10)})
+    assert excused(run(7, 9.5, None))  # under way at the kill
+    assert excused(run(7, 9.5, 9.8))  # finished, outcome maybe not yet written
+    assert not excused(run(7, 2, 3))  # finished long before: its outcome was written
+    assert not excused(run(8, 9.5, None))  # another runner, alive
+
+
+def test_an_outage_excuses_only_the_runs_it_cut_short() -> None:
+    lease = 2.0
+    excused = ledger.outage([(at(10), at(10.5))], lease)
+    assert excused(run(1, 9.8, None))  # failed with the database
+    assert excused(run(1, 9.0, 10.2))  # finished while away; lease ran out at 11
+    assert not excused(run(1, 10.3, 10.4))  # lease until 12.3: the outcome was kept
+    assert not excused(run(1, 2, 3))  # long before
+    assert not excused(run(1, 20, None))  # long after
+
+
+def test_the_ledger_finds_lost_jobs_and_unexcused_repeats(
+    private_cluster: PrivateCluster,
+) -> None:
+    def job(state: str) -> int:
+        [(job_id,)] = private_cluster.execute(
+            "INSERT INTO jobs (worker, state) VALUES ('steady', %s) RETURNING id", state)
+        return int(job_id)
+
+    def ran(job_id: int, attempt: int, pid: int, start: float, end: float | None) -> None:
+        private_cluster.execute(
+            "INSERT INTO runs (job_id, attempt, worker, pid, started_at, finished_at)"
+            " VALUES (%s, %s, 'steady', %s, %s, %s)",
+            job_id, attempt, pid, at(start), None if end is None else at(end))
+
+    done, kept, failed = job("completed"), job("completed"), job("failed")
+    private_cluster.execute("DELETE FROM jobs WHERE id = %s", done)  # deleted on success
+    ran(done, 1, 6, 0, 1)
+    ran(kept, 1, 7, 0, None)  # its runner was killed at 0.5
+    ran(kept, 2, 8, 3, 4)
+    summary = ledger.check(private_cluster.dsn, [done, kept, failed],
+                           excused=ledger.killed({7: at(0.5)}), terminal={"failed"})
+    assert (summary.jobs, summary.runs, summary.ran_twice, summary.lost) == (3, 3, 1, 0)
+    assert summary.terminal == {"failed": 1}
+
+    waiting = job("available")
+    ran(done, 2, 9, 5, 6)  # ran again after a finished run, no runner killed
+    with pytest.raises(AssertionError) as failure:
+        ledger.check(private_cluster.dsn, [done, kept, failed, waiting],
+                     excused=ledger.killed({7: at(0.5)}), terminal={"failed"})
+    message = str(failure.value)
+    assert f"job {waiting} lost: row available" in message
+    assert f"job {done} ran again, but no fault excuses" in message

@@ -33,7 +33,8 @@ POLL = 0.2
 RUNNER_ARGS = ("--poll-interval", str(POLL), "--worker", "steady", "--shutdown-timeout", "2")
 #: A dead runner's jobs are available again within this (README, "Timing bound"), plus
 #: a second. (They then queue behind older jobs: the rescue sets ``run_at = now()``.)
-RESCUE_BOUND = workers.Steady.max_runtime + workers.Steady.requeue_delay + POLL + 1.0
+LEASE = workers.Steady.max_runtime + workers.Steady.requeue_delay
+RESCUE_BOUND = LEASE + POLL + 1.0
 DRAIN_TIMEOUT = 120.0
 
 
@@ -201,6 +202,7 @@ def test_kill_9_a_runner_again_and_again(
     report.recoveries = [(done_again[pid] - kills[pid]).total_seconds() for pid in done_again]
     report.extra["rescued_after_kill_s"] = f"max {max(rescued_after, default=0):.2f}"
     report.print(summary)
+    runner_on.assert_no_tracebacks()
     assert report.faults >= 5, "too few kills: the runners drained the jobs first"
     assert summary.ran_twice > 0, "no kill interrupted a job: the scenario tested nothing"
     assert rescued_after and max(rescued_after) <= RESCUE_BOUND, sorted(rescued_after)
@@ -298,13 +300,14 @@ def test_the_server_restarts_during_a_drain_and_during_enqueues(
     finally:
         committed = enqueuer.finish()
     drain(watch)
-    summary = ledger.check(dsn, backlog + committed, excused=ledger.overlapping(windows))
+    summary = ledger.check(dsn, backlog + committed, excused=ledger.outage(windows, LEASE))
     report.extra.update(
         enqueued_during=len(committed),
         enqueue_retries=enqueuer.failed_statements,
         committed_in_doubt=enqueuer.committed_in_doubt,
     )
     report.print(summary)
+    runner_on.assert_no_tracebacks()
     assert enqueuer.failed_statements, "no enqueue met a restart: the scenario tested less"
 
 
@@ -332,9 +335,10 @@ def test_every_runner_session_is_terminated_again_and_again(
         report.faults += 1
         report.recovered(moment, watch)
     drain(watch)
-    summary = ledger.check(dsn, ids, excused=ledger.overlapping(moments))
+    summary = ledger.check(dsn, ids, excused=ledger.outage(moments, LEASE))
     report.extra["sessions_terminated"] = terminated
     report.print(summary)
+    runner_on.assert_no_tracebacks()
     assert report.faults >= 4
     assert all(runner.process.poll() is None for runner in runners)
     assert all("database error" in runner.output for runner in runners)
@@ -417,6 +421,7 @@ def test_runners_ride_out_connection_exhaustion(
     finally:
         release(held)
     drain(watch)
-    summary = ledger.check(dsn, ids, excused=ledger.overlapping(windows))
+    summary = ledger.check(dsn, ids, excused=ledger.outage(windows, LEASE))
     report.print(summary)
+    runner_on.assert_no_tracebacks()
     assert all(runner.process.poll() is None for runner in runners)
