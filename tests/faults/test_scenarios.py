@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import itertools
 import threading
 import time
 import uuid
@@ -36,6 +37,7 @@ RUNNER_ARGS = ("--poll-interval", str(POLL), "--worker", "steady", "--shutdown-t
 LEASE = workers.Steady.max_runtime + workers.Steady.requeue_delay
 RESCUE_BOUND = LEASE + POLL + 1.0
 DRAIN_TIMEOUT = 120.0
+KILLS = 10
 
 
 @dataclass
@@ -150,20 +152,21 @@ def advance(watch: Watch, runs: int, pid: int | None = None) -> None:
 def test_kill_9_a_runner_again_and_again(
     private_cluster: PrivateCluster, runner_on: RunnerOn, watch: Watch
 ) -> None:
-    """Three runners; one at a time is killed with SIGKILL once it has run 40 more jobs
-    and a new one has taken its place. Every job is done; only the killed runners' attempts
-    run again, and the survivors rescue them within the lease bound of the kill.
-    Finished rows are kept (``completed``) here: their error history dates each rescue.
-    Time to recover is from a kill until the last of its interrupted jobs has run to its
-    end elsewhere."""
+    """Three runners drain ~3000 jobs; ten times, one of them is killed with SIGKILL once
+    it has run 40 more jobs and a new one has taken its place. Every job is done; only
+    the killed runners' attempts run again, and the survivors rescue them within the
+    lease bound of the kill. Finished rows are kept (``completed``) here: their error
+    history dates each rescue. Time to recover is from a kill until the last of its
+    interrupted jobs has run to its end elsewhere."""
     report = Report("kill-9")
     dsn = private_cluster.dsn
     args = (*RUNNER_ARGS, "--delete-finished-jobs", "false")
-    ids = enqueue(dsn, 3000, seconds=0.25)  # ~12 s of work for three runners
+    ids = enqueue(dsn, 2500, seconds=0.25)  # 20 at once per runner: ~80 jobs/s each
     runners: list[RunnerProcess] = [runner_on(dsn, *args) for _ in range(3)]
     kills: dict[int, datetime.datetime] = {}
-    while watch.waiting() and len(kills) < 10:
-        slot = len(kills) % len(runners)
+    for slot in itertools.islice(itertools.cycle(range(len(runners))), KILLS):
+        if watch.waiting() < 300:  # however slowly the kills come, there is work to cut
+            ids += enqueue(dsn, 300, seconds=0.25)
         victim = runners[slot]
         # The replacement starts while the victim runs 40 more jobs, and is up before
         # the kill, so that its start-up (a second of CPU) does not slow the survivors'
@@ -171,8 +174,6 @@ def test_kill_9_a_runner_again_and_again(
         runners[slot] = runner_on(dsn, *args, wait=False)
         advance(watch, 40, victim.process.pid)
         runners[slot].wait_started()
-        if not watch.waiting():
-            break
         victim.process.kill()
         victim.process.wait(10)
         kills[victim.process.pid] = ledger.now()
@@ -203,7 +204,6 @@ def test_kill_9_a_runner_again_and_again(
     report.extra["rescued_after_kill_s"] = f"max {max(rescued_after, default=0):.2f}"
     report.print(summary)
     runner_on.assert_no_tracebacks()
-    assert report.faults >= 5, "too few kills: the runners drained the jobs first"
     assert summary.ran_twice > 0, "no kill interrupted a job: the scenario tested nothing"
     assert rescued_after and max(rescued_after) <= RESCUE_BOUND, sorted(rescued_after)
 
