@@ -288,8 +288,17 @@ class TcpProxy:
             client_events |= WRITE
         if link.up and up_allowed:
             server_events |= WRITE
-        self._poller.register(link.client.fileno(), client_events)
-        self._poller.register(link.server.fileno(), server_events)
+        self._watch(link.client, client_events)
+        self._watch(link.server, server_events)
+
+    def _watch(self, sock: socket.socket, events: int) -> None:
+        """Poll ``sock`` for ``events``; not at all when there are none (poll would still
+        report a hang-up, again and again, on a socket we are done reading)."""
+        if events:
+            self._poller.register(sock.fileno(), events)
+        else:
+            with contextlib.suppress(KeyError):
+                self._poller.unregister(sock.fileno())
 
     def _open_links(self) -> list[_Link]:
         return [link for link, is_client in self._links.values() if is_client]

@@ -8,6 +8,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import datetime
+import itertools
+import random
+import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -63,6 +67,45 @@ def test_the_proxy_forwards_queries_and_big_results_intact(
     stats = proxy.stats()
     assert stats.accepted == 1
     wait_until(lambda: proxy.stats().open == 0, 5, what="the proxy to see the connection end")
+
+
+def test_the_proxy_keeps_every_byte_in_order_through_stalls_and_holds() -> None:
+    """3 MB of random bytes through the proxy to an echo server and back, the mode
+    switched every few chunks: what comes back is exactly what went out."""
+    echo_server = socket.create_server(("127.0.0.1", 0))
+
+    def echo() -> None:
+        conn, _ = echo_server.accept()
+        with conn, contextlib.suppress(OSError):  # the proxy resets it when it closes
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    payload = random.Random(9).randbytes(3_000_000)  # less than the proxy buffers
+    received = bytearray()
+    with TcpProxy(echo_server.getsockname()[1]) as proxy, socket.create_connection(
+        ("127.0.0.1", proxy.port), timeout=30
+    ) as client:
+
+        def read() -> None:
+            while len(received) < len(payload) and (data := client.recv(65536)):
+                received.extend(data)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        proxy.stall()
+        client.sendall(payload[:1000])
+        reader.join(HELD)
+        assert not received, "bytes went through a stalled proxy"
+        modes = itertools.cycle([proxy.hold_replies, proxy.resume, proxy.stall, proxy.forward])
+        for offset in range(1000, len(payload), 50_000):
+            if offset % 200_000 < 50_000:
+                next(modes)()
+            client.sendall(payload[offset:offset + 50_000])
+        proxy.resume()
+        reader.join(30)
+        echo_server.close()
+    assert bytes(received) == payload
 
 
 def test_a_stall_holds_queries_and_new_connections_until_resume(
