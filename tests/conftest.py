@@ -35,7 +35,7 @@ TEST_WORKER_IMPORTS = [f"tests.workers:{cls.__name__}" for cls in workers.ALL]
 
 
 #: Fixtures that reach a PostgreSQL server: a test using any of them is marked ``db``.
-DATABASE_FIXTURES = frozenset({"server_dsn", "private_server"})
+DATABASE_FIXTURES = frozenset({"server_dsn", "private_server", "private_cluster"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

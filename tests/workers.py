@@ -203,3 +203,97 @@ class FanOut(backy.Worker):
 
 
 ALL = (*ALL, FanOut)
+
+
+import gevent.lock  # noqa: E402
+
+
+class _RecordConnections:
+    """A few connections per process for ``Steady``'s records, reused from job to job
+    (thousands of jobs would otherwise open thousands of connections), at most
+    ``size`` at once; a broken one is dropped and the record tried again."""
+
+    def __init__(self, size: int = 4) -> None:
+        self._idle: list[Any] = []
+        self._slots = gevent.lock.BoundedSemaphore(size)
+
+    def execute(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Run one statement, retrying through database faults until it succeeds (or the
+        attempt is stopped at ``max_runtime``)."""
+        pause = 0.05
+        while True:
+            with self._slots:
+                conn = self._idle.pop() if self._idle else None
+                try:
+                    if conn is None:
+                        conn = psycopg2.connect(
+                            os.environ["BACKY_TEST_RECORD_DSN"], connect_timeout=2
+                        )
+                        conn.autocommit = True
+                    with conn.cursor() as cur:
+                        cur.execute(sql, params)
+                except BaseException as exc:  # a broken or interrupted connection goes
+                    if conn is not None:
+                        conn.close()
+                    if not isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+                        raise
+                else:
+                    self._idle.append(conn)
+                    return
+            gevent.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+
+_record_connections: _RecordConnections | None = None
+
+#: ``Steady`` also records when its attempt was claimed (the claim's ``attempted_at``), so
+#: that a fault test can tell work claimed after a fault from work already under way.
+STEADY_RUNS_COLUMNS = "ALTER TABLE runs ADD COLUMN IF NOT EXISTS claimed_at timestamptz"
+
+
+def steady_record(job: backy.Job, *, finished: bool = False) -> None:
+    """``record`` over this process's ``_RecordConnections``, idempotent, so that a
+    statement retried after its connection broke at commit writes nothing twice."""
+    global _record_connections
+    if _record_connections is None:
+        _record_connections = _RecordConnections()
+    if finished:
+        _record_connections.execute(
+            "UPDATE runs SET finished_at = clock_timestamp()"
+            " WHERE job_id = %s AND attempt = %s AND pid = %s AND finished_at IS NULL",
+            (job.id, job.attempt, os.getpid()),
+        )
+    else:
+        _record_connections.execute(
+            "INSERT INTO runs (job_id, attempt, worker, pid, args, claimed_at)"
+            " SELECT %s, %s, %s, %s, %s::jsonb, %s WHERE NOT EXISTS ("
+            "SELECT FROM runs WHERE job_id = %s AND attempt = %s AND pid = %s)",
+            (job.id, job.attempt, job.worker, os.getpid(), psycopg2.extras.Json(job.args),
+             job.attempted_at, job.id, job.attempt, os.getpid()),
+        )
+
+
+class Steady(backy.Worker):
+    """For the fault suite (tests/faults): records its start, sleeps ``seconds`` (default
+    0.02), records its end, like ``Sleep``, but over a few reused connections that ride
+    out database faults (the ``runs`` table needs ``STEADY_RUNS_COLUMNS``). A short
+    lease (max_runtime 1 + requeue_delay 1) so a dead runner's jobs come back quickly,
+    and retries enough that a job whose runner dies again and again still ends up done;
+    at most 20 at once per runner."""
+
+    name = "steady"
+    max_runtime = 1.0
+    requeue_delay = 1.0
+    max_concurrency = 20
+    retry_count = 20
+
+    def retry_delay(self, retry: int) -> float:
+        return 0.1
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
+        steady_record(job)
+        gevent.sleep(float(args.get("seconds", 0.02)))
+        steady_record(job, finished=True)
+
+
+ALL = (*ALL, Steady)
