@@ -5,6 +5,22 @@
 -- Runners of a table LISTEN on "backy_<oid of the table>"; statements that make work
 -- available notify that channel, naming it from the rows' tableoid. So tables of one name
 -- in different schemas (or databases) never wake, or cancel, each other's runners.
+--
+-- Plans. The table's statistics are usually stale: autovacuum analyzes it while it is
+-- idle, so they say that almost nothing waits or runs just when a burst arrives. The hot
+-- statements (claim, complete_delete, complete_keep, fail, hand_back, touch) therefore
+-- leave no choice of plan to a row estimate, prepared or not: they reach the table by
+-- primary key, one lookup per id, so their cost follows the batch.
+-- - A batch write is "WHERE id = ANY(ARRAY(subquery))". The subquery walks the caller's
+--   ids, looks each row up by primary key (LATERAL), checks its lease token and locks it
+--   (the claim picks its rows through the fetch index, SKIP LOCKED); the write then finds
+--   the locked rows by primary key, the planner assuming ten. A join of the ids with the
+--   table let the estimates choose the order instead: told that about one job runs, the
+--   planner read every running job and looked for each in the batch.
+-- - The lease index serves only statements that name expires_at (rescue, queue_stats):
+--   its predicate is "expires_at IS NOT NULL" (migration 0003), which "state = 'running'"
+--   doesn't imply. Otherwise fail, touch and the token checks could read every running
+--   job through it, an index the stale statistics call empty.
 
 -- name: insert_jobs
 -- Enqueue one or many jobs in one statement. A job whose unique_key is already taken by
@@ -33,13 +49,17 @@ WHERE unique_key = ANY(%(unique_keys)s) AND state IN ('available', 'running');
 -- name: claim
 -- Take up to "lim" available jobs of each worker for this runner, one statement for all
 -- workers. SKIP LOCKED lets runners claim side by side without ever taking one job twice;
--- the lease (expires_at) bounds how long a dead runner can hold a job.
-WITH wanted AS (
-    SELECT * FROM unnest(%(workers)s::text[], %(limits)s::int[], %(leases)s::float8[])
-         AS w(worker, lim, lease)
-), picked AS (
-    SELECT j.id, wanted.lease
-    FROM wanted CROSS JOIN LATERAL (
+-- the lease (expires_at) bounds how long a dead runner can hold a job: the lease of the
+-- job's worker, at the same index in "leases" as the worker in "workers".
+UPDATE {table} t
+SET state = 'running', attempt = t.attempt + 1, runner_id = %(runner_id)s,
+    attempted_at = now(),
+    expires_at = now() + make_interval(
+        secs => (%(leases)s::float8[])[array_position(%(workers)s::text[], t.worker)])
+WHERE t.id = ANY(ARRAY(
+    SELECT j.id
+    FROM unnest(%(workers)s::text[], %(limits)s::int[]) AS wanted(worker, lim)
+    CROSS JOIN LATERAL (
         SELECT id FROM {table}
         WHERE state = 'available' AND worker = wanted.worker AND run_at <= now()
           AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
@@ -47,31 +67,41 @@ WITH wanted AS (
         LIMIT wanted.lim
         FOR UPDATE SKIP LOCKED
     ) j
-)
-UPDATE {table} t
-SET state = 'running', attempt = t.attempt + 1, runner_id = %(runner_id)s,
-    attempted_at = now(), expires_at = now() + make_interval(secs => picked.lease)
-FROM picked
-WHERE t.id = picked.id
+))
 RETURNING t.*;
 
 -- name: complete_delete
 -- Finish successful attempts by deleting their rows. (id, attempt) is the lease token:
--- a job that was rescued and claimed again meanwhile is not touched.
-DELETE FROM {table} t
-USING unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
-WHERE t.id = done.id AND t.attempt = done.attempt AND t.state = 'running'
-  AND t.runner_id = %(runner_id)s
-RETURNING t.id;
+-- a job that was rescued and claimed again meanwhile is not touched. Each id's row is
+-- found by primary key, checked and locked, then deleted (see "Plans" above).
+DELETE FROM {table}
+WHERE id = ANY(ARRAY(
+    SELECT mine.id
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
+    CROSS JOIN LATERAL (
+        SELECT id FROM {table}
+        WHERE id = done.id AND attempt = done.attempt AND state = 'running'
+          AND runner_id = %(runner_id)s
+        FOR UPDATE
+    ) mine
+))
+RETURNING id;
 
 -- name: complete_keep
 -- Finish successful attempts by marking them completed (delete_finished_jobs = false).
-UPDATE {table} t
+UPDATE {table}
 SET state = 'completed', finished_at = now(), expires_at = NULL, runner_id = NULL
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
-WHERE t.id = done.id AND t.attempt = done.attempt AND t.state = 'running'
-  AND t.runner_id = %(runner_id)s
-RETURNING t.id;
+WHERE id = ANY(ARRAY(
+    SELECT mine.id
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
+    CROSS JOIN LATERAL (
+        SELECT id FROM {table}
+        WHERE id = done.id AND attempt = done.attempt AND state = 'running'
+          AND runner_id = %(runner_id)s
+        FOR NO KEY UPDATE
+    ) mine
+))
+RETURNING id;
 
 -- name: fail
 -- Record a failed attempt: append the error and either schedule the next attempt at
@@ -90,12 +120,19 @@ RETURNING state, run_at;
 -- name: hand_back
 -- Give unfinished attempts back on shutdown without spending an attempt.
 WITH back AS (
-    UPDATE {table} t
-    SET state = 'available', attempt = t.attempt - 1, expires_at = NULL, runner_id = NULL
-    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
-    WHERE t.id = done.id AND t.attempt = done.attempt AND t.state = 'running'
-      AND t.runner_id = %(runner_id)s
-    RETURNING t.id, t.tableoid
+    UPDATE {table}
+    SET state = 'available', attempt = attempt - 1, expires_at = NULL, runner_id = NULL
+    WHERE id = ANY(ARRAY(
+        SELECT mine.id
+        FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
+        CROSS JOIN LATERAL (
+            SELECT id FROM {table}
+            WHERE id = done.id AND attempt = done.attempt AND state = 'running'
+              AND runner_id = %(runner_id)s
+            FOR NO KEY UPDATE
+        ) mine
+    ))
+    RETURNING id, tableoid
 ), notified AS (
     SELECT pg_notify('backy_' || tableoid, '') FROM back LIMIT 1
 )
@@ -215,7 +252,9 @@ ORDER BY worker, queue, state;
 -- Queue depth for the metrics scrape: waiting, running, failed and cancelled jobs by
 -- worker and queue; for waiting jobs also how many are due and the oldest due one's wait
 -- in seconds. Each branch reads a partial index (fetch, lease, failed), so the cost
--- follows the live jobs, not the table: completed rows are never read.
+-- follows the live jobs, not the table: completed rows are never read. (Every running job
+-- has a lease; "expires_at IS NOT NULL" is what lets the running branch use the lease
+-- index, see "Plans" above.)
 SELECT worker, queue, state, count(*) AS jobs,
        count(*) FILTER (WHERE run_at <= now()) AS due,
        extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8
@@ -223,7 +262,8 @@ SELECT worker, queue, state, count(*) AS jobs,
 FROM {table} WHERE state = 'available' GROUP BY worker, queue, state
 UNION ALL
 SELECT worker, queue, state, count(*), 0, NULL
-FROM {table} WHERE state = 'running' GROUP BY worker, queue, state
+FROM {table} WHERE state = 'running' AND expires_at IS NOT NULL
+GROUP BY worker, queue, state
 UNION ALL
 SELECT worker, queue, state, count(*), 0, NULL
 FROM {table} WHERE state IN ('failed', 'cancelled') GROUP BY worker, queue, state;
