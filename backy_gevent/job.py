@@ -95,6 +95,8 @@ class Job:
     #: The job was running when its runner died: every later attempt runs in a process
     #: of its own, so that a job that kills its process can't take innocent jobs along.
     quarantined: bool = False
+    #: How many times the job lost its runner (rescued after its lease ran out).
+    rescues: int = 0
     # Set by the executor while an attempt runs; ``touch`` calls it.
     _toucher: Callable[[], None] | None = dataclasses.field(
         default=None, repr=False, compare=False

@@ -463,7 +463,7 @@ def claim(client: Client, worker: str) -> list[Job]:
     with client.pool.borrow() as conn, conn.cursor() as cur:
         cur.execute(
             client.queries.composed("claim"),
-            {"workers": [worker], "limits": [10], "leases": [60.0], "queues": [], "isolated": 0,
+            {"workers": [worker], "limits": [10], "leases": [60.0], "queues": [],
              "runner_id": RUNNER_ID},
         )
         return [Job.from_row(row) for row in cur.fetchall()]

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
+import psycopg2
 import pytest
 
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
 from backy_gevent.db.connections import connect
-from backy_gevent.db.queries import STATEMENTS, Queries, _read_blocks
+from backy_gevent.db.queries import STATEMENTS, Queries, Statement, _read_blocks
 from backy_gevent.worker import Registry
 from tests import workers
+from tests.conftest import query, wait_until
 
 
 def prepared_statements(conn: Any) -> list[str]:
@@ -76,3 +79,75 @@ def test_prepare_statements_false_runs_plain_sql(settings: Settings) -> None:
     with plain.pool.borrow() as conn:
         assert prepared_statements(conn) == []
     plain.close()
+
+
+# -- the lease token: (id, attempt, runner, running), checked for each id of a batch ----
+
+BATCH_WRITES = ("complete_delete", "complete_keep", "hand_back")
+#: What each batch write leaves of a row whose token matched (None: deleted).
+WRITTEN_STATE = {"complete_delete": None, "complete_keep": "completed", "hand_back": "available"}
+
+
+def claim_all(cur: Any, queries: Queries, runner_id: str, limit: int) -> dict[int, int]:
+    """Claim up to ``limit`` record jobs for ``runner_id``: their attempts by id."""
+    queries.execute(cur, "claim", {"workers": ["record"], "limits": [limit],
+                                   "leases": [300.0], "queues": [], "runner_id": runner_id})
+    return {row["id"]: row["attempt"] for row in cur.fetchall()}
+
+
+@pytest.mark.parametrize("statement", BATCH_WRITES)
+def test_a_batch_writes_only_the_rows_whose_lease_token_matches(
+    client: Client, db: Any, dsn: str, statement: Statement
+) -> None:
+    client.enqueue_many("record", [{"n": n} for n in range(5)])
+    queries = Queries("jobs")
+    with contextlib.closing(connect(dsn, prepare=True)) as conn, conn.cursor() as cur:
+        claimed = claim_all(cur, queries, "a", 5)
+        mine, wrong_attempt, cancelled, other_runner, also_mine = sorted(claimed)
+        client.cancel(cancelled)
+        query(db, "UPDATE jobs SET runner_id = 'b' WHERE id = %s", other_runner)
+        attempts = {**claimed, wrong_attempt: claimed[wrong_attempt] + 1}
+        queries.execute(cur, statement, {"ids": list(attempts), "runner_id": "a",
+                                         "attempts": list(attempts.values())})
+        written = sorted(row["id"] for row in cur.fetchall())
+    assert written == [mine, also_mine]
+    states = dict(query(db, "SELECT id, state FROM jobs"))
+    assert [states.get(mine), states.get(also_mine)] == [WRITTEN_STATE[statement]] * 2
+    assert [states[wrong_attempt], states[cancelled], states[other_runner]] == [
+        "running", "cancelled", "running"]
+
+
+@pytest.mark.parametrize("statement", BATCH_WRITES)
+def test_a_batch_write_waits_for_a_concurrent_write_then_checks_the_token_again(
+    client: Client, db: Any, dsn: str, statement: Statement
+) -> None:
+    # One job is being rescued and the other's lease extended by transactions that have
+    # not committed yet: the batch waits for them, then writes only the job still its.
+    client.enqueue_many("record", [{"n": n} for n in range(2)])
+    queries = Queries("jobs")
+    other = psycopg2.connect(dsn)
+    with contextlib.closing(connect(dsn, prepare=True)) as conn, conn.cursor() as cur:
+        claimed = claim_all(cur, queries, "a", 2)
+        rescued, extended = sorted(claimed)
+        query(other, "UPDATE jobs SET state = 'available', expires_at = NULL, runner_id = NULL"
+                     " WHERE id = %s", rescued)
+        query(other, "UPDATE jobs SET expires_at = now() + interval '1 hour' WHERE id = %s",
+              extended)
+        written: list[int] = []
+
+        def write() -> None:
+            queries.execute(cur, statement, {"ids": list(claimed), "runner_id": "a",
+                                             "attempts": list(claimed.values())})
+            written.extend(row["id"] for row in cur.fetchall())
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        wait_until(lambda: query(
+            db, "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+            conn.get_backend_pid()), what="the batch to wait for the row lock")
+        other.commit()
+        writer.join(10)
+    other.close()
+    assert written == [extended]
+    states = dict(query(db, "SELECT id, state FROM jobs"))
+    assert (states[rescued], states.get(extended)) == ("available", WRITTEN_STATE[statement])

@@ -102,6 +102,18 @@ def test_claim_index_is_partial_on_available(dsn: str, db: Any) -> None:
     assert "WHERE (state = 'available'::text)" in indexes["jobs_fetch_idx"]
 
 
+def test_lease_index_is_partial_on_a_lease(dsn: str, db: Any) -> None:
+    # Not on state = 'running': a statement that checks a lease token by primary key
+    # must not be able to read every running job through it (see tests/test_plans.py).
+    migrate(dsn)
+    [(definition,)] = query(
+        db,
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+        " AND indexname = 'jobs_lease_idx'",
+    )
+    assert definition.endswith("(expires_at) WHERE (expires_at IS NOT NULL)"), definition
+
+
 def test_constraints_hold_invariants(dsn: str, db: Any) -> None:
     migrate(dsn)
     bad_rows = [
@@ -134,7 +146,7 @@ def test_table_names_are_quoted_identifiers(dsn: str, db: Any, table_name: str) 
             cur.execute(
                 queries.composed("claim"),
                 {"workers": ["record"], "limits": [5], "leases": [10.0], "queues": [],
-                 "isolated": 0, "runner_id": "test"},
+                 "runner_id": "test"},
             )
             claimed = cur.fetchall()
         assert [row["id"] for row in claimed] == [job.id]

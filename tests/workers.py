@@ -7,6 +7,7 @@ Runners load them with ``--import tests.workers:Name`` (see conftest's ``runner`
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ CREATE TABLE IF NOT EXISTS runs (
     attempt integer NOT NULL,
     worker text NOT NULL,
     pid integer NOT NULL,
+    isolated boolean NOT NULL DEFAULT false,
     args jsonb,
     started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at timestamptz
@@ -28,8 +30,18 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+def runner_pid() -> tuple[int, bool]:
+    """The pid of the runner this attempt runs in, and whether it runs isolated: in a
+    quarantine child of that runner (see backy_gevent.runner.isolation)."""
+    main = sys.modules["__main__"]
+    if getattr(getattr(main, "__spec__", None), "name", "") == "backy_gevent.runner.isolated":
+        return os.getppid(), True
+    return os.getpid(), False
+
+
 def record(job: backy.Job, *, finished: bool = False) -> None:
     """Write one row into ``runs`` for this attempt (or mark it finished)."""
+    pid, isolated = runner_pid()
     conn = psycopg2.connect(os.environ["BACKY_TEST_RECORD_DSN"])
     try:
         with conn, conn.cursor() as cur:
@@ -37,13 +49,13 @@ def record(job: backy.Job, *, finished: bool = False) -> None:
                 cur.execute(
                     "UPDATE runs SET finished_at = clock_timestamp()"
                     " WHERE job_id = %s AND attempt = %s AND pid = %s",
-                    (job.id, job.attempt, os.getpid()),
+                    (job.id, job.attempt, pid),
                 )
             else:
                 cur.execute(
-                    "INSERT INTO runs (job_id, attempt, worker, pid, args)"
-                    " VALUES (%s, %s, %s, %s, %s::jsonb)",
-                    (job.id, job.attempt, job.worker, os.getpid(),
+                    "INSERT INTO runs (job_id, attempt, worker, pid, isolated, args)"
+                    " VALUES (%s, %s, %s, %s, %s, %s::jsonb)",
+                    (job.id, job.attempt, job.worker, pid, isolated,
                      psycopg2.extras.Json(job.args)),
                 )
     finally:
@@ -257,19 +269,20 @@ def steady_record(job: backy.Job, *, finished: bool = False) -> None:
     global _record_connections
     if _record_connections is None:
         _record_connections = _RecordConnections()
+    pid, isolated = runner_pid()
     if finished:
         _record_connections.execute(
             "UPDATE runs SET finished_at = clock_timestamp()"
             " WHERE job_id = %s AND attempt = %s AND pid = %s AND finished_at IS NULL",
-            (job.id, job.attempt, os.getpid()),
+            (job.id, job.attempt, pid),
         )
     else:
         _record_connections.execute(
-            "INSERT INTO runs (job_id, attempt, worker, pid, args, claimed_at)"
-            " SELECT %s, %s, %s, %s, %s::jsonb, %s WHERE NOT EXISTS ("
+            "INSERT INTO runs (job_id, attempt, worker, pid, isolated, args, claimed_at)"
+            " SELECT %s, %s, %s, %s, %s, %s::jsonb, %s WHERE NOT EXISTS ("
             "SELECT FROM runs WHERE job_id = %s AND attempt = %s AND pid = %s)",
-            (job.id, job.attempt, job.worker, os.getpid(), psycopg2.extras.Json(job.args),
-             job.attempted_at, job.id, job.attempt, os.getpid()),
+            (job.id, job.attempt, job.worker, pid, isolated, psycopg2.extras.Json(job.args),
+             job.attempted_at, job.id, job.attempt, pid),
         )
 
 

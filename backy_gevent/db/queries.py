@@ -44,7 +44,6 @@ def object_names(table_name: str) -> dict[str, sql.Identifier]:
         "fetch_index": sql.Identifier(f"{table_name}_fetch_idx"),
         "lease_index": sql.Identifier(f"{table_name}_lease_idx"),
         "failed_index": sql.Identifier(f"{table_name}_failed_idx"),
-        "quarantine_index": sql.Identifier(f"{table_name}_quarantine_idx"),
         "unique_index": sql.Identifier(f"{table_name}_unique_key_idx"),
         "running_has_lease": sql.Identifier(f"{table_name}_running_has_lease"),
     }

@@ -151,8 +151,7 @@ class Executor:
         self.running[current] = Running(job, deadline, job.quarantined)
         try:
             if job.quarantined:
-                starting = (job._lease_ends or time.monotonic() + 60) - time.monotonic()
-                return self.quarantine.run(Ticket(job, deadline, touch), max(1.0, starting))
+                return self.quarantine.run(Ticket(job, deadline, touch), lease)
             return run_in_process(job, worker, deadline, touch)
         finally:
             self.running.pop(current, None)

@@ -20,7 +20,6 @@ from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
 from backy_gevent.db.queries import Queries
 from backy_gevent.job import Job
 from backy_gevent.runner.executor import lease_seconds
-from backy_gevent.runner.isolation import QUARANTINED_AT_ONCE
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
 
@@ -105,7 +104,6 @@ class Fetcher:
             "limits": list(wanted.values()),
             "leases": list(leases.values()),
             "queues": list(self.settings.queues),
-            "isolated": max(0, QUARANTINED_AT_ONCE - self._quarantined_in_flight()),
             "runner_id": self.runner_id,
         }
         # The lease is judged by this runner's own clock from before the claim was sent:
@@ -123,9 +121,6 @@ class Fetcher:
         for worker_pool, limit in wanted.items():
             # A full batch suggests more are due; a short one that the table is drained.
             worker_pool.maybe_more = claimed[worker_pool.name] >= limit
-
-    def _quarantined_in_flight(self) -> int:
-        return sum(pool.quarantined_in_flight for pool in self.worker_pools.values())
 
     def _claimed_rows(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         # Plain tuples: building a dict per row by zip is cheaper than RealDictCursor's,

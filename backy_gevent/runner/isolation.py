@@ -5,8 +5,9 @@ statement): it may be the one that killed the runner (``os._exit``, a segfault, 
 blown up), or one of the innocents that ran beside it. Its later attempts run here, in a
 child process of the runner (``python -m backy_gevent.runner.isolated``):
 
-- quarantined attempts that arrive together share one child (up to ``BATCH_MAX``), so a
-  runner that died with a thousand jobs in flight costs one process, not a thousand;
+- quarantined attempts share one long-lived child (up to ``BATCH_MAX`` at once; a full
+  one is sealed and a new one opened), so a runner that died with a thousand jobs in
+  flight costs a few processes, not a thousand, and an attempt starts at once;
 - when a child dies before every attempt in it ended, the unfinished ones are split in
   two halves, each run again at once in a child of its own, until the one that kills
   its process runs alone: it then fails with ``JobCrashed`` (naming the signal or the
@@ -14,13 +15,14 @@ child process of the runner (``python -m backy_gevent.runner.isolated``):
   finishes, uncharged;
 - a child whose attempt runs past ``max_runtime`` plus a grace (pure CPU work that no
   timeout can interrupt) is killed: that attempt timed out, the others are rerun;
-- one spare child is kept started and ready (imports done, workers found), so a
-  quarantined attempt starts as fast as any other, within the bound a dead runner's
-  jobs are promised.
+- the open child is started with the runner and stays ready (imports done, workers
+  found), so a quarantined attempt starts as fast as any other, within the bound a
+  dead runner's jobs are promised.
 
 The runner talks to each child over two pipes, one JSON message per line. To the
-child: the options at once, the jobs when there are some, then ``{"id": n, "touched":
-b}`` answers and ``{"id": n, "stop": true}`` orders. From the child: ``{"id": n,
+child: the options at once, then jobs as they come (``{"jobs": [...]}``), ``{"id": n,
+"touched": b}`` answers, ``{"id": n, "stop": true}`` orders, and ``{"seal": true}``
+(no more jobs: exit once those have ended). From the child: ``{"id": n,
 "touch": true}`` (the first one when the attempt is about to start) and one end per
 attempt: ``{"id": n, "returned": result, "duration": s}``, ``{"id": n, "raised":
 {...}, "timed_out": b}`` or ``{"id": n, "revoked": message}``. Hooks run in the runner.
@@ -37,6 +39,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -49,8 +52,8 @@ from backy_gevent.runner.attempt import HANDED_BACK, Deadline, HandBack, JobRevo
 
 log = logging.getLogger("backy_gevent.executor")
 
-#: Most quarantined jobs one runner holds at once (the claim takes no more).
-QUARANTINED_AT_ONCE = 200
+#: How long a child may take to be ready for its attempts.
+START_TIMEOUT = 60.0
 #: Most attempts that share one child process.
 BATCH_MAX = 100
 #: How long past ``max_runtime`` the runner lets an attempt in a child run before
@@ -112,33 +115,43 @@ class Quarantine:
         self._arrived = Event()
         self._dispatcher: gevent.Greenlet | None = None
         self._children: set[_Child] = set()
-        self._spare: _Child | None = None
+        self._open: _Child | None = None  # takes new quarantined attempts as they come
 
     def start(self) -> None:
-        """Start the spare child, so that the first quarantined attempt need not wait."""
-        if self._spare is None:
-            self._spare = _Child(self.options)
+        """Start the open child now, so that the first quarantined attempt need not wait."""
+        self._open_child()
 
-    def _take_child(self) -> _Child:
-        """The spare child if it is alive, else a new one; a new spare starts now."""
-        child, self._spare = self._spare, _Child(self.options)
-        if child is None or not child.alive():
-            child = _Child(self.options)
+    def _open_child(self) -> _Child:
+        """The child that takes new attempts: alive and not full, else a new one (the
+        old one is sealed: it ends once its attempts have)."""
+        child = self._open
+        if child is not None and child.alive() and len(child.tickets) < BATCH_MAX:
+            return child
+        if child is not None:
+            child.seal()
+        self._open = child = self._start_child()
         return child
 
-    def run(self, ticket: Ticket, starting: float) -> Outcome:
+    def _start_child(self) -> _Child:
+        child = _Child(self.options)
+        self._children.add(child)
+        gevent.spawn(self._serve, child)
+        return child
+
+    def run(self, ticket: Ticket, lease: float) -> Outcome:
         """Run ``ticket``'s attempt in a child, from the job's own greenlet; return how
-        it ended. HandBack, JobRevoked and the deadline's JobTimeout end it early; so
-        does a child that is not ready within ``starting`` seconds (the job's lease)."""
+        it ended. HandBack, JobRevoked and the deadline's JobTimeout end it early.
+
+        While its child starts (a busy machine may take seconds), the job is touched
+        every third of its ``lease``, as a running job would be; a child that is not
+        ready within ``START_TIMEOUT`` gives the job back.
+        """
         if self._dispatcher is None:
             self._dispatcher = gevent.spawn(self._dispatch)
         self._waiting.append(ticket)
         self._arrived.set()
         try:
-            gevent.wait([ticket.started, ticket.outcome], timeout=starting, count=1)
-            if not (ticket.started.is_set() or ticket.outcome.ready()):
-                log.warning("job %s: its process was not ready within its lease; handed"
-                            " back", ticket.job.id)
+            if not self._wait_ready(ticket, lease):
                 return self._end(ticket, HANDED_BACK)
             outcome: Outcome = ticket.outcome.get()
             return outcome
@@ -160,6 +173,22 @@ class Quarantine:
             if ticket in self._waiting:
                 self._waiting.remove(ticket)
 
+    def _wait_ready(self, ticket: Ticket, lease: float) -> bool:
+        """Wait until the child is ready for the attempt (or has ended it), keeping the
+        lease alive meanwhile; False when it is not worth waiting any longer."""
+        give_up = time.monotonic() + START_TIMEOUT
+        while not (ticket.started.is_set() or ticket.outcome.ready()):
+            left = give_up - time.monotonic()
+            if left <= 0:
+                log.warning("job %s: its process was not ready in %gs; handed back",
+                            ticket.job.id, START_TIMEOUT)
+                return False
+            gevent.wait([ticket.started, ticket.outcome], timeout=min(lease / 3, left),
+                        count=1)
+            if not (ticket.started.is_set() or ticket.outcome.ready()) and not ticket.touch():
+                raise JobRevoked("no longer this runner's (cancelled or rescued)")
+        return True
+
     def _end(self, ticket: Ticket, outcome: Outcome) -> Outcome:
         """End a ticket from the runner's side: what its child says later is ignored."""
         if not ticket.outcome.ready():
@@ -170,31 +199,30 @@ class Quarantine:
 
     def close(self) -> None:
         """Kill every child (the runner is stopping; its attempts were handed back)."""
-        for child in [*self._children, *filter(None, [self._spare])]:
+        for child in list(self._children):
             child.kill()
         if self._dispatcher is not None:
             self._dispatcher.kill(block=False)
 
     def _dispatch(self) -> None:
-        """Start a child for the attempts that arrived together, as they arrive."""
+        """Hand the attempts that arrived together to the open child, as they arrive."""
         while True:
             self._arrived.wait()
             self._arrived.clear()
             gevent.sleep(0.01)  # let the rest of a claim's batch arrive
             while self._waiting:
-                batch, self._waiting = self._waiting[:BATCH_MAX], self._waiting[BATCH_MAX:]
-                gevent.spawn(self._run_child, batch)
+                child = self._open_child()
+                room = BATCH_MAX - len(child.tickets)
+                batch, self._waiting = self._waiting[:room], self._waiting[room:]
+                child.assign(batch)
 
-    def _run_child(self, batch: list[Ticket]) -> None:
-        """Run ``batch`` in one child; on its death, bisect what did not end."""
-        child = self._take_child()
-        self._children.add(child)
-        child.assign(batch)
+    def _serve(self, child: _Child) -> None:
+        """Serve ``child`` until it exits; if it died with attempts unfinished, bisect."""
         try:
             child.serve()
         finally:
             self._children.discard(child)
-        unfinished = [t for t in batch if not t.outcome.ready()]
+        unfinished = [t for t in child.tickets.values() if not t.outcome.ready()]
         if not unfinished:
             return
         returncode = child.returncode()
@@ -209,7 +237,9 @@ class Quarantine:
         )
         half = len(unfinished) // 2
         for part in (unfinished[:half], unfinished[half:]):
-            gevent.spawn(self._run_child, part)
+            sealed = self._start_child()
+            sealed.assign(part)
+            sealed.seal()
 
 
 class _Child:
@@ -237,14 +267,19 @@ class _Child:
         return self.process.poll() is None
 
     def assign(self, batch: list[Ticket]) -> None:
-        """Give the child its attempts (it has been getting ready meanwhile)."""
-        self.tickets = {ticket.job.id: ticket for ticket in batch}
+        """Give the child more attempts (it may have been ready and waiting)."""
         for ticket in batch:
+            self.tickets[ticket.job.id] = ticket
             ticket.child = self
         try:
             self._send({"jobs": [job_to_json(t.job) for t in batch]})
-        except OSError as exc:  # it died getting ready: serve() sees it and bisects
-            log.warning("a quarantine process is gone before it started: %s", exc)
+        except OSError as exc:  # it died: serve() sees it and bisects
+            log.warning("a quarantine process is gone: %s", exc)
+
+    def seal(self) -> None:
+        """No more attempts for this child: it exits once the ones it has have ended."""
+        with contextlib.suppress(OSError):
+            self._send({"seal": True})
 
     def serve(self) -> None:
         """Answer the child until it exits: touches, and each attempt's end."""

@@ -59,8 +59,8 @@ class Maintenance:
             self.queries.execute(cur, "rescue", {})
             rescued = cur.fetchall()
         for row in rescued:
-            # Quarantined, uncounted: it ran beside others, any of which may have killed
-            # the runner (see the rescue statement).
+            # Quarantined, uncounted: it may be a bystander of the job that killed the
+            # runner (see the rescue statement).
             state = row["state"] if row["counted"] else "quarantined"
             self.rescued[row["worker"], row["queue"], state] += 1
             log.warning(

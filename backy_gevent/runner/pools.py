@@ -41,7 +41,6 @@ class WorkerPool:
         self.executor = executor
         self.on_slot_free = on_slot_free
         self.in_flight = 0  # claimed and not finished: waiting in the queue or running
-        self.quarantined_in_flight = 0  # of those, quarantined ones (see runner.isolation)
         self.maybe_more = True  # the table may hold more due jobs of this worker
         self._queue: Queue[Job] = Queue()
         self._idle_greenlets = 0
@@ -59,7 +58,6 @@ class WorkerPool:
     def submit(self, job: Job) -> None:
         """Queue a claimed job; a free greenlet (or a new one, within capacity) runs it."""
         self.in_flight += 1
-        self.quarantined_in_flight += job.quarantined
         self.drained.clear()
         self._queue.put(job)
         if self._idle_greenlets < self._queue.qsize() and (
@@ -93,7 +91,6 @@ class WorkerPool:
 
     def _finish(self, job: Job) -> None:
         self.in_flight -= 1
-        self.quarantined_in_flight -= job.quarantined
         if not self.in_flight:
             self.drained.set()
         self.on_slot_free(self)
@@ -107,7 +104,6 @@ class WorkerPool:
             except Empty:
                 break
         self.in_flight -= len(jobs)
-        self.quarantined_in_flight -= sum(job.quarantined for job in jobs)
         if not self.in_flight:
             self.drained.set()
         return jobs

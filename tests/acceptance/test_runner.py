@@ -32,11 +32,13 @@ Runner = Callable[..., RunnerProcess]
 
 def runs(db: Any, job_id: int | None = None) -> list[dict[str, Any]]:
     """The recorded attempts, oldest first."""
-    sql = "SELECT job_id, attempt, worker, pid, args, started_at, finished_at FROM runs"
+    sql = ("SELECT job_id, attempt, worker, pid, isolated, args, started_at, finished_at"
+           " FROM runs")
     rows = query(db, sql + " WHERE job_id = %s ORDER BY started_at", job_id) if job_id else (
         query(db, sql + " ORDER BY started_at")
     )
-    names = ("job_id", "attempt", "worker", "pid", "args", "started_at", "finished_at")
+    names = ("job_id", "attempt", "worker", "pid", "isolated", "args", "started_at",
+             "finished_at")
     return [dict(zip(names, row, strict=True)) for row in rows]
 
 
@@ -289,7 +291,7 @@ def test_a_killed_runners_job_runs_again_within_the_bound(
     # knows), any of which may have killed its runner. It now runs in quarantine: in a
     # process of its own, a child of the surviving runner.
     assert again["attempt"] == 1
-    assert again["pid"] not in (first.process.pid, second.process.pid)
+    assert (again["pid"], again["isolated"]) == (second.process.pid, True)
     wait_until(lambda: state(db, job.id) == "completed", timeout=5, what="completion")
     row = job_row(db, job.id)
     assert row is not None
@@ -313,6 +315,7 @@ def test_a_job_that_kills_its_process_ends_failed_and_kills_its_runner_once(
     # in quarantine (retry_count = 1), each time killing only its own process.
     assert [run["attempt"] for run in attempts] == [1, 1, 2]
     assert attempts[0]["pid"] == first.process.pid
+    assert [run["isolated"] for run in attempts] == [False, True, True]
     assert second.process.poll() is None, "the job took its runner down again"
     bound = workers.Crash.max_runtime + workers.Crash.requeue_delay + POLL + 1.0
     killed_at = attempts[0]["started_at"]
