@@ -164,6 +164,10 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("dsn", _dsn, None, "libpq DSN or URI; none at all starts the embedded server"),
+    Option(
+        "listen_dsn", _dsn, None,
+        "DSN for the LISTEN connection when dsn goes through a transaction pooler",
+    ),
     Option("table_name", _identifier, "jobs", "name of the jobs table"),
     Option("retry_count", _retry_count, 3, "retries after the first attempt"),
     Option("retry_delay", _retry_delay, default_retry_delay, "seconds before retry N"),
@@ -201,6 +205,7 @@ class Settings:
     """Every option, parsed and checked. Build it with ``load_settings``."""
 
     dsn: str | None = None
+    listen_dsn: str | None = None
     table_name: str = "jobs"
     retry_count: int = 3
     retry_delay: Callable[[int], float] = default_retry_delay

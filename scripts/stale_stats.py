@@ -35,7 +35,7 @@ TABLE = "jobs"
 WORKER = "w"
 RUNNER = "runner-1"
 STATEMENTS: tuple[Statement, ...] = (
-    "claim", "complete_delete", "complete_keep", "hand_back", "fail", "touch", "rescue",
+    "claim", "complete_delete", "complete_keep", "hand_back", "fail", "touch", "lead",
 )
 
 
@@ -135,7 +135,8 @@ def run(dsn: str, args: argparse.Namespace) -> None:
     params: dict[Statement, Callable[[], dict[str, Any]]] = {
         "claim": lambda: claim_params(args.batch, RUNNER),
         "complete_delete": batch, "complete_keep": batch, "hand_back": batch,
-        "fail": one_failure, "touch": one_touch, "rescue": dict,
+        "fail": one_failure, "touch": one_touch,
+        "lead": lambda: {"id": RUNNER, "lease": 300.0},
     }
     print(f"{'statement':<16} {'runs 1-5 (custom plans), ms':<34} "
           f"{'runs 6+ (generic plan), ms':<28} the generic plan reaches jobs by")

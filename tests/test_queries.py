@@ -26,7 +26,7 @@ def prepared_statements(conn: Any) -> list[str]:
 
 def test_every_block_quotes_the_table_name() -> None:
     queries = Queries("my_jobs")
-    for name in ("insert_jobs", "claim", "complete_delete", "fail", "rescue", "cancel"):
+    for name in ("insert_jobs", "claim", "complete_delete", "fail", "lead", "cancel"):
         text = repr(queries.composed(name))  # type: ignore[arg-type]
         assert "Identifier('my_jobs')" in text, name
     with pytest.raises(KeyError, match="nope"):

@@ -85,7 +85,8 @@ def command_jobs(arguments: argparse.Namespace, settings: Settings) -> int:
         silent = runner["silent_seconds"]
         # A live runner beats every 5 s; a silent one died without saying goodbye.
         status = f"last beat {silent:.0f}s ago" + ("" if silent < 15 else " (SILENT)")
-        print(f"  {runner['id']}  workers={','.join(runner['workers'])}  {status}")
+        lead = "  (leads maintenance)" if runner["leader"] else ""
+        print(f"  {runner['id']}  workers={','.join(runner['workers'])}  {status}{lead}")
     return 0
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import psycopg2
 import psycopg2.errors
 
-from backy_gevent.cli import bench, catalog, jobs, run
+from backy_gevent.cli import bench, catalog, fleet, jobs, run
 from backy_gevent.cli.database import database, embedded_connection_limit
 from backy_gevent.cli.parser import build_parser, settings_from
 from backy_gevent.config import Settings
@@ -46,6 +46,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "cancel": jobs.command_cancel,
     "prune": jobs.command_prune,
     "bench": bench.command_bench,
+    "runners": fleet.command_runners,
 }
 #: Subcommands that never touch the database (so never start the embedded server).
 WITHOUT_DATABASE = ("workers", "plugins")

@@ -25,6 +25,7 @@ _RUN_OPTIONS = (
     "shutdown_timeout",
     "fetch_limit",
     "give_up_after",
+    "listen_dsn",
 )
 
 
@@ -105,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("workers", parents=[common], help="list registered workers")
     commands.add_parser("plugins", parents=[common], help="list hook plugins")
     commands.add_parser("jobs", parents=[common], help="job counts by worker, queue, state")
+    runners = commands.add_parser(
+        "runners", parents=[common], help="live runners, and which one leads maintenance"
+    )
+    runners.add_argument("--json", action="store_true", help="print JSON")
     show = commands.add_parser("show", parents=[common], help="one job, with its error history")
     show.add_argument("job_id", type=_job_id, metavar="JOB_ID")
     _add_retry(

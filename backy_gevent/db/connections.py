@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 import queue
@@ -21,6 +22,8 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+log = logging.getLogger("backy_gevent.db")
+
 #: Errors after which a connection is not trusted again.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
@@ -29,11 +32,13 @@ class BoundedConnection(psycopg2.extensions.connection):
     """A connection whose every wait for the server is bounded (see ``db.green``).
 
     ``silence_timeout`` is set before the connection is made, so connecting is bounded
-    too; None waits for as long as the server takes.
+    too; None waits for as long as the server takes. ``behind_pooler`` says whether a
+    connection pooler (PgBouncer) stands between us and PostgreSQL (see ``connect``).
     """
 
     def __init__(self, *args: Any, silence_timeout: float | None = None, **kwargs: Any) -> None:
         self.silence_timeout = silence_timeout
+        self.behind_pooler = False
         super().__init__(*args, **kwargs)
 
 
@@ -46,7 +51,9 @@ class PreparingConnection(BoundedConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.prepared: dict[str, tuple[str, list[str], str]] = {}
+        # None: statements run as plain SQL (behind a pooler, where a session's prepared
+        # statements are not there in the next transaction).
+        self.prepared: dict[str, tuple[str, list[str], str]] | None = {}
 
 
 def connect(
@@ -67,36 +74,64 @@ def connect(
     for migrations and callers' long statements.
     """
     factory = PreparingConnection if prepare else BoundedConnection
-    bounds: dict[str, Any] = {}
-    if timeout is not None:
-        bounds = {
-            "connect_timeout": max(1, math.ceil(timeout)),
-            "tcp_user_timeout": int(timeout * 1000),
-            "options": _with_statement_timeout(dsn, int(timeout * 800)),
-        }
-    conn = psycopg2.connect(
-        dsn,
-        connection_factory=functools.partial(factory, silence_timeout=timeout),
-        application_name=application_name,
-        cursor_factory=psycopg2.extras.RealDictCursor,
+    options = {
+        "connection_factory": functools.partial(factory, silence_timeout=timeout),
+        "application_name": application_name,
+        "cursor_factory": psycopg2.extras.RealDictCursor,
         # Notice a dead peer (network cut, killed server) in seconds, not hours.
-        keepalives=1,
-        keepalives_idle=5,
-        keepalives_interval=2,
-        keepalives_count=3,
-        **bounds,
-    )
+        "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+    }
+    if timeout is not None:
+        options.update(connect_timeout=max(1, math.ceil(timeout)),
+                       tcp_user_timeout=int(timeout * 1000))
+    try:
+        conn = psycopg2.connect(dsn, **_with_statement_timeout(options, dsn, timeout))
+    except psycopg2.OperationalError as exc:
+        if timeout is None or UNSUPPORTED_STARTUP not in str(exc):
+            raise
+        # A connection pooler that takes no session settings at start-up: the statement
+        # bound is then the client's alone (its silence_timeout).
+        conn = psycopg2.connect(dsn, **options)
     conn.autocommit = autocommit
+    conn.behind_pooler = _behind_pooler(conn)
+    if conn.behind_pooler and prepare:
+        conn.prepared = None
     return conn
 
 
-def _with_statement_timeout(dsn: str, milliseconds: int) -> str:
-    """The ``options`` connection parameter of ``dsn`` (or ``PGOPTIONS``) plus a
-    ``statement_timeout``: the DSN's own options, a search_path say, are kept."""
+#: How PgBouncer refuses a startup parameter it does not pass on (``options`` above all).
+UNSUPPORTED_STARTUP = "unsupported startup parameter"
+
+
+def _behind_pooler(conn: Any) -> bool:
+    """Whether a connection pooler stands between this connection and PostgreSQL.
+
+    A pooler hands its clients a backend key of its own (it must route their cancel
+    requests), so the pid the connection was given differs from the server process's.
+    In transaction pooling, a session's state (prepared statements, LISTEN, advisory
+    locks, settings) is not there in the next transaction.
+    """
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid() AS pid")
+        server_pid = cur.fetchone()["pid"]
+    if not conn.autocommit:
+        conn.rollback()
+    return bool(conn.get_backend_pid() != server_pid)
+
+
+def _with_statement_timeout(
+    options: dict[str, Any], dsn: str, timeout: float | None
+) -> dict[str, Any]:
+    """``options`` plus the ``options`` connection parameter of ``dsn`` (or
+    ``PGOPTIONS``) with a ``statement_timeout`` of 80% of ``timeout`` added: the DSN's
+    own options, a search_path say, are kept."""
+    if timeout is None:
+        return options
     existing = psycopg2.extensions.parse_dsn(dsn).get("options")
     if existing is None:
         existing = os.environ.get("PGOPTIONS", "")
-    return f"{existing} -c statement_timeout={milliseconds}".strip()
+    milliseconds = int(timeout * 800)
+    return {**options, "options": f"{existing} -c statement_timeout={milliseconds}".strip()}
 
 
 class ConnectionPool:
@@ -119,6 +154,8 @@ class ConnectionPool:
         self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
         self._closed = False
+        #: Learnt from the first connection: a pooler (PgBouncer) stands in between.
+        self.behind_pooler: bool | None = None
 
     @contextlib.contextmanager
     def borrow(self) -> Iterator[Any]:
@@ -135,6 +172,7 @@ class ConnectionPool:
                     self.dsn, application_name=self.application_name, prepare=self.prepare,
                     timeout=self.timeout,
                 )
+                self._note_pooler(conn)
             yield conn
         except BaseException as exc:
             if conn is not None and (
@@ -150,6 +188,15 @@ class ConnectionPool:
                 else:
                     self._idle.put(conn)
             self._slots.release()
+
+    def _note_pooler(self, conn: Any) -> None:
+        if conn.behind_pooler and not self.behind_pooler:
+            log.info(
+                "%s: a connection pooler stands between us and PostgreSQL: statements"
+                " are not prepared server-side and the statement bound is the client's",
+                self.application_name,
+            )
+        self.behind_pooler = conn.behind_pooler
 
     def close(self) -> None:
         """Close idle connections; borrowed ones close when given back."""

@@ -16,9 +16,9 @@ from psycopg2 import sql
 #: (a test checks that this list and the file agree).
 Statement = Literal[
     "insert_jobs", "get_unique", "claim", "complete_delete", "complete_keep", "fail",
-    "hand_back", "touch", "rescue", "cancel", "retry", "retry_failed", "table_oid",
-    "get_job", "prune", "stats", "queue_stats", "set_statement_timeout", "heartbeat",
-    "unregister_runner", "list_runners",
+    "hand_back", "touch", "lead", "cancel", "retry", "retry_failed", "table_oid",
+    "get_job", "prune", "stats", "queue_stats", "set_statement_timeout", "beat",
+    "forget_runners", "unregister_runner", "list_runners",
 ]
 STATEMENTS: tuple[str, ...] = get_args(Statement)
 
@@ -40,6 +40,7 @@ def object_names(table_name: str) -> dict[str, sql.Identifier]:
     return {
         "table": sql.Identifier(table_name),
         "runners": sql.Identifier(f"{table_name}_runners"),
+        "leader": sql.Identifier(f"{table_name}_leader"),
         "migrations": sql.Identifier(f"{table_name}_migrations"),
         "fetch_index": sql.Identifier(f"{table_name}_fetch_idx"),
         "lease_index": sql.Identifier(f"{table_name}_lease_idx"),

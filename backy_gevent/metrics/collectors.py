@@ -57,6 +57,11 @@ class RunnerCollector:
             value=max(0.0, runner.database.silent_for()),
         )
         yield GaugeMetricFamily(
+            "backy_runner_leader",
+            "1 while this runner leads maintenance (rescue, pruning, periodic jobs).",
+            value=1.0 if runner.maintenance.leading() else 0.0,
+        )
+        yield GaugeMetricFamily(
             "backy_job_outcomes_pending",
             "Outcomes of finished attempts not yet written to the database.",
             value=runner.completer.pending,
@@ -133,12 +138,16 @@ class QueueCollector:
             started = self.clock()
             try:
                 with self.pool.borrow() as conn, conn.cursor() as cur:
+                    # The bound lives and dies with one transaction: a pooled server
+                    # connection (PgBouncer) is left with no setting of ours.
+                    cur.execute("BEGIN")
                     cur.execute(
                         self.queries.composed("set_statement_timeout"),
                         {"milliseconds": str(int(self.statement_timeout * 1000))},
                     )
                     cur.execute(self.queries.composed("queue_stats"))
                     rows: list[dict[str, Any]] | None = [dict(row) for row in cur.fetchall()]
+                    cur.execute("COMMIT")
             except psycopg2.Error as exc:  # the server away, a statement timeout...
                 self.errors += 1
                 log.warning("queue depth for the metrics: database error: %s", exc)

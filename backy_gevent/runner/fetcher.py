@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -22,6 +23,10 @@ from backy_gevent.job import Job
 from backy_gevent.runner.executor import lease_seconds
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
+
+#: How many poll intervals an idle fetcher sleeps while notifications arrive: for jobs
+#: that became due without one (rows written by hand, a retry whose runner died).
+IDLE_POLLS = 10
 
 
 class Wakeup:
@@ -61,6 +66,7 @@ class Fetcher:
         worker_pools: dict[str, WorkerPool],
         *,
         wakeup: Wakeup,
+        notified: Callable[[], bool],
         stopping: Event,
         health: DatabaseHealth,
     ) -> None:
@@ -70,12 +76,19 @@ class Fetcher:
         self.runner_id = runner_id
         self.worker_pools = worker_pools
         self.wakeup = wakeup
+        self.notified = notified
         self.stopping = stopping
         self.health = health
 
     def step(self) -> None:
-        """Wait for a reason to claim, then claim for every pool with free slots."""
-        self.wakeup.wait(timeout=self.settings.poll_interval)
+        """Wait for a reason to claim, then claim for every pool with free slots.
+
+        While notifications arrive (LISTEN works), they say when there is work, delayed
+        jobs included, and the poll is only a safety net, every ``IDLE_POLLS`` poll
+        intervals; without them, it polls every ``poll_interval``.
+        """
+        poll = self.settings.poll_interval
+        self.wakeup.wait(timeout=poll * IDLE_POLLS if self.notified() else poll)
         if self.stopping.is_set():
             return
         wanted = {}  # pool -> how many jobs to claim for it

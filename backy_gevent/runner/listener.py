@@ -1,15 +1,26 @@
 """The listener: LISTEN on the jobs table's channel, on an autocommit connection of its own.
 
-A notification with an empty payload means new work: it wakes the fetcher. One with
-``cancel:<id>`` means that job was cancelled: its attempt is stopped at once if it runs
-here. After a reconnection the fetcher is woken too, since notifications may have been
-missed while the connection was down.
+What the notifications say (``queries.sql`` sends them):
+
+- ``{"worker": w, "queue": q, "in": s}``: jobs of worker ``w`` in queue ``q`` were
+  enqueued, due in ``s`` seconds (0: now). A runner that serves them wakes its fetcher,
+  now or then; the others ignore it, so runners of other workers are not woken;
+- an empty payload: work of any kind became available (a rescue, a retry, a hand-back);
+- ``cancel:<id>``: that job was cancelled; its attempt is stopped at once if it runs here.
+
+After a reconnection the fetcher is woken too, since notifications may have been missed
+while the connection was down. LISTEN can't work through a transaction pooler (the
+session that listens is not the client's for long): behind one, the runner says so once
+and relies on polling every ``poll_interval`` (``listen_dsn`` points the listener at
+PostgreSQL itself instead).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import gevent.socket
@@ -18,6 +29,8 @@ from psycopg2 import sql
 from backy_gevent.db.connections import CONNECTION_ERRORS, connect
 from backy_gevent.db.queries import channel_name
 from backy_gevent.runner.fetcher import Wakeup
+
+log = logging.getLogger("backy_gevent.runner")
 
 
 class Listener:
@@ -29,6 +42,8 @@ class Listener:
         runner_id: str,
         *,
         table_oid: Callable[[], int],
+        workers: Collection[str],
+        queues: Collection[str],
         poll_interval: float,
         timeout: float,
         wakeup: Wakeup,
@@ -37,15 +52,22 @@ class Listener:
         self.dsn = dsn
         self.runner_id = runner_id
         self.table_oid = table_oid
+        self.workers = frozenset(workers)
+        self.queues = frozenset(queues)  # empty: every queue
         self.poll_interval = poll_interval
         self.timeout = timeout
         self.wakeup = wakeup
         self.cancelled = cancelled
+        #: True while notifications arrive: the fetcher may then poll less often.
+        self.listening = False
         self._conn: Any = None
         self._last_heard = 0.0  # time.monotonic() of the server's last sign of life
+        self._behind_pooler = False
 
-    def step(self) -> None:
+    def step(self) -> float | None:
         """Connect and LISTEN if not connected, else handle what arrives within a poll."""
+        if self._behind_pooler:
+            return self.poll_interval * 60  # nothing to listen to: polling it is
         try:
             if self._conn is None:
                 self._listen()
@@ -54,17 +76,28 @@ class Listener:
         except CONNECTION_ERRORS:
             self.close()
             raise
+        return None
 
     def _listen(self) -> None:
         conn = connect(
             self.dsn, application_name=f"backy-gevent listener {self.runner_id}",
             timeout=self.timeout,
         )
+        if conn.behind_pooler:
+            conn.close()
+            self._behind_pooler = True
+            log.warning(
+                "LISTEN can't work through a connection pooler: falling back to polling"
+                " every %gs; set listen_dsn to reach PostgreSQL directly for notifications",
+                self.poll_interval,
+            )
+            return
         self._conn = conn
         with conn.cursor() as cur:
             channel = sql.Identifier(channel_name(self.table_oid()))
             cur.execute(sql.SQL("LISTEN {}").format(channel))
         self._last_heard = time.monotonic()
+        self.listening = True
         self.wakeup.set()  # notifications may have been missed while away
 
     def _receive(self) -> None:
@@ -77,20 +110,37 @@ class Listener:
             conn.poll()
             self._last_heard = time.monotonic()
         # Also what arrived during a ping: psycopg2 keeps it in notifies.
-        if not conn.notifies:
-            return
         for notify in conn.notifies:
-            kind, _, job_id = notify.payload.partition(":")
-            if kind == "cancel" and job_id.isdigit():
-                self.cancelled(int(job_id))
+            self._handle(notify.payload)
         conn.notifies.clear()
-        self.wakeup.set()
+
+    def _handle(self, payload: str) -> None:
+        if payload.startswith("cancel:"):
+            job_id = payload.partition(":")[2]
+            if job_id.isdigit():
+                self.cancelled(int(job_id))
+            return
+        if not payload.startswith("{"):
+            self.wakeup.set()
+            return
+        news = json.loads(payload)
+        if news.get("worker") not in self.workers:
+            return
+        if self.queues and news.get("queue") not in self.queues:
+            return
+        due_in = float(news.get("in") or 0.0)
+        if due_in > 0:
+            self.wakeup.set_later(due_in)
+        else:
+            self.wakeup.set()
 
     def _ping_if_quiet(self) -> None:
         """A connection that only listens hears nothing from a server that went silent
-        (or from a proxy that stopped forwarding): ask something now and then, bounded
-        by ``timeout``, so a dead path is noticed and replaced."""
-        if time.monotonic() - self._last_heard < self.timeout:
+        (or from a proxy that stopped forwarding): ask something when it has been quiet
+        for three ``timeout``s, bounded by ``timeout``, so a dead path is noticed and
+        replaced. (The other loops notice a silent database sooner: this is for a path
+        of the listener's own, ``listen_dsn``.)"""
+        if time.monotonic() - self._last_heard < 3 * self.timeout:
             return
         with self._conn.cursor() as cur:
             cur.execute("SELECT 1")
@@ -98,6 +148,7 @@ class Listener:
 
     def close(self) -> None:
         """Drop the connection (a later step opens a new one)."""
+        self.listening = False
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -1,9 +1,18 @@
-"""Maintenance: the runner's heartbeat, and the rescue of jobs whose lease ran out.
+"""Maintenance: the runner's heartbeat, and, on the one runner that leads, the chores.
 
-Every ``poll_interval`` the runner rescues running jobs whose lease expired (their
-runner died or froze): they become available again, or failed when the lost attempt
-was their last. Every ``HEARTBEAT_SECONDS`` it also records that it is alive in the
-runners table, where ``backy-gevent jobs`` shows it.
+One runner at a time leads maintenance: the one whose lease on the leader row is
+current (``LEADER_LEASE_SECONDS``). Every ``poll_interval`` (more often if that is
+longer than a third of the lease) the leader, in one statement (``lead``), renews that
+lease, beats, and rescues running jobs whose lease
+expired (their runner died or froze): they become available again, quarantined (see
+the statement). Every ``FORGET_EVERY`` seconds it also drops the rows of runners
+silent for an hour. Every other runner only beats, every ``BEAT_SECONDS``, and in the
+same statement (``beat``) takes the leadership when the leader's lease ran out: a
+leader that dies or loses the database is replaced within its lease plus a beat. A
+leader acts only while its lease holds by its own clock.
+
+So an idle fleet costs the database one statement a second from its leader and one
+every five seconds from each other runner.
 """
 
 from __future__ import annotations
@@ -13,7 +22,6 @@ import logging
 import os
 import socket
 import time
-from typing import Any
 
 from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
 from backy_gevent.db.queries import Queries
@@ -21,12 +29,15 @@ from backy_gevent.runner.supervision import DatabaseHealth
 
 log = logging.getLogger("backy_gevent.runner")
 
-HEARTBEAT_SECONDS = 5.0
+BEAT_SECONDS = 5.0
+LEADER_LEASE_SECONDS = 4.0
 FORGET_RUNNER_SECONDS = 3600.0
+FORGET_EVERY = 60.0
 
 
 class Maintenance:
-    """Beats and rescues; ``step`` is one round, returning the pause before the next."""
+    """Beats, leads when it may, and does the leader's chores; ``step`` is one round,
+    returning the pause before the next."""
 
     def __init__(
         self,
@@ -48,46 +59,76 @@ class Maintenance:
         self.health = health
         #: Jobs this runner's rescuer took back from dead runners, by (worker, queue, state).
         self.rescued: collections.Counter[tuple[str, str, str]] = collections.Counter()
-        self._next_beat = 0.0
+        self._leads_until = 0.0  # time.monotonic(): the lease by this runner's own clock
+        self._said_leading = False
+        self._next_forget = 0.0
+
+    def leading(self) -> bool:
+        """Whether this runner leads maintenance now, by its own clock."""
+        return time.monotonic() < self._leads_until
 
     def step(self) -> float:
-        """Beat if it is time, rescue expired leases; return the seconds until the next."""
-        with self.connections.borrow() as conn, conn.cursor() as cur:
-            if time.monotonic() >= self._next_beat:
-                self._beat(cur)
-                self._next_beat = time.monotonic() + HEARTBEAT_SECONDS
-            self.queries.execute(cur, "rescue", {})
-            rescued = cur.fetchall()
-        for row in rescued:
-            # Quarantined, uncounted: it may be a bystander of the job that killed the
-            # runner (see the rescue statement).
-            state = row["state"] if row["counted"] else "quarantined"
-            self.rescued[row["worker"], row["queue"], state] += 1
-            log.warning(
-                "job %s (%s) lost its runner; now %s%s", row["id"], row["worker"],
-                row["state"], "" if row["counted"] else
-                ", quarantined (the lost attempt is not counted; its next attempts run"
-                " in a process of their own)",
-            )
+        """The leader's round when it leads (every ``poll_interval``), a beat when it does
+        not (every ``BEAT_SECONDS``); return the seconds until the next."""
+        if self.leading():
+            self._lead()
+            if time.monotonic() >= self._next_forget:
+                with self.connections.borrow() as conn, conn.cursor() as cur:
+                    self.queries.execute(cur, "forget_runners",
+                                         {"forget_after": FORGET_RUNNER_SECONDS})
+                self._next_forget = time.monotonic() + FORGET_EVERY
+        else:
+            self._beat()
         self.health.ok()
-        return self.poll_interval
+        if self.leading():
+            return min(self.poll_interval, LEADER_LEASE_SECONDS / 3)
+        return BEAT_SECONDS
 
-    def _beat(self, cur: Any) -> None:
-        self.queries.execute(
-            cur,
-            "heartbeat",
-            {
+    def _beat(self) -> None:
+        sent = time.monotonic()
+        with self.connections.borrow() as conn, conn.cursor() as cur:
+            self.queries.execute(cur, "beat", {
                 "id": self.runner_id,
                 "hostname": socket.gethostname(),
                 "pid": os.getpid(),
                 "workers": self.workers,
                 "queues": self.queues,
-                "forget_after": FORGET_RUNNER_SECONDS,
-            },
-        )
+                "lease": LEADER_LEASE_SECONDS,
+            })
+            leader = cur.fetchone()["leader"]
+        self._now_leading(leader == self.runner_id, sent)
+
+    def _lead(self) -> None:
+        sent = time.monotonic()
+        with self.connections.borrow() as conn, conn.cursor() as cur:
+            self.queries.execute(cur, "lead", {"id": self.runner_id,
+                                               "lease": LEADER_LEASE_SECONDS})
+            row = cur.fetchone()
+        self._now_leading(row["leader"] == self.runner_id, sent)
+        for job in row["rescued"]:
+            # Quarantined, uncounted: it may be a bystander of the job that killed the
+            # runner (see the lead statement).
+            state = job["state"] if job["counted"] else "quarantined"
+            self.rescued[job["worker"], job["queue"], state] += 1
+            log.warning(
+                "job %s (%s) lost its runner; now %s%s", job["id"], job["worker"],
+                job["state"], "" if job["counted"] else
+                ", quarantined (the lost attempt is not counted; its next attempts run"
+                " in a process of their own)",
+            )
+
+    def _now_leading(self, leads: bool, sent: float) -> None:
+        """What the last statement said; the lease is judged from before it was sent."""
+        self._leads_until = sent + LEADER_LEASE_SECONDS if leads else 0.0
+        if leads != self._said_leading:
+            self._said_leading = leads
+            log.info("runner %s %s maintenance", self.runner_id,
+                     "leads" if leads else "no longer leads")
 
     def unregister(self) -> None:
-        """Remove the runner's row (a clean stop); a database error is only logged."""
+        """Remove the runner's row and give up the leadership (a clean stop); a database
+        error is only logged."""
+        self._leads_until = 0.0
         try:
             with self.connections.borrow() as conn, conn.cursor() as cur:
                 self.queries.execute(cur, "unregister_runner", {"id": self.runner_id})

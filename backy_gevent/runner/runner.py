@@ -119,14 +119,16 @@ class Runner:
             )
             for registration in self.registry
         }
-        self.fetcher = Fetcher(
-            settings, self.connections, self.queries, self.id, self.worker_pools,
-            wakeup=self.wakeup, stopping=self.stopping, health=self.database,
-        )
         self.listener = Listener(
-            self.dsn, self.id, table_oid=lambda: int(self.table_oid or 0),
+            settings.listen_dsn or self.dsn, self.id, table_oid=lambda: int(self.table_oid or 0),
+            workers=list(self.worker_pools), queues=settings.queues,
             poll_interval=settings.poll_interval, timeout=settings.database_timeout,
             wakeup=self.wakeup, cancelled=self._stop_if_running,
+        )
+        self.fetcher = Fetcher(
+            settings, self.connections, self.queries, self.id, self.worker_pools,
+            wakeup=self.wakeup, notified=lambda: self.listener.listening,
+            stopping=self.stopping, health=self.database,
         )
         self.maintenance = Maintenance(
             self.connections, self.queries, self.id, workers=list(self.worker_pools),

@@ -25,7 +25,8 @@
 -- name: insert_jobs
 -- Enqueue one or many jobs in one statement. A job whose unique_key is already taken by
 -- a waiting or running job is not inserted; insert_jobs then returns fewer rows and the
--- client reads the existing job. The NOTIFY wakes runners at commit.
+-- client reads the existing job. The NOTIFY wakes, at commit, the runners that serve
+-- the worker and queue: now, or when the earliest of the jobs falls due ("in" seconds).
 WITH inserted AS (
     INSERT INTO {table} (worker, args, queue, priority, max_attempts, run_at, unique_key)
     SELECT w, a, q, p, m, coalesce(r, clock_timestamp() + make_interval(secs => d)), u
@@ -37,7 +38,12 @@ WITH inserted AS (
     DO NOTHING
     RETURNING *, tableoid
 ), notified AS (
-    SELECT pg_notify('backy_' || tableoid, '') FROM inserted LIMIT 1
+    SELECT count(pg_notify('backy_' || tableoid, json_build_object(
+        'worker', worker, 'queue', queue,
+        'in', greatest(0, extract(epoch FROM due - clock_timestamp()))::float8
+    )::text))
+    FROM (SELECT tableoid, worker, queue, min(run_at) AS due
+          FROM inserted GROUP BY tableoid, worker, queue) AS news
 )
 SELECT inserted.* FROM inserted LEFT JOIN notified ON true ORDER BY id;
 
@@ -148,19 +154,30 @@ WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'running'
   AND runner_id = %(runner_id)s
 RETURNING expires_at;
 
--- name: rescue
--- Take back running jobs whose lease ran out: their runner died or froze. A rescued job
--- keeps its place in the queue (its run_at is not touched) and is quarantined: its later
--- attempts run in a process of their own. The lost attempt is not counted: the job may
--- be an innocent bystander of the one that killed the runner, and a quarantined job,
--- alone in its process, can't kill its runner. Only a job that has lost more runners
--- than it has attempts is charged (with a LeaseExpired error) for each further loss,
--- so that even a job that finds a way to kill its runner from quarantine ends failed.
--- The expired rows are found through the lease index and then by primary key; in the
--- UPDATE, t.rescues is still the value from before it.
-WITH expired AS (
+-- name: lead
+-- The leader's round, every poll interval, in one statement: renew its lease on the
+-- leadership of maintenance (only while it still holds it), beat, and, as the leader,
+-- take back running jobs whose lease ran out (their runner died or froze). Returns one
+-- row: the leader's id (NULL: this runner no longer leads, and rescued nothing) and the
+-- jobs rescued, as JSON.
+--
+-- A rescued job keeps its place in the queue (its run_at is not touched) and is
+-- quarantined: its later attempts run in a process of their own. The lost attempt is
+-- not counted: the job may be an innocent bystander of the one that killed the runner,
+-- and a quarantined job, alone in its process, can't kill its runner. Only a job that
+-- has lost more runners than it has attempts is charged (with a LeaseExpired error) for
+-- each further loss, so that even a job that finds a way to kill its runner from
+-- quarantine ends failed. The expired rows are found through the lease index and then
+-- by primary key; in the UPDATE, t.rescues is still the value from before it.
+WITH renewed AS (
+    UPDATE {leader} SET expires_at = now() + make_interval(secs => %(lease)s)
+    WHERE name = 'maintenance' AND runner_id = %(id)s
+    RETURNING runner_id
+), beat AS (
+    UPDATE {runners} SET heartbeat_at = now() WHERE id = %(id)s
+), expired AS (
     SELECT id FROM {table}
-    WHERE state = 'running' AND expires_at < now()
+    WHERE state = 'running' AND expires_at < now() AND EXISTS (SELECT FROM renewed)
     FOR UPDATE SKIP LOCKED
 ), rescued AS (
     UPDATE {table} t
@@ -179,9 +196,14 @@ WITH expired AS (
     RETURNING t.id, t.worker, t.queue, t.state, t.rescues > t.max_attempts AS counted,
               t.tableoid
 ), notified AS (
-    SELECT pg_notify('backy_' || tableoid, '') FROM rescued WHERE state = 'available' LIMIT 1
+    SELECT count(pg_notify('backy_' || tableoid, ''))
+    FROM (SELECT tableoid FROM rescued WHERE state = 'available' LIMIT 1) AS available
 )
-SELECT rescued.* FROM rescued LEFT JOIN notified ON true;
+SELECT (SELECT runner_id FROM renewed) AS leader,
+       (SELECT coalesce(json_agg(json_build_object(
+            'id', id, 'worker', worker, 'queue', queue, 'state', state, 'counted', counted)),
+            '[]') FROM rescued) AS rescued
+FROM notified;
 
 -- name: cancel
 -- Cancel a waiting or running job. The NOTIFY ("cancel:<id>") tells the runner of a
@@ -286,28 +308,48 @@ SELECT worker, queue, state, count(*), 0, NULL
 FROM {table} WHERE state IN ('failed', 'cancelled') GROUP BY worker, queue, state;
 
 -- name: set_statement_timeout
--- Bound every later statement of this session (the metrics' own connection), in ms.
-SELECT set_config('statement_timeout', %(milliseconds)s, false);
+-- Bound the later statements of this transaction (the metrics' queue query), in ms.
+SELECT set_config('statement_timeout', %(milliseconds)s, true);
 
--- name: heartbeat
--- A live runner announces itself or beats; rows of runners silent for a long while
--- (they died without saying goodbye) are dropped.
+-- name: beat
+-- A live runner announces itself or beats, and renews its lease on the leadership of
+-- maintenance, or takes it when the leader's ran out: returns the leader's id when this
+-- runner leads, NULL when another does.
 WITH beat AS (
     INSERT INTO {runners} (id, hostname, pid, workers, queues)
     VALUES (%(id)s, %(hostname)s, %(pid)s, %(workers)s, %(queues)s)
     ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+), lead AS (
+    INSERT INTO {leader} AS l (name, runner_id, expires_at)
+    VALUES ('maintenance', %(id)s, now() + make_interval(secs => %(lease)s))
+    ON CONFLICT (name) DO UPDATE
+    SET runner_id = excluded.runner_id, expires_at = excluded.expires_at,
+        elected_at = CASE WHEN l.runner_id = excluded.runner_id THEN l.elected_at
+                          ELSE now() END
+    WHERE l.runner_id = excluded.runner_id OR l.expires_at < now()
+    RETURNING runner_id
 )
+SELECT (SELECT runner_id FROM lead) AS leader;
+
+-- name: forget_runners
+-- The leader drops the rows of runners silent for a long while (they died without
+-- saying goodbye).
 DELETE FROM {runners}
-WHERE heartbeat_at < now() - make_interval(secs => %(forget_after)s) AND id <> %(id)s;
+WHERE heartbeat_at < now() - make_interval(secs => %(forget_after)s);
 
 -- name: unregister_runner
--- A runner that stops cleanly removes its row.
+-- A runner that stops cleanly removes its row and gives up the leadership if it has it,
+-- so that another runner takes over at its next beat.
+WITH resigned AS (
+    DELETE FROM {leader} WHERE runner_id = %(id)s
+)
 DELETE FROM {runners} WHERE id = %(id)s;
 
 -- name: list_runners
--- Runners that beat within the last hour (older rows are dropped), and how long each has
--- been silent: a live runner beats every 5 seconds.
-SELECT id, hostname, pid, workers, queues, started_at, heartbeat_at,
-       extract(epoch FROM now() - heartbeat_at)::float8 AS silent_seconds
-FROM {runners}
-ORDER BY started_at;
+-- Runners that beat within the last hour (older rows are dropped), how long each has
+-- been silent (a live runner beats every 5 seconds), and which one leads maintenance.
+SELECT r.id, r.hostname, r.pid, r.workers, r.queues, r.started_at, r.heartbeat_at,
+       extract(epoch FROM now() - r.heartbeat_at)::float8 AS silent_seconds,
+       coalesce(l.runner_id = r.id AND l.expires_at >= now(), false) AS leader
+FROM {runners} r LEFT JOIN {leader} l ON l.name = 'maintenance'
+ORDER BY r.started_at;

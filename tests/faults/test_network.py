@@ -105,13 +105,17 @@ def test_a_claim_whose_reply_comes_after_its_lease_is_not_started(
     private_cluster: PrivateCluster, proxy: TcpProxy, runner_on: RunnerOn
 ) -> None:
     dsn = private_cluster.dsn
+    # The leader of maintenance goes direct, so that the late runner is a follower whose
+    # connections are idle but for a claim every 10 polls (a leader's frequent rounds
+    # would have their answers held too).
+    runner_on(dsn, "--poll-interval", str(POLL), "--worker", "record")
     # One round trip per claim (a first PREPARE on a connection would be a second one,
     # and its answer held too).
     late = runner_on(proxy.dsn_for(dsn), "--poll-interval", str(POLL), "--worker", "sleep",
                      "--prepare-statements", "false")
     # Every connection made (a handshake's answers would be held too), and a claim or two.
     wait_until(lambda: private_cluster.execute(
-        "SELECT count(*) >= 3 FROM pg_stat_activity WHERE application_name LIKE %s",
+        "SELECT count(*) >= 2 FROM pg_stat_activity WHERE application_name LIKE %s",
         "backy-gevent %")[0][0], 10, what="the late runner's connections")
     time.sleep(0.5)
     proxy.stall()
