@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from backy_gevent.client import Client, DefaultClient
     from backy_gevent.hooks import hookimpl
-    from backy_gevent.job import Job, JobCrashed, JobTimeout, touch
+    from backy_gevent.job import Cancel, Job, JobCrashed, JobTimeout, Snooze, touch
     from backy_gevent.worker import Worker, WorkerError
 
 __all__ = [
+    "Cancel",
     "Client",
     "Job",
     "JobCrashed",
     "JobTimeout",
+    "Snooze",
     "Worker",
     "WorkerError",
     "cancel",
@@ -37,6 +39,8 @@ _LAZY = {
     "Job": "backy_gevent.job",
     "JobTimeout": "backy_gevent.job",
     "JobCrashed": "backy_gevent.job",
+    "Snooze": "backy_gevent.job",
+    "Cancel": "backy_gevent.job",
     "touch": "backy_gevent.job",
     "Worker": "backy_gevent.worker",
     "WorkerError": "backy_gevent.worker",

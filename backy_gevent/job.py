@@ -57,6 +57,32 @@ class JobCrashed(Exception):
         self.returncode = returncode
 
 
+class Snooze(BaseException):
+    """Raise it in ``perform`` to run the job again in ``seconds``, without spending an
+    attempt (the next run sees the same ``job.attempt``) and without recording an error.
+
+    A BaseException, like ``JobTimeout``, so that a worker's ``except Exception`` around
+    the code that raises it does not swallow it.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not (
+            isinstance(seconds, (int, float)) and 0 <= seconds <= 10_000_000_000
+        ):
+            raise ValueError(f"Snooze takes seconds from 0 to 10,000,000,000, not {seconds!r}")
+        super().__init__(f"snoozed for {seconds:g}s")
+        self.seconds = float(seconds)
+
+
+class Cancel(BaseException):
+    """Raise it in ``perform`` to end the job ``cancelled``: no retry; the reason is
+    recorded in its ``errors`` history. A BaseException, like ``Snooze``."""
+
+    def __init__(self, reason: str = "cancelled by the job") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def _signal_name(number: int) -> str:
     import signal
 
@@ -97,6 +123,8 @@ class Job:
     quarantined: bool = False
     #: How many times the job lost its runner (rescued after its lease ran out).
     rescues: int = 0
+    #: What ``perform`` returned, as JSON, when finished rows are kept.
+    result: Any = None
     # Set by the executor while an attempt runs; ``touch`` calls it.
     _toucher: Callable[[], None] | None = dataclasses.field(
         default=None, repr=False, compare=False

@@ -134,9 +134,17 @@ class RecordingSink:
         self.outcomes: list[tuple[str, Any]] = []
         self.touches: list[tuple[int, float]] = []
         self.still_ours = True  # what touch answers: is the row still this attempt's?
+        self.results: list[Any] = []
 
-    def completed(self, job: Job) -> None:
+    def completed(self, job: Job, result: Any = None) -> None:
         self.outcomes.append(("completed", job))
+        self.results.append(result)
+
+    def snoozed(self, job: Job, seconds: float) -> None:
+        self.outcomes.append(("snoozed", seconds))
+
+    def cancelled(self, job: Job, error: dict[str, Any]) -> None:
+        self.outcomes.append(("cancelled", error))
 
     def failed(self, job: Job, error: dict[str, Any], retry_in: float | None) -> None:
         self.outcomes.append(("failed", (error, retry_in)))
@@ -453,6 +461,44 @@ def test_a_lease_that_runs_out_during_before_job_stops_the_start() -> None:
     assert sink.outcomes == [("handed_back", job)]
 
 
+class Snoozer(backy.Worker):
+    name = "snoozer"
+
+    def perform(self, job: Job, args: dict[str, Any]) -> None:
+        raise backy.Snooze(args.get("seconds", 5))
+
+
+class Quitter(backy.Worker):
+    name = "quitter"
+
+    def perform(self, job: Job, args: dict[str, Any]) -> None:
+        raise backy.Cancel("the customer closed their account")
+
+
+def test_snooze_and_cancel_are_outcomes_of_their_own_with_no_failure_hook() -> None:
+    executor, sink, spy = make_executor()
+    run(executor, make_job("snoozer", seconds=5), Snoozer)
+    run(executor, make_job("quitter"), Quitter)
+    [(snoozed, seconds), (cancelled, error)] = sink.outcomes
+    assert (snoozed, seconds, cancelled) == ("snoozed", 5.0, "cancelled")
+    assert error["error"] == "backy_gevent.job.Cancel"
+    assert error["message"] == "the customer closed their account"
+    assert "failure" not in spy.names() and "after" not in spy.names()
+
+
+def test_a_bad_snooze_is_a_failure_naming_it() -> None:
+    executor, sink, _ = make_executor()
+    run(executor, make_job("snoozer", seconds=-1), Snoozer)
+    [(kind, (error, _))] = sink.outcomes
+    assert kind == "failed" and "Snooze takes seconds" in error["message"]
+
+
+def test_the_return_value_goes_to_the_sink() -> None:
+    executor, sink, _ = make_executor()
+    run(executor, make_job("ok", value={"sent": 3}), Ok)
+    assert sink.results == [{"sent": 3}]
+
+
 # -- with the database: the real Completer as the sink ----------------------------------
 
 
@@ -479,7 +525,7 @@ def db_executor(client: Client, *, delete: bool) -> tuple[Executor, Completer]:
 
 @pytest.fixture
 def db_client(settings: Settings) -> Iterator[Client]:
-    c = Client(settings, registry=Registry.from_classes(Ok, FlakyOnce, Boom))
+    c = Client(settings, registry=Registry.from_classes(Ok, FlakyOnce, Boom, Snoozer, Quitter))
     c.setup()
     yield c
     c.close()
@@ -591,3 +637,60 @@ def test_a_query_interrupted_by_the_timeout_is_cancelled_on_the_server(
     finally:
         QUERY_CONNECTIONS.pop(7, None)
         conn.close()
+
+
+def test_a_snooze_runs_the_job_again_later_with_the_same_attempt(
+    db_client: Client, db: Any
+) -> None:
+    job = db_client.enqueue(Snoozer, seconds=30)
+    executor, completer = db_executor(db_client, delete=True)
+    [claimed] = claim(db_client, "snoozer")
+    gevent.spawn(executor.run, claimed, db_client.registry.get("snoozer")).join()
+    completer.flush()
+    row = db_client.get_job(job.id)
+    assert row is not None
+    assert (row.state, row.attempt, row.errors, row.runner_id) == ("available", 0, [], None)
+    [(delay,)] = query(db, "SELECT extract(epoch FROM run_at - now()) FROM jobs")
+    assert 28 < delay <= 30
+    assert claim(db_client, "snoozer") == []  # not due yet
+    query(db, "UPDATE jobs SET run_at = now()")
+    [again] = claim(db_client, "snoozer")
+    assert again.attempt == 1  # the same attempt as before the snooze
+
+
+def test_a_cancel_from_inside_ends_the_job_cancelled_with_its_reason(
+    db_client: Client, db: Any
+) -> None:
+    job = db_client.enqueue(Quitter)
+    executor, completer = db_executor(db_client, delete=True)
+    [claimed] = claim(db_client, "quitter")
+    gevent.spawn(executor.run, claimed, db_client.registry.get("quitter")).join()
+    completer.flush()
+    row = db_client.get_job(job.id)
+    assert row is not None and row.state == "cancelled" and row.finished_at is not None
+    assert [(e["error"], e["message"]) for e in row.errors] == [
+        ("backy_gevent.job.Cancel", "the customer closed their account")]
+
+
+@pytest.mark.parametrize(
+    ("returned", "kept"),
+    [({"sent": 3, "to": ["a"]}, {"sent": 3, "to": ["a"]}), (None, None), ("ok", "ok"),
+     (float("nan"), "nan"), ({1, 2}, "{1, 2}")],
+)
+def test_the_return_value_is_kept_as_json_when_rows_are_kept(
+    db_client: Client, returned: Any, kept: Any
+) -> None:
+    job = db_client.enqueue(Ok, value=None)
+    executor, completer = db_executor(db_client, delete=False)
+
+    class Returns(Ok):
+        def perform(self, job: Job, args: dict[str, Any]) -> Any:
+            return returned
+
+    [claimed] = claim(db_client, "ok")
+    gevent.spawn(executor.run, claimed, Registration("ok", Returns, "test")).join()
+    completer.flush()
+    row = db_client.get_job(job.id)
+    assert row is not None and row.state == "completed"
+    assert row.result == kept
+

@@ -16,6 +16,7 @@ from psycopg2 import sql
 #: (a test checks that this list and the file agree).
 Statement = Literal[
     "insert_jobs", "get_unique", "claim", "complete_delete", "complete_keep", "fail",
+    "snooze", "give_up",
     "hand_back", "touch", "lead", "cancel", "retry", "retry_failed", "table_oid",
     "get_job", "prune", "stats", "queue_stats", "set_statement_timeout", "beat",
     "forget_runners", "unregister_runner", "list_runners",

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import gevent
 from gevent import getcurrent
 
-from backy_gevent.job import Job, JobTimeout
+from backy_gevent.job import Cancel, Job, JobTimeout, Snooze
 from backy_gevent.worker import Worker
 
 
@@ -31,10 +31,11 @@ class JobRevoked(BaseException):
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """How an attempt ended: ``perform`` returned or raised, or the attempt was handed
-    back (shutdown, a lease that ran out before it started) or revoked."""
+    """How an attempt ended: ``perform`` returned or raised (``Snooze`` and ``Cancel``
+    are outcomes of their own), or the attempt was handed back (shutdown, a lease that
+    ran out before it started) or revoked."""
 
-    kind: Literal["returned", "raised", "handed_back", "revoked"]
+    kind: Literal["returned", "raised", "handed_back", "revoked", "snoozed", "cancelled"]
     result: Any = None
     duration: float = 0.0
     error: BaseException | None = None
@@ -112,6 +113,10 @@ def run_in_process(
         return HANDED_BACK
     except JobRevoked as revoked:
         return Outcome("revoked", error=revoked)
+    except Snooze as snooze:
+        return Outcome("snoozed", duration=snooze.seconds, error=snooze)
+    except Cancel as cancel:
+        return Outcome("cancelled", error=cancel)
     except gevent.GreenletExit:
         raise
     except BaseException as exc:  # a job's error, whatever it is, is its outcome

@@ -40,9 +40,11 @@ class Completer:
         self.runner_id = runner_id
         self.delete_finished_jobs = delete_finished_jobs
         self.on_retry_scheduled = on_retry_scheduled
-        self._completed: list[tuple[int, int]] = []
+        self._completed: list[tuple[int, int, str | None]] = []  # id, attempt, result
         self._handed_back: list[tuple[int, int]] = []
-        self._failed: list[tuple[Job, dict[str, Any], float | None]] = []
+        #: Outcomes written one statement each: the statement, its parameters, and what
+        #: to do with the row it returns (None: the job is no longer this attempt's).
+        self._singles: list[tuple[Statement, dict[str, Any], Callable[[Any], None]]] = []
         self._wake = Event()
         self._all_written = Event()
         self._all_written.set()
@@ -53,12 +55,33 @@ class Completer:
 
     # -- the sink -------------------------------------------------------------------
 
-    def completed(self, job: Job) -> None:
-        self._completed.append((job.id, job.attempt))
+    def completed(self, job: Job, result: Any = None) -> None:
+        """``perform`` returned ``result``: kept, as JSON, when finished rows are kept."""
+        kept = None if result is None or self.delete_finished_jobs else _as_json(job, result)
+        self._completed.append((job.id, job.attempt, kept))
         self._nudge()
 
     def failed(self, job: Job, error: dict[str, Any], retry_in: float | None) -> None:
-        self._failed.append((job, error, retry_in))
+        def written(row: Any) -> None:
+            if row["state"] == "available" and retry_in is not None:
+                self.on_retry_scheduled(retry_in)
+
+        self._single("fail", job, {"delay": retry_in or 0.0, "error": json.dumps(error)},
+                     written)
+
+    def snoozed(self, job: Job, seconds: float) -> None:
+        self._single("snooze", job, {"delay": seconds},
+                     lambda row: self.on_retry_scheduled(seconds))
+
+    def cancelled(self, job: Job, error: dict[str, Any]) -> None:
+        self._single("give_up", job, {"error": json.dumps(error)}, lambda row: None)
+
+    def _single(
+        self, statement: Statement, job: Job, params: dict[str, Any],
+        written: Callable[[Any], None],
+    ) -> None:
+        token = {"id": job.id, "attempt": job.attempt, "runner_id": self.runner_id}
+        self._singles.append((statement, {**token, **params}, written))
         self._nudge()
 
     def handed_back(self, job: Job) -> None:
@@ -95,7 +118,7 @@ class Completer:
     @property
     def pending(self) -> int:
         """Outcomes not yet written."""
-        return len(self._completed) + len(self._handed_back) + len(self._failed)
+        return len(self._completed) + len(self._handed_back) + len(self._singles)
 
     # -- the writer loop ------------------------------------------------------------
 
@@ -129,43 +152,43 @@ class Completer:
         """Write everything pending now; what fails to write stays pending."""
         with self.pool.borrow() as conn, conn.cursor() as cur:
             if self._completed:
-                batch, self._completed = self._completed, []
-                query: Statement = (
-                    "complete_delete" if self.delete_finished_jobs else "complete_keep"
-                )
+                completed, self._completed = self._completed, []
                 try:
-                    written = self._write_batch(cur, query, batch)
+                    count = self._write_completions(cur, completed)
                 except BaseException:
-                    self._completed[:0] = batch
+                    self._completed[:0] = completed
                     raise
-                self._note_lost("completions", len(batch) - written)
+                self._note_lost("completions", len(completed) - count)
             if self._handed_back:
                 batch, self._handed_back = self._handed_back, []
                 try:
-                    written = self._write_batch(cur, "hand_back", batch)
+                    count = self._write_batch(cur, "hand_back", batch)
                 except BaseException:
                     self._handed_back[:0] = batch
                     raise
-                self._note_lost("hand-backs", len(batch) - written)
-            while self._failed:
-                job, error, retry_in = self._failed[0]
-                self.queries.execute(
-                    cur,
-                    "fail",
-                    {
-                        "id": job.id,
-                        "attempt": job.attempt,
-                        "delay": retry_in or 0.0,
-                        "error": json.dumps(error),
-                        "runner_id": self.runner_id,
-                    },
-                )
+                self._note_lost("hand-backs", len(batch) - count)
+            while self._singles:
+                statement, params, written = self._singles[0]
+                self.queries.execute(cur, statement, params)
                 row = cur.fetchone()
-                self._failed.pop(0)
+                self._singles.pop(0)
                 if row is None:
-                    self._note_lost("failures", 1)
-                elif row["state"] == "available" and retry_in is not None:
-                    self.on_retry_scheduled(retry_in)
+                    self._note_lost("outcomes", 1)
+                else:
+                    written(row)
+
+    def _write_completions(self, cur: Any, completed: list[tuple[int, int, str | None]]) -> int:
+        if self.delete_finished_jobs:
+            return self._write_batch(cur, "complete_delete", [(i, a) for i, a, _ in completed])
+        ids, attempts, results = zip(*completed, strict=True)
+        kept = [(job_id, result) for job_id, result in zip(ids, results, strict=True)
+                if result is not None]
+        self.queries.execute(cur, "complete_keep", {
+            "ids": list(ids), "attempts": list(attempts), "runner_id": self.runner_id,
+            "result_ids": [job_id for job_id, _ in kept],
+            "results": [result for _, result in kept],
+        })
+        return len(cur.fetchall())
 
     def _write_batch(self, cur: Any, query: Statement, batch: list[tuple[int, int]]) -> int:
         ids, attempts = zip(*batch, strict=True)
@@ -183,3 +206,13 @@ class Completer:
                 count,
                 what,
             )
+
+
+def _as_json(job: Job, result: Any) -> str:
+    """``result`` as JSON for the row; one that JSON can't hold is kept as its repr."""
+    try:
+        return json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError):
+        log.warning("job %s returned %r, which JSON can't hold: its repr is kept", job.id,
+                    type(result).__name__)
+        return json.dumps(repr(result))

@@ -45,9 +45,13 @@ log = logging.getLogger("backy_gevent.executor")
 class OutcomeSink(Protocol):
     """Where the executor reports outcomes (the runner's completer)."""
 
-    def completed(self, job: Job) -> None: ...
+    def completed(self, job: Job, result: Any = None) -> None: ...
 
     def failed(self, job: Job, error: dict[str, Any], retry_in: float | None) -> None: ...
+
+    def snoozed(self, job: Job, seconds: float) -> None: ...
+
+    def cancelled(self, job: Job, error: dict[str, Any]) -> None: ...
 
     def handed_back(self, job: Job) -> None: ...
 
@@ -170,7 +174,7 @@ class Executor:
 
     def _report(self, job: Job, worker: Worker, outcome: Outcome) -> None:
         if outcome.kind == "returned":
-            self.sink.completed(job)
+            self.sink.completed(job, outcome.result)
             self.hooks.call(
                 "backy_after_job", job=job, worker=worker, result=outcome.result,
                 duration=outcome.duration,
@@ -178,6 +182,13 @@ class Executor:
         elif outcome.kind == "raised":
             assert outcome.error is not None
             self._fail(job, worker, outcome.error, timed_out=outcome.timed_out)
+        elif outcome.kind == "snoozed":
+            log.info("job %s (%s) snoozed for %gs", job.id, job.worker, outcome.duration)
+            self.sink.snoozed(job, outcome.duration)
+        elif outcome.kind == "cancelled":
+            assert outcome.error is not None
+            log.info("job %s (%s) cancelled itself: %s", job.id, job.worker, outcome.error)
+            self.sink.cancelled(job, error_entry(job, outcome.error))
         elif outcome is HANDED_BACK:
             self.sink.handed_back(job)
         else:

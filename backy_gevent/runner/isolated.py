@@ -106,6 +106,10 @@ def _report(job_id: int, outcome: Outcome) -> dict[str, Any]:
         return {"id": job_id, "returned": outcome.result, "duration": outcome.duration}
     if outcome.kind == "revoked":
         return {"id": job_id, "revoked": str(outcome.error)}
+    if outcome.kind == "snoozed":
+        return {"id": job_id, "snoozed": outcome.duration}
+    if outcome.kind == "cancelled":
+        return {"id": job_id, "cancelled": str(outcome.error)}
     error = outcome.error
     assert error is not None
     return {

@@ -25,7 +25,8 @@ child: the options at once, then jobs as they come (``{"jobs": [...]}``), ``{"id
 (no more jobs: exit once those have ended). From the child: ``{"id": n,
 "touch": true}`` (the first one when the attempt is about to start) and one end per
 attempt: ``{"id": n, "returned": result, "duration": s}``, ``{"id": n, "raised":
-{...}, "timed_out": b}`` or ``{"id": n, "revoked": message}``. Hooks run in the runner.
+{...}, "timed_out": b}``, ``{"id": n, "snoozed": s}``, ``{"id": n, "cancelled":
+reason}`` or ``{"id": n, "revoked": message}``. Hooks run in the runner.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import gevent
 from gevent.event import AsyncResult, Event
 from gevent.fileobject import FileObjectPosix
 
-from backy_gevent.job import Job, JobCrashed, JobTimeout
+from backy_gevent.job import Cancel, Job, JobCrashed, JobTimeout, Snooze
 from backy_gevent.runner.attempt import HANDED_BACK, Deadline, HandBack, JobRevoked, Outcome
 
 log = logging.getLogger("backy_gevent.executor")
@@ -330,6 +331,11 @@ def _outcome(job: Job, message: dict[str, Any]) -> Outcome:
         return Outcome("returned", message["returned"], float(message.get("duration", 0.0)))
     if "revoked" in message:
         return Outcome("revoked", error=JobRevoked(message["revoked"]))
+    if "snoozed" in message:
+        seconds = float(message["snoozed"])
+        return Outcome("snoozed", duration=seconds, error=Snooze(seconds))
+    if "cancelled" in message:
+        return Outcome("cancelled", error=Cancel(message["cancelled"]))
     raised = message["raised"]
     if message.get("timed_out"):
         return Outcome("raised", error=JobTimeout(job.id, float(raised["seconds"])),

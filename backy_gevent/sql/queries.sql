@@ -96,9 +96,12 @@ WHERE id = ANY(ARRAY(
 RETURNING id;
 
 -- name: complete_keep
--- Finish successful attempts by marking them completed (delete_finished_jobs = false).
+-- Finish successful attempts by marking them completed (delete_finished_jobs = false),
+-- keeping what perform returned: "results", for the jobs in "result_ids" (only those
+-- that returned something, so the lookup stays short).
 UPDATE {table}
-SET state = 'completed', finished_at = now(), expires_at = NULL, runner_id = NULL
+SET state = 'completed', finished_at = now(), expires_at = NULL, runner_id = NULL,
+    result = (%(results)s::jsonb[])[array_position(%(result_ids)s::bigint[], id)]
 WHERE id = ANY(ARRAY(
     SELECT mine.id
     FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS done(id, attempt)
@@ -124,6 +127,35 @@ SET state = CASE WHEN attempt < max_attempts THEN 'available' ELSE 'failed' END,
 WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'running'
   AND runner_id = %(runner_id)s
 RETURNING state, run_at;
+
+-- name: snooze
+-- The attempt raised Snooze(seconds): run the job again then, without spending an
+-- attempt (the next run sees the same attempt number) and without an error. The
+-- notification wakes the runners that serve it when it falls due.
+WITH snoozed AS (
+    UPDATE {table}
+    SET state = 'available', attempt = attempt - 1,
+        run_at = now() + make_interval(secs => %(delay)s),
+        expires_at = NULL, runner_id = NULL
+    WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'running'
+      AND runner_id = %(runner_id)s
+    RETURNING worker, queue, run_at, tableoid
+), notified AS (
+    SELECT count(pg_notify('backy_' || tableoid, json_build_object(
+        'worker', worker, 'queue', queue, 'in', %(delay)s::float8)::text))
+    FROM snoozed
+)
+SELECT snoozed.run_at FROM snoozed, notified;
+
+-- name: give_up
+-- The attempt raised Cancel(reason): the job ends cancelled, the reason in its errors.
+UPDATE {table}
+SET state = 'cancelled', finished_at = now(),
+    errors = errors || jsonb_build_array(%(error)s::jsonb),
+    expires_at = NULL, runner_id = NULL
+WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'running'
+  AND runner_id = %(runner_id)s
+RETURNING state;
 
 -- name: hand_back
 -- Give unfinished attempts back on shutdown without spending an attempt.
