@@ -119,7 +119,7 @@ def run(dsn: str, args: argparse.Namespace) -> None:
     def batch() -> dict[str, Any]:
         taken = claim_for_runner(args.batch)
         return {"ids": [i for i, _ in taken], "attempts": [a for _, a in taken],
-                "runner_id": RUNNER}
+                "runner_id": RUNNER, "result_ids": [], "results": []}
 
     def one_failure() -> dict[str, Any]:
         [(job_id, attempt)] = claim_for_runner(1)

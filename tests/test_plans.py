@@ -113,7 +113,7 @@ def test_hot_statements_keep_their_plans_when_the_statistics_are_stale(
         def batch() -> dict[str, Any]:
             taken = claim(BATCH)
             return {"ids": [i for i, _ in taken], "attempts": [a for _, a in taken],
-                    "runner_id": RUNNER}
+                    "runner_id": RUNNER, "result_ids": [], "results": []}
 
         def failure() -> dict[str, Any]:
             [(job_id, attempt)] = claim(1)

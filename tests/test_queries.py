@@ -108,7 +108,8 @@ def test_a_batch_writes_only_the_rows_whose_lease_token_matches(
         query(db, "UPDATE jobs SET runner_id = 'b' WHERE id = %s", other_runner)
         attempts = {**claimed, wrong_attempt: claimed[wrong_attempt] + 1}
         queries.execute(cur, statement, {"ids": list(attempts), "runner_id": "a",
-                                         "attempts": list(attempts.values())})
+                                         "attempts": list(attempts.values()),
+                                         "result_ids": [], "results": []})
         written = sorted(row["id"] for row in cur.fetchall())
     assert written == [mine, also_mine]
     states = dict(query(db, "SELECT id, state FROM jobs"))
@@ -137,7 +138,8 @@ def test_a_batch_write_waits_for_a_concurrent_write_then_checks_the_token_again(
 
         def write() -> None:
             queries.execute(cur, statement, {"ids": list(claimed), "runner_id": "a",
-                                             "attempts": list(claimed.values())})
+                                             "attempts": list(claimed.values()),
+                                             "result_ids": [], "results": []})
             written.extend(row["id"] for row in cur.fetchall())
 
         writer = threading.Thread(target=write)
