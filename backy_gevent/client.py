@@ -8,6 +8,7 @@ use; nothing connects or registers at import time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -40,7 +41,11 @@ from backy_gevent.job import (
 from backy_gevent.worker import Registry, Worker, retry_count_of
 
 #: Option names of ``enqueue``; a job arg of the same name must be passed in ``args``.
-ENQUEUE_OPTIONS = ("run_at", "delay", "priority", "queue", "unique_key", "connection")
+ENQUEUE_OPTIONS = (
+    "run_at", "delay", "priority", "queue", "unique_key", "unique_for", "connection",
+)
+#: Tries at writing a job whose unique_key holder finished while it was read.
+_UNIQUE_ROUNDS = 3
 
 
 def encode_args(args: Mapping[str, Any]) -> str:
@@ -279,6 +284,7 @@ class Client:
         priority: int | None = None,
         queue: str | None = None,
         unique_key: str | None = None,
+        unique_for: float | None = None,
         connection: Any = None,
         **kwargs: Any,
     ) -> Job:
@@ -287,10 +293,13 @@ class Client:
         ``args`` and ``kwargs`` merge into the job's args. With ``connection`` (the
         caller's psycopg2 connection) the job commits or rolls back with the caller's
         transaction. ``delay`` (seconds) counts from this call. With ``unique_key``,
-        while a job holding that key waits or runs, that job is returned and nothing is
-        written. Args that jsonb can't hold raise ``BadJobArgs`` (a TypeError) naming the
-        key, options out of range ``BadOption`` (a ValueError), and an unknown worker
-        ``WorkerError``; nothing is written in any case.
+        while a job holding that key waits or runs, that job is returned (its
+        ``inserted`` false) and nothing is written; with ``unique_for`` (seconds; default
+        the worker's), so is the newest job of that key enqueued within that long,
+        finished or not (while its row is kept: see the README). Args that jsonb
+        can't hold raise ``BadJobArgs`` (a TypeError) naming the key, options out of
+        range ``BadOption`` (a ValueError), and an unknown worker ``WorkerError``;
+        nothing is written in any case.
         """
         if args is not None and not isinstance(args, Mapping):
             raise BadJobArgs(f"job args must be a dict, not {type(args).__name__}")
@@ -304,6 +313,7 @@ class Client:
             priority=priority,
             queue=queue,
             unique_keys=None if unique_key is None else [unique_key],
+            unique_for=unique_for,
             connection=connection,
         )[0]
 
@@ -317,11 +327,14 @@ class Client:
         priority: int | None = None,
         queue: str | None = None,
         unique_keys: Sequence[str | None] | None = None,
+        unique_for: float | None = None,
         connection: Any = None,
     ) -> list[Job]:
         """Write many jobs of one worker in one round trip; return them in input order.
 
-        ``unique_keys``, when given, holds one key (or None) per job.
+        ``unique_keys``, when given, holds one key (or None) per job; a job whose key was
+        held (by another job, or an earlier one of the same list) comes back as the job
+        that holds it, with ``inserted`` false.
         """
         name = self.registry.name_of(worker)
         # A class with a name attribute may be enqueued without an entry point here (the
@@ -335,38 +348,73 @@ class Client:
         elif len(unique_keys) != len(encoded):
             raise BadOption("unique_keys must hold one key (or None) per job")
         check_enqueue_options(run_at=run_at, delay=delay, queue=queue, priority=priority)
+        if unique_for is None:
+            unique_for = worker_class.unique_for
+        if unique_for is not None and not _seconds_in_range(unique_for):
+            raise BadOption(f"unique_for must be a number of seconds from 0 to {MAX_SECONDS},"
+                            f" not {unique_for!r}")
         for key in unique_keys:
             check_text_option("unique_key", key)
+        per_job = {
+            "queue": queue or worker_class.queue,
+            "priority": worker_class.priority if priority is None else priority,
+            "max_attempts": retry_count_of(worker_class, self.settings.retry_count) + 1,
+            "run_at": run_at,
+            "delay": float(delay or 0),
+        }
+        window = float(unique_for or 0)
+        # The job holding a key may finish (and its row go) between the insert that
+        # found it and the read of it; those jobs are written again, a few times at most.
+        written: list[Job] = []
+        holders: dict[str, Job] = {}
+        pending = list(range(len(encoded)))
+        for _ in range(_UNIQUE_ROUNDS):
+            rows = self._insert(name, [encoded[i] for i in pending],
+                                [unique_keys[i] for i in pending], per_job, window, connection)
+            written.extend(rows)
+            holders.update((job.unique_key, job) for job in rows if job.unique_key is not None)
+            missing = sorted({key for i in pending if (key := unique_keys[i]) is not None}
+                             - set(holders))
+            if missing:
+                params = {"unique_keys": missing, "unique_for": window}
+                for row in self._fetch("get_unique", params, connection):
+                    holders[row["unique_key"]] = dataclasses.replace(Job.from_row(row),
+                                                                     inserted=False)
+            pending = [i for i in pending if unique_keys[i] is not None
+                       and unique_keys[i] not in holders]
+            if not pending:
+                break
+        else:
+            keys = [unique_keys[i] for i in pending]
+            raise RuntimeError(f"unique keys {keys!r} changed hands on every try;"
+                               " nothing more was written")
+        if written and self.hooks is not None:
+            self.hooks.call("backy_job_enqueued", jobs=written)
+        return _in_input_order(written, unique_keys, holders)
+
+    def _insert(
+        self,
+        name: str,
+        encoded: list[str],
+        unique_keys: list[str | None],
+        per_job: dict[str, Any],
+        unique_for: float,
+        connection: Any,
+    ) -> list[Job]:
+        """Run ``insert_jobs`` for these jobs; the rows written, in id order."""
         count = len(encoded)
         params = {
             "workers": [name] * count,
             "args": encoded,
-            "queues": [queue or worker_class.queue] * count,
-            "priorities": [worker_class.priority if priority is None else priority] * count,
-            "max_attempts": [retry_count_of(worker_class, self.settings.retry_count) + 1] * count,
-            "run_ats": [run_at] * count,
-            "delays": [float(delay or 0)] * count,
-            "unique_keys": list(unique_keys),
+            "queues": [per_job["queue"]] * count,
+            "priorities": [per_job["priority"]] * count,
+            "max_attempts": [per_job["max_attempts"]] * count,
+            "run_ats": [per_job["run_at"]] * count,
+            "delays": [per_job["delay"]] * count,
+            "unique_keys": unique_keys,
+            "unique_for": unique_for,
         }
-        written = [Job.from_row(row) for row in self._fetch("insert_jobs", params, connection)]
-        result = self._in_input_order(written, unique_keys, connection)
-        if written and self.hooks is not None:
-            self.hooks.call("backy_job_enqueued", jobs=written)
-        return result
-
-    def _in_input_order(
-        self, written: list[Job], unique_keys: Sequence[str | None], connection: Any
-    ) -> list[Job]:
-        """One job per input: the one written, or the waiting or running job that already
-        held its ``unique_key`` (read now)."""
-        by_key = {job.unique_key: job for job in written if job.unique_key is not None}
-        missing = [key for key in unique_keys if key is not None and key not in by_key]
-        if missing:
-            for row in self._fetch("get_unique", {"unique_keys": missing}, connection):
-                by_key[row["unique_key"]] = Job.from_row(row)
-        # Rows come back in id order, which is input order for the keyless ones.
-        keyless = iter(job for job in written if job.unique_key is None)
-        return [by_key[key] if key is not None else next(keyless) for key in unique_keys]
+        return [Job.from_row(row) for row in self._fetch("insert_jobs", params, connection)]
 
     # -- managing jobs ------------------------------------------------------------------
 
@@ -486,3 +534,22 @@ class DefaultClient:
         if self._client is None:
             self._client = Client(**self._options)
         return self._client
+
+
+def _in_input_order(
+    written: list[Job], unique_keys: Sequence[str | None], holders: dict[str, Job]
+) -> list[Job]:
+    """One job per input: the one written, or the job that holds its ``unique_key``
+    (``inserted`` false; a key given twice in one list: the second is the first's)."""
+    # Rows come back in id order, which is input order for the keyless ones.
+    keyless = iter(job for job in written if job.unique_key is None)
+    result: list[Job] = []
+    seen: set[str] = set()
+    for key in unique_keys:
+        if key is None:
+            result.append(next(keyless))
+            continue
+        job = holders[key]
+        result.append(dataclasses.replace(job, inserted=False) if key in seen else job)
+        seen.add(key)
+    return result

@@ -125,6 +125,9 @@ class Job:
     rescues: int = 0
     #: What ``perform`` returned, as JSON, when finished rows are kept.
     result: Any = None
+    #: False when ``enqueue`` found a job holding the same ``unique_key`` and returned it
+    #: instead of writing one (not a column: it says what this call did).
+    inserted: bool = True
     # Set by the executor while an attempt runs; ``touch`` calls it.
     _toucher: Callable[[], None] | None = dataclasses.field(
         default=None, repr=False, compare=False

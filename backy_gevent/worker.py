@@ -14,7 +14,7 @@ from importlib import metadata
 from typing import Any, ClassVar
 
 from backy_gevent.errors import WorkerError
-from backy_gevent.job import INTEGER_MAX, INTEGER_MIN, MAX_RETRY_COUNT, Job
+from backy_gevent.job import INTEGER_MAX, INTEGER_MIN, MAX_RETRY_COUNT, MAX_SECONDS, Job
 
 ENTRY_POINT_GROUP = "backy.workers"
 
@@ -35,7 +35,9 @@ class Worker:
       runner died waits before it runs again;
     - ``queue`` (default "default") and ``priority`` (default 0, lower runs first);
     - ``retry_count`` (default: the configured ``retry_count``): retries after the first
-      attempt.
+      attempt;
+    - ``unique_for`` (seconds, default None): enqueues with a ``unique_key`` also treat a
+      job of that key enqueued within that long as a duplicate, finished or not.
 
     Define ``retry_delay(self, retry)`` to choose the seconds before retry number ``retry``
     (1 for the first retry); the default is the configured ``retry_delay``.
@@ -49,6 +51,7 @@ class Worker:
     queue: ClassVar[str] = "default"
     priority: ClassVar[int] = 0
     retry_count: ClassVar[int | None] = None
+    unique_for: ClassVar[float | None] = None
 
     def perform(self, job: Job, args: dict[str, Any]) -> Any:
         """Do the work of one attempt; raise to fail it."""
@@ -75,6 +78,12 @@ def check_worker_class(cls: Any, where: str) -> type[Worker]:
         isinstance(cls.max_concurrency, int) and cls.max_concurrency >= 1
     ):
         problems.append(f"max_concurrency={cls.max_concurrency!r} (must be None or >= 1)")
+    if cls.unique_for is not None and not (
+        isinstance(cls.unique_for, (int, float)) and not isinstance(cls.unique_for, bool)
+        and 0 <= cls.unique_for <= MAX_SECONDS
+    ):
+        problems.append(f"unique_for={cls.unique_for!r} (must be None or seconds from 0"
+                        f" to {MAX_SECONDS})")
     if cls.retry_count is not None and not (
         isinstance(cls.retry_count, int) and 0 <= cls.retry_count <= MAX_RETRY_COUNT
     ):

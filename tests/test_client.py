@@ -395,6 +395,66 @@ def test_unique_keys_in_one_batch(client: Client, db: Any) -> None:
         client.enqueue_many(workers.Record, [{"n": 1}], unique_keys=["x", "y"])
 
 
+def test_inserted_says_what_the_call_did(client: Client) -> None:
+    first = client.enqueue(workers.Record, unique_key="once")
+    again = client.enqueue(workers.Record, unique_key="once")
+    plain = client.enqueue(workers.Record)
+    assert (first.inserted, again.inserted, plain.inserted) == (True, False, True)
+    batch = client.enqueue_many(workers.Record, [{}, {}, {}], unique_keys=["once", "new", "new"])
+    assert [job.inserted for job in batch] == [False, True, False]
+    assert batch[1].id == batch[2].id
+
+
+def test_unique_for_counts_finished_jobs_enqueued_within_the_window(
+    client: Client, db: Any
+) -> None:
+    done = client.enqueue(workers.Record, {"n": 1}, unique_key="digest")
+    query(db, "UPDATE jobs SET state = 'completed', finished_at = now() WHERE id = %s",
+          done.id)
+    # Without a window a finished holder frees the key; within one it still holds it.
+    fresh = client.enqueue(workers.Record, {"n": 2}, unique_key="digest", unique_for=3600)
+    assert (fresh.id, fresh.inserted, fresh.state) == (done.id, False, "completed")
+    query(db, "UPDATE jobs SET enqueued_at = now() - interval '2 hours' WHERE id = %s",
+          done.id)
+    later = client.enqueue(workers.Record, {"n": 3}, unique_key="digest", unique_for=3600)
+    assert later.inserted and later.id != done.id
+    # A waiting holder wins over an older finished one of the same key.
+    again = client.enqueue(workers.Record, {"n": 4}, unique_key="digest", unique_for=3 * 3600)
+    assert (again.id, again.inserted) == (later.id, False)
+    assert count_jobs(db) == 2
+
+
+def test_unique_for_is_a_worker_default(client: Client, db: Any) -> None:
+    class Daily(workers.Record):
+        name = "record"
+        unique_for = 86400
+
+    first = client.enqueue(Daily, unique_key="day")
+    query(db, "UPDATE jobs SET state = 'completed', finished_at = now() WHERE id = %s",
+          first.id)
+    assert client.enqueue(Daily, unique_key="day").id == first.id
+    # The call's own value overrides the worker's; 0 means no window.
+    assert client.enqueue(Daily, unique_key="day", unique_for=0).inserted
+
+
+@pytest.mark.parametrize("bad", [-1, "soon", float("nan"), True])
+def test_bad_unique_for_is_refused_and_nothing_is_written(
+    client: Client, db: Any, bad: Any
+) -> None:
+    with pytest.raises(BadOption, match="unique_for must be a number of seconds"):
+        client.enqueue(workers.Record, unique_key="k", unique_for=bad)
+    assert count_jobs(db) == 0
+
+
+def test_worker_with_a_bad_unique_for_is_refused() -> None:
+    class Bad(workers.Record):
+        name = "bad_unique"
+        unique_for = -5
+
+    with pytest.raises(WorkerError, match="unique_for=-5"):
+        Registry.from_classes(Bad)
+
+
 # -- cancel, retry, prune ---------------------------------------------------------------
 
 

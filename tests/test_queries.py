@@ -62,6 +62,7 @@ def test_arrays_and_casts_survive_preparation(client: Client, dsn: str) -> None:
         "workers": ["record", "record"], "args": ['{"a": 1}', '{"b": [2]}'],
         "queues": ["default", "q2"], "priorities": [0, 5], "max_attempts": [4, 4],
         "run_ats": [None, None], "delays": [0.0, 30.0], "unique_keys": [None, "k"],
+        "unique_for": 0.0,
     }
     with contextlib.closing(connect(dsn, prepare=True)) as conn, conn.cursor() as cur:
         queries.execute(cur, "insert_jobs", params)

@@ -60,9 +60,10 @@ def command_enqueue(arguments: argparse.Namespace, settings: Settings) -> int:
             delay=arguments.delay,
             priority=arguments.priority,
             unique_key=arguments.unique_key,
+            unique_for=arguments.unique_for,
         )
     _emit({"id": job.id, "worker": job.worker, "queue": job.queue, "state": job.state,
-           "run_at": job.run_at, "args": job.args})
+           "run_at": job.run_at, "args": job.args, "inserted": job.inserted})
     return 0
 
 

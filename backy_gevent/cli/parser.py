@@ -136,6 +136,9 @@ def _add_enqueue(enqueue: argparse.ArgumentParser) -> None:
     enqueue.add_argument("--priority", type=int, help="lower runs first")
     enqueue.add_argument("--unique-key", type=_text,
                          help="skip if a job with this key waits or runs")
+    enqueue.add_argument("--unique-for", type=float, metavar="SECONDS",
+                         help="with --unique-key: also skip if a job of that key was"
+                              " enqueued within this long, finished or not")
 
 
 def _add_retry(retry: argparse.ArgumentParser) -> None:

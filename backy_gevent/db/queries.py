@@ -47,6 +47,7 @@ def object_names(table_name: str) -> dict[str, sql.Identifier]:
         "lease_index": sql.Identifier(f"{table_name}_lease_idx"),
         "failed_index": sql.Identifier(f"{table_name}_failed_idx"),
         "unique_index": sql.Identifier(f"{table_name}_unique_key_idx"),
+        "unique_recent_index": sql.Identifier(f"{table_name}_unique_recent_idx"),
         "running_has_lease": sql.Identifier(f"{table_name}_running_has_lease"),
     }
 

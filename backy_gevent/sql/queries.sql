@@ -24,8 +24,9 @@
 
 -- name: insert_jobs
 -- Enqueue one or many jobs in one statement. A job whose unique_key is already taken by
--- a waiting or running job is not inserted; insert_jobs then returns fewer rows and the
--- client reads the existing job. The NOTIFY wakes, at commit, the runners that serve
+-- a waiting or running job is not inserted, nor, with unique_for (seconds, 0: none), one
+-- whose key a job enqueued within that long holds, finished or not; insert_jobs then
+-- returns fewer rows and the client reads the existing job. The NOTIFY wakes, at commit, the runners that serve
 -- the worker and queue: now, or when the earliest of the jobs falls due ("in" seconds).
 WITH inserted AS (
     INSERT INTO {table} (worker, args, queue, priority, max_attempts, run_at, unique_key)
@@ -34,6 +35,10 @@ WITH inserted AS (
                 %(priorities)s::int[], %(max_attempts)s::int[], %(run_ats)s::timestamptz[],
                 %(delays)s::float8[], %(unique_keys)s::text[])
          AS t(w, a, q, p, m, r, d, u)
+    WHERE u IS NULL OR %(unique_for)s::float8 = 0 OR NOT EXISTS (
+        SELECT FROM {table} o
+        WHERE o.unique_key = u
+          AND o.enqueued_at > clock_timestamp() - make_interval(secs => %(unique_for)s))
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'running')
     DO NOTHING
     RETURNING *, tableoid
@@ -48,9 +53,13 @@ WITH inserted AS (
 SELECT inserted.* FROM inserted LEFT JOIN notified ON true ORDER BY id;
 
 -- name: get_unique
--- The waiting or running job that holds a unique_key.
-SELECT * FROM {table}
-WHERE unique_key = ANY(%(unique_keys)s) AND state IN ('available', 'running');
+-- The job that holds each unique_key: the waiting or running one, else (with
+-- unique_for, seconds) the newest enqueued within that long.
+SELECT DISTINCT ON (unique_key) * FROM {table}
+WHERE unique_key = ANY(%(unique_keys)s)
+  AND (state IN ('available', 'running')
+       OR enqueued_at > clock_timestamp() - make_interval(secs => %(unique_for)s))
+ORDER BY unique_key, state IN ('available', 'running') DESC, id DESC;
 
 -- name: claim
 -- Take up to "lim" available jobs of each worker for this runner, one statement for all

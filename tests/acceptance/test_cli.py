@@ -213,9 +213,16 @@ def test_enqueue_with_delay_and_unique_key(dsn: str, db: Any, client: Client) ->
     first = json.loads(cli(dsn, "enqueue", "record", "--unique-key", "k", "--delay", "60").stdout)
     again = json.loads(cli(dsn, "enqueue", "record", '{"x": 1}', "--unique-key", "k").stdout)
     assert again["id"] == first["id"]
+    assert (first["inserted"], again["inserted"]) == (True, False)
     assert count_jobs(db) == 1
     [(waits,)] = query(db, "SELECT extract(epoch FROM run_at - now()) FROM jobs")
     assert 55 < waits <= 60
+    # --unique-for: a finished job of the key still holds it within the window.
+    query(db, "UPDATE jobs SET state = 'completed', finished_at = now()")
+    held = json.loads(cli(dsn, "enqueue", "record", "--unique-key", "k",
+                          "--unique-for", "3600").stdout)
+    assert (held["id"], held["inserted"], held["state"]) == (first["id"], False, "completed")
+    assert json.loads(cli(dsn, "enqueue", "record", "--unique-key", "k").stdout)["inserted"]
 
 
 @pytest.mark.parametrize(
@@ -296,6 +303,8 @@ def test_enqueue_args_jsonb_can_hold_are_kept(dsn: str, db: Any, client: Client)
                      id="long-queue"),
         pytest.param(["--unique-key", "k" * 501],
                      "unique_key must be at most 500 characters, not 501", id="long-key"),
+        (["--unique-key", "k", "--unique-for", "-1"],
+         "unique_for must be a number of seconds from 0 to 10000000000, not -1.0"),
     ],
 )
 def test_enqueue_bad_option_is_one_line_and_writes_nothing(
