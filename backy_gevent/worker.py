@@ -37,7 +37,10 @@ class Worker:
     - ``retry_count`` (default: the configured ``retry_count``): retries after the first
       attempt;
     - ``unique_for`` (seconds, default None): enqueues with a ``unique_key`` also treat a
-      job of that key enqueued within that long as a duplicate, finished or not.
+      job of that key enqueued within that long as a duplicate, finished or not;
+    - ``global_concurrency`` (default None): attempts running at once across all runners;
+    - ``rate_limit`` (default None): ``(N, seconds)``, at most N attempts started in any
+      window of that many seconds, across all runners.
 
     Define ``retry_delay(self, retry)`` to choose the seconds before retry number ``retry``
     (1 for the first retry); the default is the configured ``retry_delay``.
@@ -52,6 +55,8 @@ class Worker:
     priority: ClassVar[int] = 0
     retry_count: ClassVar[int | None] = None
     unique_for: ClassVar[float | None] = None
+    global_concurrency: ClassVar[int | None] = None
+    rate_limit: ClassVar[tuple[int, float] | None] = None
 
     def perform(self, job: Job, args: dict[str, Any]) -> Any:
         """Do the work of one attempt; raise to fail it."""
@@ -84,6 +89,14 @@ def check_worker_class(cls: Any, where: str) -> type[Worker]:
     ):
         problems.append(f"unique_for={cls.unique_for!r} (must be None or seconds from 0"
                         f" to {MAX_SECONDS})")
+    if cls.global_concurrency is not None and not (
+        _is_int(cls.global_concurrency) and 1 <= cls.global_concurrency <= INTEGER_MAX
+    ):
+        problems.append(f"global_concurrency={cls.global_concurrency!r} (must be None or"
+                        " an integer >= 1)")
+    if cls.rate_limit is not None and not _is_rate(cls.rate_limit):
+        problems.append(f"rate_limit={cls.rate_limit!r} (must be None or (N, seconds):"
+                        f" N an integer >= 1, seconds from 0.001 to {MAX_SECONDS})")
     if cls.retry_count is not None and not (
         isinstance(cls.retry_count, int) and 0 <= cls.retry_count <= MAX_RETRY_COUNT
     ):
@@ -99,6 +112,27 @@ def check_worker_class(cls: Any, where: str) -> type[Worker]:
     if problems:
         raise WorkerError(f"{where}: {cls.__name__} has bad settings: " + ", ".join(problems))
     return cls
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_rate(value: Any) -> bool:
+    """``(N, seconds)``: N starts at most in any window of that many seconds."""
+    if not (isinstance(value, tuple) and len(value) == 2):
+        return False
+    count, seconds = value
+    return (
+        _is_int(count) and 1 <= count <= INTEGER_MAX
+        and isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+        and 0.001 <= seconds <= MAX_SECONDS
+    )
+
+
+def is_limited(worker_class: type[Worker]) -> bool:
+    """True when the worker's claims must take turns across runners."""
+    return worker_class.global_concurrency is not None or worker_class.rate_limit is not None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,8 @@ SECONDS = 1.0
 PRIMARY_KEY = {"jobs_pkey"}
 ALLOWED_INDEXES: dict[Statement, set[str]] = {
     "claim": PRIMARY_KEY | {"jobs_fetch_idx"},
+    # Also counts the worker's running jobs whose lease is current, for its cap.
+    "claim_limited": PRIMARY_KEY | {"jobs_fetch_idx", "jobs_lease_idx", "jobs_starts_idx"},
     "complete_delete": PRIMARY_KEY,
     "complete_keep": PRIMARY_KEY,
     "hand_back": PRIMARY_KEY,
@@ -91,7 +93,7 @@ def test_hot_statements_keep_their_plans_when_the_statistics_are_stale(
     make_statistics_stale(db)
     with contextlib.closing(connect(dsn, prepare=True)) as conn, conn.cursor() as cur:
         queries = Queries("jobs")
-        batches = 3 * (RUNS + 1)  # complete_delete, complete_keep, hand_back
+        batches = 4 * (RUNS + 1)  # claim_limited, complete_delete, complete_keep, hand_back
         query(db, "INSERT INTO jobs (worker) SELECT 'record' FROM generate_series(1, %s)",
               RUNNING + (batches + RUNS + 1) * BATCH + RUNS + 2)
 
@@ -122,6 +124,8 @@ def test_hot_statements_keep_their_plans_when_the_statistics_are_stale(
 
         params: dict[Statement, Callable[[], dict[str, Any]]] = {
             "claim": lambda: claim_params(BATCH),
+            "claim_limited": lambda: claim_params(BATCH) | {
+                "caps": [10**6], "rate_counts": [10**6], "rate_seconds": [3600.0]},
             "complete_delete": batch,
             "complete_keep": batch,
             "hand_back": batch,
@@ -130,8 +134,8 @@ def test_hot_statements_keep_their_plans_when_the_statistics_are_stale(
                               "runner_id": RUNNER},
             "lead": lambda: {"id": RUNNER, "lease": 300.0},
         }
-        rows = {"claim": BATCH, "complete_delete": BATCH, "complete_keep": BATCH,
-                "hand_back": BATCH, "fail": 1, "touch": 1, "lead": 0}
+        rows = {"claim": BATCH, "claim_limited": BATCH, "complete_delete": BATCH,
+                "complete_keep": BATCH, "hand_back": BATCH, "fail": 1, "touch": 1, "lead": 0}
         # The runner leads: its round rescues (nothing has expired).
         query(db, "INSERT INTO jobs_leader (name, runner_id, expires_at)"
                   " VALUES ('maintenance', %s, now() + interval '1 hour')", RUNNER)

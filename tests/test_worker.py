@@ -89,6 +89,14 @@ def test_perform_must_be_defined() -> None:
         ("priority", "high"),
         ("priority", 2**31),  # past PostgreSQL's integer: no job of it could be written
         ("priority", -(2**31) - 1),
+        ("unique_for", -1),
+        ("global_concurrency", 0),
+        ("global_concurrency", True),
+        ("rate_limit", 10),
+        ("rate_limit", (0, 1.0)),
+        ("rate_limit", (10, 0)),
+        ("rate_limit", [10, 1.0]),
+        ("rate_limit", (10, 1.0, 2)),
     ],
 )
 def test_bad_worker_settings_are_named(attribute: str, value: Any) -> None:

@@ -39,8 +39,9 @@ def runner_pid() -> tuple[int, bool]:
     return os.getpid(), False
 
 
-def record(job: backy.Job, *, finished: bool = False) -> None:
-    """Write one row into ``runs`` for this attempt (or mark it finished)."""
+def record(job: backy.Job, *, finished: bool = False, at: float | None = None) -> None:
+    """Write one row into ``runs`` for this attempt (or mark it finished); ``at`` (a
+    ``time.time()``) is when it started, if not now: connecting takes a moment."""
     pid, isolated = runner_pid()
     conn = psycopg2.connect(os.environ["BACKY_TEST_RECORD_DSN"])
     try:
@@ -53,10 +54,11 @@ def record(job: backy.Job, *, finished: bool = False) -> None:
                 )
             else:
                 cur.execute(
-                    "INSERT INTO runs (job_id, attempt, worker, pid, isolated, args)"
-                    " VALUES (%s, %s, %s, %s, %s, %s::jsonb)",
+                    "INSERT INTO runs (job_id, attempt, worker, pid, isolated, args, started_at)"
+                    " VALUES (%s, %s, %s, %s, %s, %s::jsonb,"
+                    " coalesce(to_timestamp(%s), clock_timestamp()))",
                     (job.id, job.attempt, job.worker, pid, isolated,
-                     psycopg2.extras.Json(job.args)),
+                     psycopg2.extras.Json(job.args), at),
                 )
     finally:
         conn.close()
@@ -109,6 +111,32 @@ class Limited(backy.Worker):
         record(job, finished=True)
 
 
+class FleetCapped(backy.Worker):
+    """Sleeps ``seconds`` with at most two attempts running at once across all runners."""
+
+    name = "fleet_capped"
+    global_concurrency = 2
+    max_runtime = 1.0
+    requeue_delay = 1.0
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
+        record(job)
+        gevent.sleep(float(args.get("seconds", 0.3)))
+        record(job, finished=True)
+
+
+class RateLimited(backy.Worker):
+    """Records and returns; at most three starts a second across all runners."""
+
+    name = "rate_limited"
+    rate_limit = (3, 1.0)
+    max_runtime = 5.0
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
+        record(job, at=time.time())
+        record(job, finished=True)
+
+
 class Fail(backy.Worker):
     """Always raises; retries twice, 0.2 s apart."""
 
@@ -136,7 +164,7 @@ class Crash(backy.Worker):
         os.kill(os.getpid(), 9)
 
 
-ALL = (Record, Sleep, Limited, Fail, Crash)
+ALL = (Record, Sleep, Limited, FleetCapped, RateLimited, Fail, Crash)
 
 
 class FailDefault(backy.Worker):

@@ -7,7 +7,7 @@ import argparse
 from backy_gevent.cli.run import runner_plugins
 from backy_gevent.config import Settings
 from backy_gevent.hooks import describe_plugins
-from backy_gevent.worker import Registry, retry_count_of
+from backy_gevent.worker import Registry, Worker, retry_count_of
 
 
 def command_workers(arguments: argparse.Namespace, settings: Settings) -> int:
@@ -23,8 +23,19 @@ def command_workers(arguments: argparse.Namespace, settings: Settings) -> int:
             f"queue={cls.queue} priority={cls.priority} max_runtime={cls.max_runtime:g}"
             f" max_concurrency={cls.max_concurrency or 'unlimited'}"
             f" requeue_delay={cls.requeue_delay:g} retry_count={retry_count}"
+            + _limits(cls)
         )
     return 0
+
+
+def _limits(cls: type[Worker]) -> str:
+    """The worker's fleet-wide limits, when it has any."""
+    text = ""
+    if cls.global_concurrency is not None:
+        text += f" global_concurrency={cls.global_concurrency}"
+    if cls.rate_limit is not None:
+        text += f" rate_limit={cls.rate_limit[0]}/{cls.rate_limit[1]:g}s"
+    return text
 
 
 def command_plugins(arguments: argparse.Namespace, settings: Settings) -> int:

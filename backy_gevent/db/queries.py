@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any, Literal, get_args
 
@@ -15,8 +15,8 @@ from psycopg2 import sql
 #: The name of every block of queries.sql, so that mypy checks each name a caller uses
 #: (a test checks that this list and the file agree).
 Statement = Literal[
-    "insert_jobs", "get_unique", "claim", "complete_delete", "complete_keep", "fail",
-    "snooze", "give_up",
+    "insert_jobs", "get_unique", "claim", "lock_limited", "claim_limited",
+    "complete_delete", "complete_keep", "fail", "snooze", "give_up",
     "hand_back", "touch", "lead", "cancel", "retry", "retry_failed", "table_oid",
     "get_job", "prune", "stats", "queue_stats", "set_statement_timeout", "beat",
     "forget_runners", "unregister_runner", "list_runners",
@@ -42,6 +42,8 @@ def object_names(table_name: str) -> dict[str, sql.Identifier]:
         "table": sql.Identifier(table_name),
         "runners": sql.Identifier(f"{table_name}_runners"),
         "leader": sql.Identifier(f"{table_name}_leader"),
+        "starts": sql.Identifier(f"{table_name}_starts"),
+        "starts_index": sql.Identifier(f"{table_name}_starts_idx"),
         "migrations": sql.Identifier(f"{table_name}_migrations"),
         "fetch_index": sql.Identifier(f"{table_name}_fetch_idx"),
         "lease_index": sql.Identifier(f"{table_name}_lease_idx"),
@@ -86,21 +88,41 @@ class Queries:
         prepared once per session and then EXECUTEd: planning these statements costs as
         much as running them. On any other connection (a caller's) it runs as plain SQL.
         """
+        self.execute_together(cur, [name], params)
+
+    def execute_together(
+        self, cur: Any, names: Sequence[Statement], params: Mapping[str, Any]
+    ) -> None:
+        """Run statements ``names`` in one message, so in one transaction on an
+        autocommit connection (its locks held to the end, behind a transaction pooler
+        too); the cursor holds the last one's rows. Each sees what committed before it
+        started: a lock the first waits for orders what the next one reads."""
         prepared = getattr(cur.connection, "prepared", None)
         if prepared is None:
-            cur.execute(self._composed[name], params)
+            cur.execute(sql.SQL("; ").join(self._composed[name] for name in names), params)
             return
-        key = f"{self.table_name}.{name}"
-        if key not in prepared:
-            prepared[key] = self._prepare(cur, name, key)
-        statement, names, arguments = prepared[key]
-        values = [params[n] for n in names]
         try:
-            cur.execute(f"EXECUTE {statement}{arguments}", values)
+            self._execute_prepared(cur, names, params, prepared)
         except psycopg2.errors.InvalidSqlStatementName:
-            # The session lost it (DISCARD ALL by a pooler): prepare again, once.
-            prepared[key] = self._prepare(cur, name, key)
-            cur.execute(f"EXECUTE {statement}{arguments}", values)
+            # The session lost them (DISCARD ALL by a pooler): prepare again, once.
+            for name in names:
+                prepared.pop(f"{self.table_name}.{name}", None)
+            self._execute_prepared(cur, names, params, prepared)
+
+    def _execute_prepared(
+        self, cur: Any, names: Sequence[Statement], params: Mapping[str, Any],
+        prepared: dict[str, tuple[str, list[str], str]],
+    ) -> None:
+        texts: list[str] = []
+        values: list[Any] = []
+        for name in names:
+            key = f"{self.table_name}.{name}"
+            if key not in prepared:
+                prepared[key] = self._prepare(cur, name, key)
+            statement, arguments, casts = prepared[key]
+            texts.append(f"EXECUTE {statement}{casts}")
+            values.extend(params[n] for n in arguments)
+        cur.execute("; ".join(texts), values)
 
     def _prepare(self, cur: Any, name: str, key: str) -> tuple[str, list[str], str]:
         """PREPARE statement ``name``; return its name, its parameters' order, and the

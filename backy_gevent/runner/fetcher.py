@@ -2,7 +2,10 @@
 
 It sleeps until woken (a notification, a freed slot, a retry falling due, a stop) or
 until ``poll_interval`` passes, then claims at most each worker pool's free slots and
-hands the jobs to the pools.
+hands the jobs to the pools. Workers with a fleet-wide limit (``global_concurrency``,
+``rate_limit``) are claimed by a second statement that takes turns with the other
+runners under an advisory lock, and the fetcher wakes again when the limit may allow
+more: when the rate's window frees a start, or every poll interval while capped.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from psycopg2.extensions import cursor as plain_cursor
 
 from backy_gevent.config import Settings
 from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
-from backy_gevent.db.queries import Queries
+from backy_gevent.db.queries import Queries, Statement
 from backy_gevent.job import Job
 from backy_gevent.runner.executor import lease_seconds
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
+from backy_gevent.worker import is_limited
 
 #: How many poll intervals an idle fetcher sleeps while notifications arrive: for jobs
 #: that became due without one (rows written by hand, a retry whose runner died).
@@ -79,6 +83,7 @@ class Fetcher:
         self.notified = notified
         self.stopping = stopping
         self.health = health
+        self._sent = 0.0  # time.monotonic() when the last claim was sent
 
     def step(self) -> None:
         """Wait for a reason to claim, then claim for every pool with free slots.
@@ -106,40 +111,89 @@ class Fetcher:
             self.wakeup.set()  # try again as soon as the pause is over
             raise
         self.health.ok()
-        if any(worker_pool.maybe_more for worker_pool in wanted):
+        if any(worker_pool.maybe_more and not worker_pool.capped for worker_pool in wanted):
             self.wakeup.set()
 
     def claim(self, wanted: dict[WorkerPool, int]) -> None:
-        """Claim up to ``wanted[pool]`` jobs for each pool in one statement; hand them out."""
-        leases = {pool.name: lease_seconds(pool.registration.cls) for pool in wanted}
-        params = {
-            "workers": list(leases),
-            "limits": list(wanted.values()),
-            "leases": list(leases.values()),
-            "queues": list(self.settings.queues),
-            "runner_id": self.runner_id,
-        }
-        # The lease is judged by this runner's own clock from before the claim was sent:
-        # a reply held up on the way must not start an attempt another runner may have.
-        sent = time.monotonic()
-        jobs = sorted(
-            (Job.from_row(row) for row in self._claimed_rows(params)),
-            key=lambda j: (j.priority, j.run_at, j.id),
-        )
-        for job in jobs:
-            job._lease_ends = sent + leases[job.worker]
-        claimed = collections.Counter(job.worker for job in jobs)
+        """Claim up to ``wanted[pool]`` jobs for each pool; hand them out."""
+        plain = {pool: n for pool, n in wanted.items() if not is_limited(pool.registration.cls)}
+        limited = {pool: n for pool, n in wanted.items() if pool not in plain}
+        jobs: list[Job] = []
+        if plain:
+            jobs += self._claim_plain(plain)
+        if limited:
+            jobs += self._claim_limited(limited)
+        jobs.sort(key=lambda j: (j.priority, j.run_at, j.id))
         for job in jobs:
             self.worker_pools[job.worker].submit(job)
+
+    def _claim_plain(self, wanted: dict[WorkerPool, int]) -> list[Job]:
+        params = self._params(wanted)
+        jobs = self._jobs(self._claimed_rows(["claim"], params), params)
+        claimed = collections.Counter(job.worker for job in jobs)
         for worker_pool, limit in wanted.items():
             # A full batch suggests more are due; a short one that the table is drained.
             worker_pool.maybe_more = claimed[worker_pool.name] >= limit
+        return jobs
 
-    def _claimed_rows(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+    def _claim_limited(self, wanted: dict[WorkerPool, int]) -> list[Job]:
+        """Claim for workers with fleet-wide limits, taking turns with other runners."""
+        classes = [pool.registration.cls for pool in wanted]
+        params = self._params(wanted) | {
+            "lock_keys": sorted(f"backy/{self.queries.table_name}/{pool.name}"
+                                for pool in wanted),
+            "caps": [cls.global_concurrency for cls in classes],
+            "rate_counts": [cls.rate_limit and cls.rate_limit[0] for cls in classes],
+            "rate_seconds": [cls.rate_limit and float(cls.rate_limit[1]) for cls in classes],
+        }
+        rows = self._claimed_rows(["lock_limited", "claim_limited"], params)
+        jobs = self._jobs([row for row in rows if row["id"] is not None], params)
+        claimed = collections.Counter(job.worker for job in jobs)
+        info = {row["limited_worker"]: row for row in rows}
+        for worker_pool, limit in wanted.items():
+            row, cls = info[worker_pool.name], worker_pool.registration.cls
+            taken = claimed[worker_pool.name]
+            worker_pool.capped = taken < limit and taken >= row["room"]
+            if not worker_pool.capped:
+                worker_pool.maybe_more = taken >= limit
+                continue
+            # Wake when the limit may allow more: the rate's window frees a start; a slot
+            # of the cap frees when an attempt ends, here (a freed slot wakes the
+            # fetcher: maybe_more) or on another runner (no notification: poll).
+            worker_pool.maybe_more = cls.global_concurrency is not None
+            waits = [self.settings.poll_interval] if cls.global_concurrency else []
+            if row["next_start_in"] is not None:
+                waits.append(row["next_start_in"])
+            self.wakeup.set_later(max(min(waits), 0.001))
+        return jobs
+
+    def _params(self, wanted: dict[WorkerPool, int]) -> dict[str, Any]:
+        return {
+            "workers": [pool.name for pool in wanted],
+            "limits": list(wanted.values()),
+            "leases": [lease_seconds(pool.registration.cls) for pool in wanted],
+            "queues": list(self.settings.queues),
+            "runner_id": self.runner_id,
+        }
+
+    def _jobs(self, rows: list[dict[str, Any]], params: dict[str, Any]) -> list[Job]:
+        """Jobs from claimed rows, each knowing when its lease ends by this runner's
+        clock from before the claim was sent: a reply held up on the way must not start
+        an attempt another runner may have."""
+        lease_of = dict(zip(params["workers"], params["leases"], strict=True))
+        jobs = [Job.from_row(row) for row in rows]
+        for job in jobs:
+            job._lease_ends = self._sent + lease_of[job.worker]
+        return jobs
+
+    def _claimed_rows(
+        self, names: list[Statement], params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         # Plain tuples: building a dict per row by zip is cheaper than RealDictCursor's,
         # and this runs for every job.
+        self._sent = time.monotonic()
         with self.connections.borrow() as conn, conn.cursor(cursor_factory=plain_cursor) as cur:
-            self.queries.execute(cur, "claim", params)
-            names = [column.name for column in cur.description]
+            self.queries.execute_together(cur, names, params)
+            columns = [column.name for column in cur.description]
             rows = cur.fetchall()
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        return [dict(zip(columns, row, strict=True)) for row in rows]

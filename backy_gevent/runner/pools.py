@@ -42,6 +42,9 @@ class WorkerPool:
         self.on_slot_free = on_slot_free
         self.in_flight = 0  # claimed and not finished: waiting in the queue or running
         self.maybe_more = True  # the table may hold more due jobs of this worker
+        #: The last claim was cut by a fleet-wide limit (global_concurrency, rate_limit):
+        #: due jobs wait, but claiming again at once would find no more room.
+        self.capped = False
         self._queue: Queue[Job] = Queue()
         self._idle_greenlets = 0
         self._greenlets: set[gevent.Greenlet] = set()

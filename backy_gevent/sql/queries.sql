@@ -87,6 +87,79 @@ WHERE t.id = ANY(ARRAY(
 ))
 RETURNING t.*;
 
+-- name: lock_limited
+-- Before claim_limited, in the same transaction: take each limited worker's advisory
+-- lock, so that runners claim for it one at a time. The keys ("backy/<table>/<worker>")
+-- come sorted, so two runners can't wait on each other.
+SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))
+FROM unnest(%(lock_keys)s::text[]) AS k;
+
+-- name: claim_limited
+-- The claim of workers with a global_concurrency or a rate_limit, after lock_limited:
+-- with the worker's lock held, this statement's snapshot holds every claim committed
+-- before it, so the room it computes can't be overtaken. Room is the least of the free
+-- slots ("lim"), the cap less the worker's running jobs whose lease is current (a dead
+-- runner's slots come back with its lease), and the rate's count less the starts within
+-- its window. Starts are recorded at clock_timestamp(), after the lock (the jobs'
+-- attempted_at too), and the ones that left the window deleted. One row per worker and claimed job: limited_worker,
+-- room (before this claim) and next_start_in (seconds until the window frees a start)
+-- ahead of the job's columns, which are NULL when nothing was claimed for it.
+WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS at),
+wanted AS MATERIALIZED (
+    SELECT w.worker, w.rate_secs,
+           greatest(0, least(
+               w.lim,
+               w.cap - (SELECT count(*) FROM {table} r
+                        WHERE r.state = 'running' AND r.worker = w.worker
+                          AND r.expires_at > k.at),
+               w.rate_n - (SELECT count(*) FROM {starts} s
+                           WHERE s.worker = w.worker
+                             AND s.started_at > k.at - make_interval(secs => w.rate_secs))
+           )) AS room,
+           (SELECT min(s.started_at) FROM {starts} s
+            WHERE s.worker = w.worker
+              AND s.started_at > k.at - make_interval(secs => w.rate_secs)) AS oldest_start
+    FROM unnest(%(workers)s::text[], %(limits)s::int[], %(caps)s::int[],
+                %(rate_counts)s::int[], %(rate_seconds)s::float8[])
+         AS w(worker, lim, cap, rate_n, rate_secs)
+    CROSS JOIN clock k
+),
+claimed AS (
+    UPDATE {table} t
+    SET state = 'running', attempt = t.attempt + 1, runner_id = %(runner_id)s,
+        attempted_at = (SELECT at FROM clock),
+        expires_at = now() + make_interval(
+            secs => (%(leases)s::float8[])[array_position(%(workers)s::text[], t.worker)])
+    WHERE t.id = ANY(ARRAY(
+        SELECT j.id
+        FROM wanted
+        CROSS JOIN LATERAL (
+            SELECT id FROM {table}
+            WHERE state = 'available' AND worker = wanted.worker AND run_at <= now()
+              AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+            ORDER BY priority, run_at, id
+            LIMIT wanted.room
+            FOR UPDATE SKIP LOCKED
+        ) j
+    ))
+    RETURNING t.*
+),
+started AS (
+    INSERT INTO {starts} (worker, started_at)
+    SELECT c.worker, k.at
+    FROM claimed c JOIN wanted w ON w.worker = c.worker CROSS JOIN clock k
+    WHERE w.rate_secs IS NOT NULL
+),
+expired AS (
+    DELETE FROM {starts} s USING wanted w, clock k
+    WHERE s.worker = w.worker AND s.started_at <= k.at - make_interval(secs => w.rate_secs)
+)
+SELECT w.worker AS limited_worker, w.room,
+       extract(epoch FROM coalesce(w.oldest_start, k.at)
+                          + make_interval(secs => w.rate_secs) - k.at)::float8 AS next_start_in,
+       c.*
+FROM wanted w CROSS JOIN clock k LEFT JOIN claimed c ON c.worker = w.worker;
+
 -- name: complete_delete
 -- Finish successful attempts by deleting their rows. (id, attempt) is the lease token:
 -- a job that was rescued and claimed again meanwhile is not touched. Each id's row is
