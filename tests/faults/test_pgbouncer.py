@@ -59,11 +59,15 @@ def test_runners_and_enqueues_through_pgbouncer_leave_nothing_on_pooled_sessions
 ) -> None:
     pooled, direct = pgbouncer.dsn(), private_cluster.dsn
     port = free_port()
-    runner = runner_on(pooled, *ARGS, "--listen-dsn", direct, "--metrics-port", str(port))
+    runner = runner_on(pooled, *ARGS, "--worker", "fleet_capped", "--worker", "rate_limited",
+                       "--listen-dsn", direct, "--metrics-port", str(port))
     scrape(port)  # the queue-depth query runs on a pooled connection too
     with make_client(pooled) as client:
         jobs = client.enqueue_many(workers.Record, [{"n": n} for n in range(200)])
         client.enqueue(workers.Record, n=-1, delay=0.5)
+        # Limited workers' claims take an advisory lock for their transaction only.
+        jobs += client.enqueue_many(workers.FleetCapped, [{"seconds": 0.05}] * 4)
+        jobs += client.enqueue_many(workers.RateLimited, [{}] * 4)
     wait_until(lambda: done(private_cluster), 30, what="every job to run")
     assert private_cluster.execute("SELECT count(*) FROM runs")[0][0] == len(jobs) + 1
     assert "pooler" in runner.output and "LISTEN can't work" not in runner.output
