@@ -142,6 +142,16 @@ def _log_level(value: Any) -> str:
     return level
 
 
+def _keep_or_seconds(value: Any) -> float | None:
+    """A retention period: seconds from 0 to MAX_SECONDS, or None ("keep": never prune)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "keep")):
+        return None
+    seconds = _non_negative_seconds(value)
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"must be at most {MAX_SECONDS}, or 'keep'")
+    return seconds
+
+
 def _retry_delay(value: Any) -> Callable[[int], float]:
     if callable(value):
         return value
@@ -192,6 +202,15 @@ OPTIONS: tuple[Option, ...] = (
         "seconds to wait for any answer from PostgreSQL before calling it gone",
     ),
     Option(
+        "prune_completed_after", _keep_or_seconds, None,
+        "seconds after which kept completed rows are deleted by the leader (default: keep)",
+    ),
+    Option(
+        "prune_failed_after", _keep_or_seconds, None,
+        "seconds after which failed and cancelled rows are deleted by the leader"
+        " (default: keep)",
+    ),
+    Option(
         "give_up_after", _seconds, 60.0,
         "seconds a runner loop may keep failing (not for a lost database) before the"
         " runner exits with status 1",
@@ -228,6 +247,9 @@ class Settings:
     # (log, /healthz) within this plus poll_interval, drops the connection and retries.
     database_timeout: float = 10.0
     give_up_after: float = 60.0
+    # Retention, applied by the runner that leads maintenance; None keeps rows for good.
+    prune_completed_after: float | None = None
+    prune_failed_after: float | None = None
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some options changed, each parsed and checked like any other source."""

@@ -184,6 +184,9 @@ def test_environment_names_every_option() -> None:
         ("fetch_limit", "0"),
         ("fetch_limit", "-5"),
         ("fetch_limit", "2147483648"),
+        ("prune_completed_after", "-1"),
+        ("prune_completed_after", "forever"),
+        ("prune_failed_after", "1e300"),
     ],
 )
 def test_bad_value_names_option_and_value(option: str, value: str) -> None:
@@ -193,6 +196,14 @@ def test_bad_value_names_option_and_value(option: str, value: str) -> None:
     assert option in message
     assert repr(value) in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(("text", "expected"), [("keep", None), ("", None), ("Keep", None),
+                                               ("0", 0.0), ("86400", 86400.0)])
+def test_retention_is_seconds_or_keep(text: str, expected: float | None) -> None:
+    settings = load_settings(environ={"BACKY_PRUNE_COMPLETED_AFTER": text,
+                                      "BACKY_PRUNE_FAILED_AFTER": text})
+    assert settings.prune_completed_after == settings.prune_failed_after == expected
 
 
 def test_bad_value_from_a_flag_or_file_is_named_too(tmp_path: Path) -> None:

@@ -26,6 +26,8 @@ _RUN_OPTIONS = (
     "fetch_limit",
     "give_up_after",
     "listen_dsn",
+    "prune_completed_after",
+    "prune_failed_after",
 )
 
 

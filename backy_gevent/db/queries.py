@@ -18,7 +18,7 @@ Statement = Literal[
     "insert_jobs", "get_unique", "claim", "lock_limited", "claim_limited",
     "complete_delete", "complete_keep", "fail", "snooze", "give_up",
     "hand_back", "touch", "lead", "cancel", "retry", "retry_failed", "table_oid",
-    "get_job", "prune", "stats", "queue_stats", "set_statement_timeout", "beat",
+    "get_job", "prune", "prune_batch", "stats", "queue_stats", "set_statement_timeout", "beat",
     "forget_runners", "unregister_runner", "list_runners",
 ]
 STATEMENTS: tuple[str, ...] = get_args(Statement)
@@ -48,6 +48,7 @@ def object_names(table_name: str) -> dict[str, sql.Identifier]:
         "fetch_index": sql.Identifier(f"{table_name}_fetch_idx"),
         "lease_index": sql.Identifier(f"{table_name}_lease_idx"),
         "failed_index": sql.Identifier(f"{table_name}_failed_idx"),
+        "finished_index": sql.Identifier(f"{table_name}_finished_idx"),
         "unique_index": sql.Identifier(f"{table_name}_unique_key_idx"),
         "unique_recent_index": sql.Identifier(f"{table_name}_unique_recent_idx"),
         "running_has_lease": sql.Identifier(f"{table_name}_running_has_lease"),

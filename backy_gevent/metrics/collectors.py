@@ -76,6 +76,15 @@ class RunnerCollector:
         for (worker, queue, state), count in sorted(runner.rescued.items()):
             rescued.add_metric([worker, queue, state], count)
         yield rescued
+        pruned = CounterMetricFamily(
+            "backy_jobs_pruned",
+            "Finished rows this runner deleted for retention (prune_completed_after,"
+            " prune_failed_after) while it led maintenance, by state.",
+            labels=["state"],
+        )
+        for state, count in sorted(runner.pruned.items()):
+            pruned.add_metric([state], count)
+        yield pruned
         failures = CounterMetricFamily(
             "backy_runner_loop_failures",
             "Steps of the runner's loops that failed with anything but a lost database (a"

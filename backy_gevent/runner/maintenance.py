@@ -33,6 +33,23 @@ BEAT_SECONDS = 5.0
 LEADER_LEASE_SECONDS = 4.0
 FORGET_RUNNER_SECONDS = 3600.0
 FORGET_EVERY = 60.0
+PRUNE_EVERY = 60.0
+PRUNE_BATCH = 1000
+PRUNE_BUDGET = 0.5
+
+
+def retention_of(
+    prune_completed_after: float | None, prune_failed_after: float | None
+) -> dict[str, float]:
+    """The retention options as seconds per finished state; a state kept for good is
+    absent. Cancelled jobs go with failed ones: both are jobs that did not succeed, kept
+    for someone to look at."""
+    retention = {}
+    if prune_completed_after is not None:
+        retention["completed"] = prune_completed_after
+    if prune_failed_after is not None:
+        retention["failed"] = retention["cancelled"] = prune_failed_after
+    return retention
 
 
 class Maintenance:
@@ -49,6 +66,7 @@ class Maintenance:
         queues: list[str],
         poll_interval: float,
         health: DatabaseHealth,
+        retention: dict[str, float] | None = None,
     ) -> None:
         self.connections = connections
         self.queries = queries
@@ -57,11 +75,16 @@ class Maintenance:
         self.queues = queues
         self.poll_interval = poll_interval
         self.health = health
+        #: Seconds after which finished rows of each state go (see retention_of).
+        self.retention = retention or {}
+        #: Finished rows this runner deleted while it led, by state.
+        self.pruned: collections.Counter[str] = collections.Counter()
         #: Jobs this runner's rescuer took back from dead runners, by (worker, queue, state).
         self.rescued: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self._leads_until = 0.0  # time.monotonic(): the lease by this runner's own clock
         self._said_leading = False
         self._next_forget = 0.0
+        self._next_prune = 0.0
 
     def leading(self) -> bool:
         """Whether this runner leads maintenance now, by its own clock."""
@@ -77,6 +100,8 @@ class Maintenance:
                     self.queries.execute(cur, "forget_runners",
                                          {"forget_after": FORGET_RUNNER_SECONDS})
                 self._next_forget = time.monotonic() + FORGET_EVERY
+            if self.retention and time.monotonic() >= self._next_prune:
+                self._prune()
         else:
             self._beat()
         self.health.ok()
@@ -116,6 +141,27 @@ class Maintenance:
                 ", quarantined (the lost attempt is not counted; its next attempts run"
                 " in a process of their own)",
             )
+
+    def _prune(self) -> None:
+        """Delete finished rows past their retention, oldest first, within the budget."""
+        params = {"states": list(self.retention), "ages": list(self.retention.values()),
+                  "lim": PRUNE_BATCH}
+        deadline = time.monotonic() + PRUNE_BUDGET
+        deleted: collections.Counter[str] = collections.Counter()
+        while True:
+            with self.connections.borrow() as conn, conn.cursor() as cur:
+                self.queries.execute(cur, "prune_batch", params)
+                counts = {row["state"]: row["n"] for row in cur.fetchall()}
+            deleted.update(counts)
+            if not any(n >= PRUNE_BATCH for n in counts.values()):
+                self._next_prune = time.monotonic() + PRUNE_EVERY
+                break
+            if time.monotonic() >= deadline or not self.leading():
+                break  # more are due: the next round goes on
+        self.pruned.update(deleted)
+        if deleted:
+            log.info("retention: deleted %s", ", ".join(
+                f"{n} {state}" for state, n in sorted(deleted.items())))
 
     def _now_leading(self, leads: bool, sent: float) -> None:
         """What the last statement said; the lease is judged from before it was sent."""

@@ -39,7 +39,7 @@ from backy_gevent.runner.executor import Executor, HandBack, JobRevoked
 from backy_gevent.runner.fetcher import Fetcher, Wakeup
 from backy_gevent.runner.guard import HubGuard
 from backy_gevent.runner.listener import Listener
-from backy_gevent.runner.maintenance import Maintenance
+from backy_gevent.runner.maintenance import Maintenance, retention_of
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import Backoff, DatabaseHealth, Supervisor, one_line
 from backy_gevent.worker import Registry
@@ -134,6 +134,7 @@ class Runner:
             self.connections, self.queries, self.id, workers=list(self.worker_pools),
             queues=list(settings.queues), poll_interval=settings.poll_interval,
             health=self.database,
+            retention=retention_of(settings.prune_completed_after, settings.prune_failed_after),
         )
         longest = max(float(r.cls.max_runtime) for r in self.registry)
         self.guard = HubGuard(self.executor, stuck_after=longest + 5.0)
@@ -148,6 +149,11 @@ class Runner:
     def rescued(self) -> dict[tuple[str, str, str], int]:
         """Jobs this runner's rescuer took back, by (worker, queue, state they became)."""
         return dict(self.maintenance.rescued)
+
+    @property
+    def pruned(self) -> dict[str, int]:
+        """Finished rows this runner deleted for retention while it led, by state."""
+        return dict(self.maintenance.pruned)
 
     def health(self) -> tuple[bool, str]:
         """Whether the runner is connected and working, and a line saying why."""

@@ -392,6 +392,29 @@ DELETE FROM {table}
 WHERE state = ANY(%(states)s::text[])
   AND finished_at < now() - make_interval(secs => %(older_than)s);
 
+-- name: prune_batch
+-- Retention, run by the runner that leads maintenance: delete up to "lim" rows of each
+-- state that finished more than its age (seconds) ago, oldest first, through the
+-- finished index. State and age are checked again on the row deleted: a job retried
+-- since it was picked is not deleted. Returns how many of each state went.
+WITH deleted AS (
+    DELETE FROM {table} t
+    USING unnest(%(states)s::text[], %(ages)s::float8[]) AS r(state, age)
+    WHERE t.id = ANY(ARRAY(
+        SELECT j.id
+        FROM unnest(%(states)s::text[], %(ages)s::float8[]) AS p(state, age)
+        CROSS JOIN LATERAL (
+            SELECT id FROM {table}
+            WHERE state = p.state AND finished_at < now() - make_interval(secs => p.age)
+            ORDER BY finished_at
+            LIMIT %(lim)s
+        ) j
+    ))
+      AND t.state = r.state AND t.finished_at < now() - make_interval(secs => r.age)
+    RETURNING t.state
+)
+SELECT state, count(*) AS n FROM deleted GROUP BY state;
+
 -- name: stats
 -- Counts by worker, queue and state, and the oldest due waiting job's age in seconds.
 SELECT worker, queue, state, count(*) AS jobs,
