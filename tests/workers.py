@@ -245,6 +245,33 @@ class FanOut(backy.Worker):
 ALL = (*ALL, FanOut)
 
 
+class SnoozeOnce(backy.Worker):
+    """Snoozes ``seconds`` on its first run, then returns what ``cancel`` says: raises
+    ``Cancel`` when it is a reason, else returns its attempt number."""
+
+    name = "snooze_once"
+    max_runtime = 5.0
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> Any:
+        record(job)
+        conn = psycopg2.connect(os.environ["BACKY_TEST_RECORD_DSN"])
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM runs WHERE job_id = %s", (job.id,))
+                runs = cur.fetchone()[0]
+        finally:
+            conn.close()
+        if runs == 1:
+            raise backy.Snooze(float(args.get("seconds", 0.3)))
+        record(job, finished=True)
+        if args.get("cancel"):
+            raise backy.Cancel(args["cancel"])
+        return {"attempt": job.attempt}
+
+
+ALL = (*ALL, SnoozeOnce)
+
+
 import gevent.lock  # noqa: E402
 
 
