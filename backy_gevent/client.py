@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2.errors
 import psycopg2.extras
@@ -25,7 +25,6 @@ from backy_gevent.db.connections import ConnectionPool, connect
 from backy_gevent.db.dsn import configured_dsn
 from backy_gevent.db.queries import Queries, Statement
 from backy_gevent.errors import BadJobArgs, BadOption
-from backy_gevent.hooks import Hooks
 from backy_gevent.job import (
     BIGINT_MAX,
     BIGINT_MIN,
@@ -39,6 +38,9 @@ from backy_gevent.job import (
     Job,
 )
 from backy_gevent.worker import Registry, Worker, retry_count_of
+
+if TYPE_CHECKING:  # pluggy is imported by whoever builds the hooks, not by every client
+    from backy_gevent.hooks import Hooks
 
 #: Option names of ``enqueue``; a job arg of the same name must be passed in ``args``.
 ENQUEUE_OPTIONS = (
@@ -488,16 +490,20 @@ class Client:
     def prune(self, older_than: float = 0.0, states: Sequence[str] = (COMPLETED,)) -> int:
         """Delete finished rows in ``states`` older than ``older_than`` seconds (from 0 to
         ``MAX_SECONDS``; anything else raises ``BadOption``, a ValueError)."""
-        if not _seconds_in_range(older_than):
-            raise BadOption(
-                f"older_than must be a number of seconds from 0 to {MAX_SECONDS},"
-                f" not {older_than!r}"
-            )
+        _check_age(older_than)
         with contextlib.closing(self._long_connection()) as conn, conn, conn.cursor() as cur:
             cur.execute(
                 self.queries.composed("prune"), {"states": list(states), "older_than": older_than}
             )
             return int(cur.rowcount)
+
+    def prunable(
+        self, older_than: float = 0.0, states: Sequence[str] = (COMPLETED,)
+    ) -> dict[str, int]:
+        """What ``prune`` would delete now, by state; deletes nothing."""
+        _check_age(older_than)
+        params = {"states": list(states), "older_than": older_than}
+        return {row["state"]: row["jobs"] for row in self._fetch("count_prunable", params)}
 
     def runners(self) -> list[dict[str, Any]]:
         """Runners that beat within the last hour, with how long each has been silent."""
@@ -506,6 +512,14 @@ class Client:
     def stats(self) -> list[dict[str, Any]]:
         """Job counts by worker, queue and state, with the oldest due job's wait."""
         return [dict(row) for row in self._fetch("stats", {})]
+
+
+def _check_age(older_than: Any) -> None:
+    if not _seconds_in_range(older_than):
+        raise BadOption(
+            f"older_than must be a number of seconds from 0 to {MAX_SECONDS},"
+            f" not {older_than!r}"
+        )
 
 
 def _may_be_an_id(job_id: Any) -> bool:

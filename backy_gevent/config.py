@@ -12,7 +12,7 @@ import math
 import os
 import re
 import runpy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("retry_delay", _retry_delay, default_retry_delay, "seconds before retry N"),
     Option("poll_interval", _seconds, 1.0, "seconds between polls (LISTEN/NOTIFY wakes sooner)"),
     Option("delete_finished_jobs", _boolean, True, "delete completed jobs instead of keeping"),
-    Option("queues", _names, (), "queues to serve; empty means every queue of the workers"),
+    Option("queues", _names, (), "queues to serve; empty means every queue"),
     Option("workers", _names, (), "restrict the runner to these worker names"),
     Option("imports", _names, (), "extra worker classes as module:Class, besides entry points"),
     Option("disable_plugins", _names, (), "hook plugins (by name) not to load"),
@@ -306,11 +306,14 @@ def load_settings(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     config_file: str | os.PathLike[str] | None = None,
+    used: Collection[str] | None = None,
 ) -> Settings:
     """Build Settings from defaults, then the config file, the environment and flags.
 
     The config file is ``config_file``, else ``BACKY_CONFIG`` from the environment.
-    Flags whose value is None count as not given.
+    Flags whose value is None count as not given. With ``used``, only those options are
+    read; the others keep their defaults, whatever the environment or file says (a
+    name that is no option at all is still an error in a file).
     """
     environ = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
@@ -319,4 +322,6 @@ def load_settings(
         merged.update(read_config_file(path))
     merged.update(read_environment(environ))
     merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    if used is not None:
+        merged = {name: value for name, value in merged.items() if name in used}
     return Settings(**{name: _parse(name, value) for name, value in merged.items()})

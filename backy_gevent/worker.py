@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Iterable, Iterator
-from importlib import metadata
 from typing import Any, ClassVar
 
 from backy_gevent.errors import WorkerError
@@ -182,6 +181,8 @@ class Registry:
     @classmethod
     def discover(cls, imports: Iterable[str] = ()) -> Registry:
         """Workers from ``backy.workers`` entry points plus ``module:Class`` import paths."""
+        from importlib import metadata  # here: the commands that don't discover skip it
+
         registry = cls()
         for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = entry_point.dist

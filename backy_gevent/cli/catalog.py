@@ -3,58 +3,80 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any
 
-from backy_gevent.cli.run import runner_plugins
+from backy_gevent.cli.output import print_json, print_table
 from backy_gevent.config import Settings
-from backy_gevent.hooks import describe_plugins
-from backy_gevent.worker import Registry, Worker, retry_count_of
+from backy_gevent.worker import Registration, Registry, retry_count_of
 
 
 def command_workers(arguments: argparse.Namespace, settings: Settings) -> int:
+    """One row per registered worker: name, class, where it came from, its settings."""
     registry = Registry.discover(settings.imports)
-    if not len(registry):
+    described = [_describe(registration, settings) for registration in registry]
+    if arguments.json:
+        print_json(described)
+        return 0
+    if not described:
         print("no workers registered (install a package with backy.workers entry points)")
         return 0
-    for registration in registry:
-        cls = registration.cls
-        retry_count = retry_count_of(cls, settings.retry_count)
-        print(
-            f"{registration.name}\t{registration.path}\t{registration.source}\t"
-            f"queue={cls.queue} priority={cls.priority} max_runtime={cls.max_runtime:g}"
-            f" max_concurrency={cls.max_concurrency or 'unlimited'}"
-            f" requeue_delay={cls.requeue_delay:g} retry_count={retry_count}"
-            + _limits(cls)
-        )
+    print_table(
+        ("WORKER", "CLASS", "FROM", "SETTINGS"),
+        [(worker.pop("name"), worker.pop("class"), worker.pop("source"),
+          " ".join(f"{key}={_shown(value)}" for key, value in worker.items()))
+         for worker in described],
+    )
     return 0
 
 
-def _limits(cls: type[Worker]) -> str:
-    """The worker's fleet-wide limits, when it has any."""
-    text = ""
-    if cls.global_concurrency is not None:
-        text += f" global_concurrency={cls.global_concurrency}"
-    if cls.rate_limit is not None:
-        text += f" rate_limit={cls.rate_limit[0]}/{cls.rate_limit[1]:g}s"
-    return text
+def _describe(registration: Registration, settings: Settings) -> dict[str, Any]:
+    """One worker's name, class, source and settings (the configured defaults applied)."""
+    cls = registration.cls
+    described: dict[str, Any] = {
+        "name": registration.name,
+        "class": registration.path,
+        "source": registration.source,
+        "queue": cls.queue,
+        "priority": cls.priority,
+        "max_runtime": cls.max_runtime,
+        "max_concurrency": cls.max_concurrency,
+        "requeue_delay": cls.requeue_delay,
+        "retry_count": retry_count_of(cls, settings.retry_count),
+    }
+    for optional in ("global_concurrency", "rate_limit", "unique_for"):
+        if getattr(cls, optional) is not None:
+            described[optional] = getattr(cls, optional)
+    return described
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "unlimited"
+    if isinstance(value, tuple):  # rate_limit
+        return f"{value[0]}/{value[1]:g}s"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def command_plugins(arguments: argparse.Namespace, settings: Settings) -> int:
-    """One line per plugin: name, distribution, version and the hooks it implements."""
+    """One row per plugin: name, distribution, version and the hooks it implements."""
+    from backy_gevent.cli.run import runner_plugins
+    from backy_gevent.hooks import describe_plugins
+
     _, plugin_manager = runner_plugins(settings)
-    rows = [
-        (
-            info.name,
-            info.distribution or "(built-in)",
-            info.version or "-",
-            ", ".join(info.hooks) or "(no hooks)",
+    plugins = describe_plugins(plugin_manager)
+    if arguments.json:
+        print_json({
+            "plugins": [dataclasses.asdict(info) for info in plugins],
+            "disabled": sorted(settings.disable_plugins),
+        })
+        return 0
+    if plugins:
+        print_table(
+            ("PLUGIN", "DISTRIBUTION", "VERSION", "HOOKS"),
+            [(info.name, info.distribution or "(built-in)", info.version or "-",
+              ", ".join(info.hooks) or "(no hooks)") for info in plugins],
         )
-        for info in describe_plugins(plugin_manager)
-    ]
-    if rows:
-        header = ("PLUGIN", "DISTRIBUTION", "VERSION", "HOOKS")
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
-        for row in [header, *rows]:
-            print("  ".join([*(row[i].ljust(widths[i]) for i in range(3)), row[3]]))
     else:
         print("no plugins (install a package with backy.plugins entry points)")
     if settings.disable_plugins:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from backy_gevent.cli.output import print_json, print_table
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
 from backy_gevent.worker import Registry
@@ -19,22 +19,18 @@ def command_runners(arguments: argparse.Namespace, settings: Settings) -> int:
     with Client(settings, registry=Registry()) as client:
         runners = client.runners()
     if arguments.json:
-        print(json.dumps(runners, default=str, indent=2, sort_keys=True))
+        print_json(runners)
         return 0
     if not runners:
         print("no runners")
         return 0
-    header = ("RUNNER", "HOST", "PID", "WORKERS", "QUEUES", "LAST BEAT", "ROLE")
-    rows = [header]
-    for runner in runners:
-        silent = runner["silent_seconds"]
-        beat = f"{silent:.0f}s ago" + (" SILENT" if silent >= SILENT_AFTER else "")
-        rows.append((
-            runner["id"], runner["hostname"], str(runner["pid"]),
-            ",".join(runner["workers"]), ",".join(runner["queues"]) or "all",
-            beat, "LEADER" if runner["leader"] else "",
-        ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print_table(
+        ("RUNNER", "HOST", "PID", "WORKERS", "QUEUES", "LAST BEAT", "ROLE"),
+        [(runner["id"], runner["hostname"], runner["pid"], ",".join(runner["workers"]),
+          ",".join(runner["queues"]) or "all",
+          f"{runner['silent_seconds']:.0f}s ago"
+          + (" SILENT" if runner["silent_seconds"] >= SILENT_AFTER else ""),
+          "LEADER" if runner["leader"] else "")
+         for runner in runners],
+    )
     return 0

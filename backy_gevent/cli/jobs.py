@@ -11,15 +11,13 @@ import json
 import sys
 from typing import Any
 
+from backy_gevent.cli.fleet import SILENT_AFTER
+from backy_gevent.cli.output import plural, print_json, print_table
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
 from backy_gevent.errors import UsageError
 from backy_gevent.job import COMPLETED
 from backy_gevent.worker import Registry
-
-
-def _emit(value: Any) -> None:
-    print(json.dumps(value, default=str, indent=2, sort_keys=True))
 
 
 def _registry(settings: Settings) -> Registry:
@@ -62,44 +60,70 @@ def command_enqueue(arguments: argparse.Namespace, settings: Settings) -> int:
             unique_key=arguments.unique_key,
             unique_for=arguments.unique_for,
         )
-    _emit({"id": job.id, "worker": job.worker, "queue": job.queue, "state": job.state,
+    print_json({"id": job.id, "worker": job.worker, "queue": job.queue, "state": job.state,
            "run_at": job.run_at, "args": job.args, "inserted": job.inserted})
     return 0
 
 
 def command_jobs(arguments: argparse.Namespace, settings: Settings) -> int:
+    """Job counts by worker, queue and state (waiting ones split into due and
+    scheduled), warnings about due jobs no live runner serves, and the live runners."""
     with Client(settings, registry=Registry()) as client:
         stats = client.stats()
         runners = client.runners()
+    live = [runner for runner in runners if runner["silent_seconds"] < SILENT_AFTER]
+    warnings = [
+        f"{row['due']} due jobs of worker {row['worker']!r} in queue {row['queue']!r}:"
+        " no live runner serves them"
+        for row in stats
+        if row["due"] and not any(_serves(runner, row["worker"], row["queue"])
+                                  for runner in live)
+    ]
+    if arguments.json:
+        print_json({"jobs": stats, "runners": runners, "warnings": warnings})
+        return 0
     if not stats:
         print("no jobs")
     else:
-        print(f"{'WORKER':24} {'QUEUE':12} {'STATE':10} {'JOBS':>8} {'OLDEST WAIT':>12}")
-        for row in stats:
-            wait = "" if row["oldest_wait"] is None else f"{row['oldest_wait']:.1f}s"
-            print(
-                f"{row['worker']:24} {row['queue']:12} {row['state']:10}"
-                f" {row['jobs']:>8} {wait:>12}"
-            )
-    print(f"\n{len(runners)} runners")
+        print_table(
+            ("WORKER", "QUEUE", "STATE", "JOBS", "DUE", "SCHEDULED", "OLDEST WAIT"),
+            [(row["worker"], row["queue"], row["state"], row["jobs"],
+              *((row["due"], row["jobs"] - row["due"]) if row["state"] == "available"
+                else ("", "")),
+              "" if row["oldest_wait"] is None else f"{row['oldest_wait']:.1f}s")
+             for row in stats],
+        )
+    for warning in warnings:
+        print(f"warning: {warning}")
+    print(f"\n{plural(len(runners), 'runner')}")
     for runner in runners:
         silent = runner["silent_seconds"]
-        # A live runner beats every 5 s; a silent one died without saying goodbye.
-        status = f"last beat {silent:.0f}s ago" + ("" if silent < 15 else " (SILENT)")
+        status = f"last beat {silent:.0f}s ago" + ("" if silent < SILENT_AFTER else " (SILENT)")
         lead = "  (leads maintenance)" if runner["leader"] else ""
         print(f"  {runner['id']}  workers={','.join(runner['workers'])}  {status}{lead}")
     return 0
 
 
+def _serves(runner: dict[str, Any], worker: str, queue: str) -> bool:
+    """Whether a runner claims this worker's jobs of this queue (no queues: every one)."""
+    return worker in runner["workers"] and (not runner["queues"] or queue in runner["queues"])
+
+
+#: What a missing row means: with ``delete_finished_jobs`` (the default) a job's row is
+#: deleted when it completes, so a missing id may well be a job that ran.
+NO_ROW = "finished and deleted, or never existed"
+
+
 def command_show(arguments: argparse.Namespace, settings: Settings) -> int:
-    """Print one job as JSON: every column, the error history included."""
+    """Print one job as JSON: every column, the error history and result included."""
     with Client(settings, registry=Registry()) as client:
         job = client.get_job(arguments.job_id)
     if job is None:
-        print(f"job {arguments.job_id}: no such job", file=sys.stderr)
+        print(f"job {arguments.job_id}: no row ({NO_ROW})", file=sys.stderr)
         return 1
     fields = {f.name: getattr(job, f.name) for f in dataclasses.fields(job)}
-    _emit({name: value for name, value in fields.items() if not name.startswith("_")})
+    print_json({name: value for name, value in fields.items()
+                if not name.startswith("_") and name != "inserted"})
     return 0
 
 
@@ -115,8 +139,8 @@ def _each_job(arguments: argparse.Namespace, settings: Settings, action: str) ->
                 continue
             if job is None:
                 current = client.get_job(job_id)
-                state = current.state if current else "missing"
-                print(f"job {job_id}: not changed (it is {state})", file=sys.stderr)
+                why = f"it is {current.state}" if current else f"no row: {NO_ROW}"
+                print(f"job {job_id}: not changed ({why})", file=sys.stderr)
                 status = 1
             else:
                 print(f"job {job_id}: {job.state}")
@@ -141,15 +165,20 @@ def command_cancel(arguments: argparse.Namespace, settings: Settings) -> int:
 
 
 def command_prune(arguments: argparse.Namespace, settings: Settings) -> int:
+    """Delete (or with --dry-run count) finished jobs older than --older-than."""
     states = [COMPLETED]
     if arguments.failed:
         states.append("failed")
     if arguments.cancelled:
         states.append("cancelled")
+    age = f"finished more than {arguments.older_than:g}s ago"
     with Client(settings, registry=Registry()) as client:
+        if arguments.dry_run:
+            counts = client.prunable(arguments.older_than, states)
+            total = sum(counts.values())
+            detail = ", ".join(f"{counts.get(state, 0)} {state}" for state in states)
+            print(f"would delete {plural(total, 'job')} {age} ({detail}); nothing deleted")
+            return 0
         deleted = client.prune(arguments.older_than, states)
-    print(f"deleted {deleted} jobs")
+    print(f"deleted {plural(deleted, 'job')} {age} ({', '.join(states)})")
     return 0
-
-
-

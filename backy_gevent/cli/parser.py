@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from backy_gevent.config import OPTIONS, Settings, load_settings
 from backy_gevent.job import BIGINT_MAX
@@ -16,19 +16,27 @@ _LIST_FLAGS = {
     "imports": "--import",
     "disable_plugins": "--disable-plugin",
 }
-#: Options that only the runner uses; their flags are on ``run`` alone.
-_RUN_OPTIONS = (
-    "queues",
-    "workers",
-    "metrics_host",
-    "metrics_port",
-    "shutdown_timeout",
-    "fetch_limit",
-    "give_up_after",
-    "listen_dsn",
-    "prune_completed_after",
-    "prune_failed_after",
-)
+#: Options every command that reaches the database reads.
+_DATABASE = ("dsn", "table_name", "data_dir", "prepare_statements", "database_timeout",
+             "log_level")
+_ALL = tuple(option.name for option in OPTIONS)
+#: The options each subcommand reads: its --help shows their flags, and the environment
+#: or config file's values of the others are not even parsed (a runner's bad
+#: BACKY_METRICS_PORT does not stop ``backy-gevent jobs``).
+COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "setup": _DATABASE,
+    "run": _ALL,
+    "enqueue": (*_DATABASE, "imports", "retry_count"),
+    "workers": ("imports", "retry_count", "log_level"),
+    "plugins": ("imports", "disable_plugins", "log_level"),
+    "jobs": _DATABASE,
+    "runners": _DATABASE,
+    "show": _DATABASE,
+    "retry": (*_DATABASE, "imports", "retry_count"),
+    "cancel": _DATABASE,
+    "prune": _DATABASE,
+    "bench": _ALL,
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,7 +46,40 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         program, _, command = self.prog.partition(" ")
         where = f"{command}: " if command else ""
-        self.exit(2, f"{program}: error: {where}{message} (see --help)\n")
+        self.exit(2, f"{program}: error: {where}{_explained(message, command)}"
+                     " (see --help)\n")
+
+
+class _MainParser(_Parser):
+    """The top parser: arguments left over are reported by the subcommand's parser,
+    which can say which commands do take a misplaced option flag."""
+
+    subcommands: dict[str, _Parser]
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        arguments, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.subcommands[arguments.command].error(
+                f"unrecognized arguments: {' '.join(extras)}")
+        return arguments
+
+
+def _explained(message: str, command: str) -> str:
+    """argparse's message, and for an option flag this command doesn't take, which
+    commands do take it."""
+    prefix = "unrecognized arguments: "
+    if not message.startswith(prefix):
+        return message
+    flag = message.removeprefix(prefix).split()[0].split("=")[0]
+    name = next((o.name for o in OPTIONS if _flag_of(o.name) == flag), None)
+    if name is None:
+        return message
+    users = [other for other, used in COMMAND_OPTIONS.items() if name in used]
+    return f"{flag} is not an option of {command} (it is one of {', '.join(users)})"
+
+
+def _flag_of(name: str) -> str:
+    return _LIST_FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def _job_id(text: str) -> int:
@@ -85,7 +126,7 @@ def _add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> 
     for option in OPTIONS:
         if option.name not in names:
             continue
-        flag = _LIST_FLAGS.get(option.name, "--" + option.name.replace("_", "-"))
+        flag = _flag_of(option.name)
         if option.name in _LIST_FLAGS:
             parser.add_argument(flag, dest=option.name, action="append", help=option.help)
         else:
@@ -94,38 +135,52 @@ def _add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    common = _Parser(add_help=False)
-    common.add_argument("--config", help="Python config file (also BACKY_CONFIG)")
-    _add_option_flags(common, [o.name for o in OPTIONS if o.name not in _RUN_OPTIONS])
-    parser = _Parser(
-        prog="backy-gevent", description="Background jobs on PostgreSQL and gevent."
+    parser = _MainParser(
+        prog="backy-gevent",
+        description="Background jobs on PostgreSQL and gevent. Every option is also an"
+        " environment variable (BACKY_<OPTION>) and a config file setting.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("setup", parents=[common], help="create or update the jobs table")
-    run = commands.add_parser("run", parents=[common], help="run jobs until stopped")
-    _add_option_flags(run, _RUN_OPTIONS)
-    _add_enqueue(commands.add_parser("enqueue", parents=[common], help="enqueue one job"))
-    commands.add_parser("workers", parents=[common], help="list registered workers")
-    commands.add_parser("plugins", parents=[common], help="list hook plugins")
-    commands.add_parser("jobs", parents=[common], help="job counts by worker, queue, state")
-    runners = commands.add_parser(
-        "runners", parents=[common], help="live runners, and which one leads maintenance"
-    )
-    runners.add_argument("--json", action="store_true", help="print JSON")
-    show = commands.add_parser("show", parents=[common], help="one job, with its error history")
+    parser.add_argument("--version", action="version", version=f"backy-gevent {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
+    parser.subcommands = {}
+
+    def command(name: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=description, description=description)
+        parser.subcommands[name] = sub
+        sub.add_argument("--config", help="Python config file (also BACKY_CONFIG)")
+        _add_option_flags(sub, COMMAND_OPTIONS[name])
+        return sub
+
+    command("setup", "create or update the jobs table")
+    command("run", "run jobs until stopped")
+    _add_enqueue(command("enqueue", "enqueue one job"))
+    _add_json(command("workers", "list registered workers and their settings"))
+    _add_json(command("plugins", "list hook plugins and the hooks they implement"))
+    _add_json(command("jobs", "job counts by worker, queue and state; live runners"))
+    _add_json(command("runners", "live runners, and which one leads maintenance"))
+    show = command("show", "one job as JSON, with its error history and result")
     show.add_argument("job_id", type=_job_id, metavar="JOB_ID")
-    _add_retry(
-        commands.add_parser("retry", parents=[common], help="run failed or cancelled jobs again")
-    )
-    cancel = commands.add_parser("cancel", parents=[common], help="cancel jobs")
+    _add_json(show, "accepted: show prints JSON already")
+    _add_retry(command("retry", "run failed or cancelled jobs again"))
+    cancel = command("cancel", "cancel waiting or running jobs")
     cancel.add_argument("ids", nargs="+", type=_job_id, metavar="JOB_ID")
-    _add_prune(commands.add_parser("prune", parents=[common], help="delete finished jobs"))
-    _add_bench(
-        commands.add_parser(
-            "bench", parents=[common], help="measure jobs/s against pgbench on this server"
-        )
-    )
+    _add_prune(command("prune", "delete finished jobs"))
+    _add_bench(command("bench", "measure jobs/s against pgbench on this server"))
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("backy-gevent")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _add_json(parser: argparse.ArgumentParser, description: str = "print JSON") -> None:
+    parser.add_argument("--json", action="store_true", help=description)
 
 
 def _add_enqueue(enqueue: argparse.ArgumentParser) -> None:
@@ -154,10 +209,20 @@ def _add_retry(retry: argparse.ArgumentParser) -> None:
                        help="with --failed: only this queue's (repeatable)")
 
 
+#: What ``prune`` deletes when not told: rows that finished more than a week ago. Not
+#: everything: a prune typed to see what it does should not delete yesterday's failures.
+PRUNE_DEFAULT_AGE = 7 * 86400.0
+
+
 def _add_prune(prune: argparse.ArgumentParser) -> None:
-    prune.add_argument("--older-than", type=float, default=0.0, metavar="SECONDS")
+    prune.add_argument("--older-than", type=float, default=PRUNE_DEFAULT_AGE,
+                       metavar="SECONDS",
+                       help="only jobs that finished more than this long ago (default:"
+                            f" {PRUNE_DEFAULT_AGE:.0f}, a week; 0: every finished one)")
     prune.add_argument("--failed", action="store_true", help="also failed jobs")
     prune.add_argument("--cancelled", action="store_true", help="also cancelled jobs")
+    prune.add_argument("--dry-run", action="store_true",
+                       help="count what would be deleted, by state; delete nothing")
 
 
 def _add_bench(bench: argparse.ArgumentParser) -> None:
@@ -171,6 +236,9 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
 
 
 def settings_from(arguments: argparse.Namespace, environ: dict[str, str]) -> Settings:
-    """Settings from the parsed flags, the environment and the config file."""
-    flags = {o.name: getattr(arguments, o.name, None) for o in OPTIONS}
-    return load_settings(flags=flags, environ=environ, config_file=arguments.config)
+    """Settings from the parsed flags, the environment and the config file: the options
+    the command reads; the others keep their defaults."""
+    used = COMMAND_OPTIONS[arguments.command]
+    flags = {name: getattr(arguments, name, None) for name in used}
+    return load_settings(flags=flags, environ=environ, config_file=arguments.config,
+                         used=used)

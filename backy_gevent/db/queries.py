@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 import zlib
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from typing import Any, Literal, get_args
 
 import psycopg2.errors
@@ -18,8 +18,8 @@ Statement = Literal[
     "insert_jobs", "get_unique", "claim", "lock_limited", "claim_limited",
     "complete_delete", "complete_keep", "fail", "snooze", "give_up",
     "hand_back", "touch", "lead", "cancel", "retry", "retry_failed", "table_oid",
-    "get_job", "prune", "prune_batch", "stats", "queue_stats", "set_statement_timeout", "beat",
-    "forget_runners", "unregister_runner", "list_runners",
+    "get_job", "prune", "count_prunable", "prune_batch", "stats", "queue_stats",
+    "set_statement_timeout", "beat", "forget_runners", "unregister_runner", "list_runners",
 ]
 STATEMENTS: tuple[str, ...] = get_args(Statement)
 
@@ -28,9 +28,15 @@ _BLOCK = re.compile(r"^-- name: (\w+)\n", re.MULTILINE)
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s(::\w+(?:\[\])?)?")
 
 
+#: The package's SQL files (read by path: importlib.resources costs a one-shot command
+#: more start-up time than the read itself).
+SQL_DIRECTORY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sql")
+
+
 @functools.cache
 def _read_blocks() -> dict[str, str]:
-    text = resources.files("backy_gevent").joinpath("sql/queries.sql").read_text("utf-8")
+    with open(os.path.join(SQL_DIRECTORY, "queries.sql"), encoding="utf-8") as file:
+        text = file.read()
     parts = _BLOCK.split(text)
     # parts: [preamble, name1, body1, name2, body2, ...]
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}

@@ -8,14 +8,14 @@ keyed on the table name lets several processes run ``setup`` at once safely.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
-from importlib import resources
 from typing import Any
 
 import psycopg2.extensions
 from psycopg2 import sql
 
-from backy_gevent.db.queries import object_names
+from backy_gevent.db.queries import SQL_DIRECTORY, object_names
 
 _MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
@@ -32,10 +32,12 @@ class Migration:
 def migrations() -> list[Migration]:
     """All migrations shipped with the package, in order."""
     found = []
-    for entry in resources.files("backy_gevent").joinpath("sql/migrations").iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
+    directory = os.path.join(SQL_DIRECTORY, "migrations")
+    for name in os.listdir(directory):
+        match = _MIGRATION_FILE.match(name)
         if match:
-            found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
+            with open(os.path.join(directory, name), encoding="utf-8") as file:
+                found.append(Migration(int(match[1]), match[2], file.read()))
     return sorted(found, key=lambda m: m.version)
 
 

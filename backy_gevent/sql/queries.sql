@@ -392,6 +392,13 @@ DELETE FROM {table}
 WHERE state = ANY(%(states)s::text[])
   AND finished_at < now() - make_interval(secs => %(older_than)s);
 
+-- name: count_prunable
+-- What prune would delete, by state (prune --dry-run).
+SELECT state, count(*) AS jobs FROM {table}
+WHERE state = ANY(%(states)s::text[])
+  AND finished_at < now() - make_interval(secs => %(older_than)s)
+GROUP BY state ORDER BY state;
+
 -- name: prune_batch
 -- Retention, run by the runner that leads maintenance: delete up to "lim" rows of each
 -- state that finished more than its age (seconds) ago, oldest first, through the
@@ -416,8 +423,10 @@ WITH deleted AS (
 SELECT state, count(*) AS n FROM deleted GROUP BY state;
 
 -- name: stats
--- Counts by worker, queue and state, and the oldest due waiting job's age in seconds.
+-- Counts by worker, queue and state; of the waiting ones, how many are due (the rest
+-- are scheduled: their run_at is ahead), and the oldest due one's wait in seconds.
 SELECT worker, queue, state, count(*) AS jobs,
+       count(*) FILTER (WHERE state = 'available' AND run_at <= now()) AS due,
        extract(epoch FROM now() - min(run_at) FILTER (
            WHERE state = 'available' AND run_at <= now()))::float8 AS oldest_wait
 FROM {table}
