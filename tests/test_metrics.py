@@ -66,7 +66,13 @@ class Slow(backy.Worker):
 class NullSink:
     """An OutcomeSink that forgets: these tests look at the metrics only."""
 
-    def completed(self, job: Job) -> None:
+    def completed(self, job: Job, result: Any = None) -> None:
+        pass
+
+    def snoozed(self, job: Job, seconds: float) -> None:
+        pass
+
+    def cancelled(self, job: Job, error: dict[str, Any]) -> None:
         pass
 
     def failed(self, job: Job, error: dict[str, Any], retry_in: float | None) -> None:
