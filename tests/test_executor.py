@@ -320,6 +320,17 @@ def test_max_runtime_stops_the_attempt() -> None:
     assert isinstance(failure["error"], JobTimeout)
 
 
+def test_max_runtime_counts_from_the_start_even_after_the_hub_was_blocked() -> None:
+    # The loop's idea of now stays where it was while the hub does not run; a clock
+    # started then, in a greenlet that is not the hub's callback (the main greenlet, as
+    # in backy_gevent.testing), must still count from the real now.
+    executor, sink, _ = make_executor()
+    gevent.sleep(0.01)  # the loop notes the time...
+    time.sleep(0.5)  # ...and does not run for a while
+    executor.run(make_job("slow", seconds=0.1), Registration("slow", Slow, "test"))
+    assert [kind for kind, _ in sink.outcomes] == ["completed"]
+
+
 def test_a_timeout_is_not_swallowed_by_except_exception() -> None:
     executor, sink, spy = make_executor()
     elapsed = run(executor, make_job("swallower"), Swallower)

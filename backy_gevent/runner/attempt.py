@@ -63,7 +63,11 @@ class Deadline:
         self.cancel()
         self.ends_at = time.monotonic() + self.seconds
         self._timer = gevent.get_hub().loop.timer(self.seconds)
-        self._timer.start(self._expire)
+        # update: count from now, not from the loop's idea of now, which stays where it
+        # was while the hub did not run (code that blocked it, or, outside a runner, a
+        # caller that never yields): the clock would fire early by that much. (What
+        # gevent.Timeout does too.)
+        self._timer.start(self._expire, update=True)
 
     def overdue(self) -> float:
         """Seconds past the deadline (0 or less while it still runs)."""
