@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gevent
@@ -23,6 +23,7 @@ from backy_gevent.job import Job
 from backy_gevent.runner.executor import lease_seconds
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
+from backy_gevent.worker import Registration
 
 #: How many poll intervals an idle fetcher sleeps while notifications arrive: for jobs
 #: that became due without one (rows written by hand, a retry whose runner died).
@@ -111,23 +112,11 @@ class Fetcher:
 
     def claim(self, wanted: dict[WorkerPool, int]) -> None:
         """Claim up to ``wanted[pool]`` jobs for each pool in one statement; hand them out."""
-        leases = {pool.name: lease_seconds(pool.registration.cls) for pool in wanted}
-        params = {
-            "workers": list(leases),
-            "limits": list(wanted.values()),
-            "leases": list(leases.values()),
-            "queues": list(self.settings.queues),
-            "runner_id": self.runner_id,
-        }
-        # The lease is judged by this runner's own clock from before the claim was sent:
-        # a reply held up on the way must not start an attempt another runner may have.
-        sent = time.monotonic()
-        jobs = sorted(
-            (Job.from_row(row) for row in self._claimed_rows(params)),
-            key=lambda j: (j.priority, j.run_at, j.id),
+        jobs = claim_jobs(
+            self.connections, self.queries, self.runner_id,
+            {pool.registration: limit for pool, limit in wanted.items()},
+            queues=self.settings.queues,
         )
-        for job in jobs:
-            job._lease_ends = sent + leases[job.worker]
         claimed = collections.Counter(job.worker for job in jobs)
         for job in jobs:
             self.worker_pools[job.worker].submit(job)
@@ -135,11 +124,47 @@ class Fetcher:
             # A full batch suggests more are due; a short one that the table is drained.
             worker_pool.maybe_more = claimed[worker_pool.name] >= limit
 
-    def _claimed_rows(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        # Plain tuples: building a dict per row by zip is cheaper than RealDictCursor's,
-        # and this runs for every job.
-        with self.connections.borrow() as conn, conn.cursor(cursor_factory=plain_cursor) as cur:
-            self.queries.execute(cur, "claim", params)
-            names = [column.name for column in cur.description]
-            rows = cur.fetchall()
-        return [dict(zip(names, row, strict=True)) for row in rows]
+
+def claim_jobs(
+    connections: ConnectionPool,
+    queries: Queries,
+    runner_id: str,
+    wanted: Mapping[Registration, int],
+    *,
+    queues: Sequence[str],
+) -> list[Job]:
+    """Claim up to ``wanted[registration]`` due jobs of each worker (of ``queues``; all
+    when empty) for ``runner_id``, in one statement; return them in the order to start
+    them (priority, ``run_at``, id), each knowing when its lease ends by this process's
+    clock. The fetcher claims with it, and so does ``backy_gevent.testing.drain``.
+    """
+    leases = {registration.name: lease_seconds(registration.cls) for registration in wanted}
+    params = {
+        "workers": list(leases),
+        "limits": list(wanted.values()),
+        "leases": list(leases.values()),
+        "queues": list(queues),
+        "runner_id": runner_id,
+    }
+    # The lease is judged by this runner's own clock from before the claim was sent:
+    # a reply held up on the way must not start an attempt another runner may have.
+    sent = time.monotonic()
+    jobs = sorted(
+        (Job.from_row(row) for row in _claimed_rows(connections, queries, params)),
+        key=lambda j: (j.priority, j.run_at, j.id),
+    )
+    for job in jobs:
+        job._lease_ends = sent + leases[job.worker]
+    return jobs
+
+
+def _claimed_rows(
+    connections: ConnectionPool, queries: Queries, params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    # Plain tuples: building a dict per row by zip is cheaper than RealDictCursor's,
+    # and this runs for every job.
+    with connections.borrow() as conn, conn.cursor(cursor_factory=plain_cursor) as cur:
+        queries.execute(cur, "claim", params)
+        names = [column.name for column in cur.description]
+        rows = cur.fetchall()
+    return [dict(zip(names, row, strict=True)) for row in rows]
