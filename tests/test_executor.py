@@ -331,6 +331,30 @@ def test_max_runtime_counts_from_the_start_even_after_the_hub_was_blocked() -> N
     assert [kind for kind, _ in sink.outcomes] == ["completed"]
 
 
+class Blocker(backy.Worker):
+    """Sleeps with the unpatched time.sleep: it never yields, so no timer can stop it."""
+
+    name = "blocker"
+    max_runtime = 0.2
+
+    def perform(self, job: Job, args: dict[str, Any]) -> str:
+        time.sleep(float(args["seconds"]))
+        return "done"
+
+
+def test_run_returns_the_outcome_it_reported() -> None:
+    executor, sink, _ = make_executor()
+    late = executor.run(make_job("blocker", seconds=0.3), Registration("blocker", Blocker, "t"))
+    assert (late.kind, late.result, late.overran) == ("returned", "done", True)
+    assert sink.outcomes[0][0] == "completed"  # a runner keeps the finished work
+    on_time = executor.run(make_job("blocker", seconds=0), Registration("blocker", Blocker, "t"))
+    assert (on_time.kind, on_time.overran) == ("returned", False)
+    failed = executor.run(make_job("boom"), Registration("boom", Boom, "t"))
+    assert failed.kind == "raised" and isinstance(failed.error, ValueError)
+    unbuilt = executor.run(make_job("bad_init"), Registration("bad_init", BadInit, "t"))
+    assert unbuilt.kind == "raised" and str(unbuilt.error) == "can't build"
+
+
 def test_a_timeout_is_not_swallowed_by_except_exception() -> None:
     executor, sink, spy = make_executor()
     elapsed = run(executor, make_job("swallower"), Swallower)
