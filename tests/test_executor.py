@@ -331,6 +331,26 @@ def test_max_runtime_counts_from_the_start_even_after_the_hub_was_blocked() -> N
     assert [kind for kind, _ in sink.outcomes] == ["completed"]
 
 
+class BlocksThenTouches(backy.Worker):
+    """Blocks the hub for 0.5 s (as pure CPU work would), touches, then yields 0.3 s."""
+
+    name = "blocks_then_touches"
+    max_runtime = 0.6
+
+    def perform(self, job: Job, args: dict[str, Any]) -> str:
+        gevent.sleep(0.01)  # resumed by a timer: no longer inside a hub callback
+        time.sleep(0.5)
+        job.touch()
+        gevent.sleep(0.3)
+        return "done"
+
+
+def test_touch_after_code_that_blocked_the_hub_restarts_the_clock_from_the_touch() -> None:
+    executor, sink, _ = make_executor()
+    run(executor, make_job("blocks_then_touches"), BlocksThenTouches)
+    assert [kind for kind, _ in sink.outcomes] == ["completed"]  # not stopped at 0.6 s
+
+
 class Blocker(backy.Worker):
     """Sleeps with the unpatched time.sleep: it never yields, so no timer can stop it."""
 
