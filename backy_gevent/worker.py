@@ -37,8 +37,10 @@ class Worker:
     - ``retry_count`` (default: the configured ``retry_count``): retries after the first
       attempt.
 
-    Define ``retry_delay(self, retry)`` to choose the seconds before retry number ``retry``
-    (1 for the first retry); the default is the configured ``retry_delay``.
+    ``retry_delay`` chooses the seconds before retry number ``retry`` (1 for the first
+    retry): a method ``retry_delay(self, retry)``, or a ready backoff such as
+    ``retry_delay = backy_gevent.backoff.exponential(base=5.0, cap=600.0)``; the default
+    is the configured ``retry_delay``.
     A new instance is made for every attempt, so ``self`` holds no state between jobs.
     """
 

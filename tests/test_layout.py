@@ -80,6 +80,8 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
         ("backy_gevent", "cancel"),
         ("backy_gevent", "retry"),
         ("backy_gevent", "configure"),
+        ("backy_gevent", "backoff"),
+        ("backy_gevent.backoff", "exponential"),
         ("backy_gevent.job", "JobTimeout"),
         ("backy_gevent.runner", "Runner"),
         ("backy_gevent.plugins", "Hooks"),
