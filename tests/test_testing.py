@@ -6,6 +6,8 @@ These run the way a user's own test suite does: not monkey-patched.
 from __future__ import annotations
 
 import datetime
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -408,6 +410,33 @@ def test_perform_fails_a_job_that_returned_past_max_runtime_without_yielding() -
         testing.perform(Blocks, seconds=0.4)
     assert time.monotonic() - started >= 0.4  # it ran to its end
     assert testing.perform(Blocks, seconds=0.05) == "slept"
+
+
+PATCHED_SCRIPT = """
+from gevent import monkey; monkey.patch_all()
+import time
+import backy_gevent as backy
+from backy_gevent import testing
+
+class Sleeps(backy.Worker):
+    name = "sleeps"
+    max_runtime = 0.2
+
+    def perform(self, job, args):
+        time.sleep(5)
+
+started = time.monotonic()
+try:
+    testing.perform(Sleeps)
+except backy.JobTimeout:
+    print(f"JobTimeout after {time.monotonic() - started:.1f}s")
+"""
+
+
+def test_perform_in_a_monkey_patched_process_interrupts_a_blocking_call() -> None:
+    done = subprocess.run([sys.executable, "-c", PATCHED_SCRIPT], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.strip() == "JobTimeout after 0.2s", done.stderr
 
 
 @pytest.mark.parametrize("yields", [True, False])
