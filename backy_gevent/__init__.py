@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from backy_gevent import backoff
     from backy_gevent.client import Client, DefaultClient
     from backy_gevent.hooks import hookimpl
     from backy_gevent.job import Cancel, Job, JobCrashed, JobTimeout, Snooze, touch
@@ -25,6 +26,7 @@ __all__ = [
     "Snooze",
     "Worker",
     "WorkerError",
+    "backoff",
     "cancel",
     "configure",
     "enqueue",
@@ -48,7 +50,13 @@ _LAZY = {
 }
 
 
+#: Submodules that are public nouns themselves: ``backy.backoff.exponential(...)``.
+_LAZY_MODULES = ("backoff",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"backy_gevent.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'backy_gevent' has no attribute {name!r}")

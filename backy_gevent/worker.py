@@ -41,8 +41,10 @@ class Worker:
     - ``rate_limit`` (default None): ``(N, seconds)``, at most N attempts started in any
       window of that many seconds, across all runners.
 
-    Define ``retry_delay(self, retry)`` to choose the seconds before retry number ``retry``
-    (1 for the first retry); the default is the configured ``retry_delay``.
+    ``retry_delay`` chooses the seconds before retry number ``retry`` (1 for the first
+    retry): a method ``retry_delay(self, retry)``, or a ready backoff such as
+    ``retry_delay = backy_gevent.backoff.exponential(base=5.0, cap=600.0)``; the default
+    is the configured ``retry_delay``.
     A new instance is made for every attempt, so ``self`` holds no state between jobs.
     """
 

@@ -320,6 +320,61 @@ def test_max_runtime_stops_the_attempt() -> None:
     assert isinstance(failure["error"], JobTimeout)
 
 
+def test_max_runtime_counts_from_the_start_even_after_the_hub_was_blocked() -> None:
+    # The loop's idea of now stays where it was while the hub does not run; a clock
+    # started then, in a greenlet that is not the hub's callback (the main greenlet, as
+    # in backy_gevent.testing), must still count from the real now.
+    executor, sink, _ = make_executor()
+    gevent.sleep(0.01)  # the loop notes the time...
+    time.sleep(0.5)  # ...and does not run for a while
+    executor.run(make_job("slow", seconds=0.1), Registration("slow", Slow, "test"))
+    assert [kind for kind, _ in sink.outcomes] == ["completed"]
+
+
+class BlocksThenTouches(backy.Worker):
+    """Blocks the hub for 0.5 s (as pure CPU work would), touches, then yields 0.3 s."""
+
+    name = "blocks_then_touches"
+    max_runtime = 0.6
+
+    def perform(self, job: Job, args: dict[str, Any]) -> str:
+        gevent.sleep(0.01)  # resumed by a timer: no longer inside a hub callback
+        time.sleep(0.5)
+        job.touch()
+        gevent.sleep(0.3)
+        return "done"
+
+
+def test_touch_after_code_that_blocked_the_hub_restarts_the_clock_from_the_touch() -> None:
+    executor, sink, _ = make_executor()
+    run(executor, make_job("blocks_then_touches"), BlocksThenTouches)
+    assert [kind for kind, _ in sink.outcomes] == ["completed"]  # not stopped at 0.6 s
+
+
+class Blocker(backy.Worker):
+    """Sleeps with the unpatched time.sleep: it never yields, so no timer can stop it."""
+
+    name = "blocker"
+    max_runtime = 0.2
+
+    def perform(self, job: Job, args: dict[str, Any]) -> str:
+        time.sleep(float(args["seconds"]))
+        return "done"
+
+
+def test_run_returns_the_outcome_it_reported() -> None:
+    executor, sink, _ = make_executor()
+    late = executor.run(make_job("blocker", seconds=0.3), Registration("blocker", Blocker, "t"))
+    assert (late.kind, late.result, late.overran) == ("returned", "done", True)
+    assert sink.outcomes[0][0] == "completed"  # a runner keeps the finished work
+    on_time = executor.run(make_job("blocker", seconds=0), Registration("blocker", Blocker, "t"))
+    assert (on_time.kind, on_time.overran) == ("returned", False)
+    failed = executor.run(make_job("boom"), Registration("boom", Boom, "t"))
+    assert failed.kind == "raised" and isinstance(failed.error, ValueError)
+    unbuilt = executor.run(make_job("bad_init"), Registration("bad_init", BadInit, "t"))
+    assert unbuilt.kind == "raised" and str(unbuilt.error) == "can't build"
+
+
 def test_a_timeout_is_not_swallowed_by_except_exception() -> None:
     executor, sink, spy = make_executor()
     elapsed = run(executor, make_job("swallower"), Swallower)

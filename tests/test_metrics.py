@@ -69,13 +69,13 @@ class NullSink:
     def completed(self, job: Job, result: Any = None) -> None:
         pass
 
-    def failed(self, job: Job, error: dict[str, Any], retry_in: float | None) -> None:
-        pass
-
     def snoozed(self, job: Job, seconds: float) -> None:
         pass
 
     def cancelled(self, job: Job, error: dict[str, Any]) -> None:
+        pass
+
+    def failed(self, job: Job, error: dict[str, Any], retry_in: float | None) -> None:
         pass
 
     def handed_back(self, job: Job) -> None:

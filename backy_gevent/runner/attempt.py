@@ -33,13 +33,18 @@ class JobRevoked(BaseException):
 class Outcome:
     """How an attempt ended: ``perform`` returned or raised (``Snooze`` and ``Cancel``
     are outcomes of their own), or the attempt was handed back (shutdown, a lease that
-    ran out before it started) or revoked."""
+    ran out before it started) or revoked.
+
+    ``overran``: ``perform`` returned, but past its ``max_runtime`` (since the start or
+    the last touch): code that never yielded, which the timer could not interrupt.
+    """
 
     kind: Literal["returned", "raised", "handed_back", "revoked", "snoozed", "cancelled"]
     result: Any = None
     duration: float = 0.0
     error: BaseException | None = None
     timed_out: bool = False
+    overran: bool = False
 
 
 HANDED_BACK = Outcome("handed_back")
@@ -63,7 +68,11 @@ class Deadline:
         self.cancel()
         self.ends_at = time.monotonic() + self.seconds
         self._timer = gevent.get_hub().loop.timer(self.seconds)
-        self._timer.start(self._expire)
+        # update: count from now, not from the loop's idea of now, which stays where it
+        # was while the hub did not run (code that blocked it, or, outside a runner, a
+        # caller that never yields): the clock would fire early by that much. (What
+        # gevent.Timeout does too.)
+        self._timer.start(self._expire, update=True)
 
     def overdue(self) -> float:
         """Seconds past the deadline (0 or less while it still runs)."""
@@ -108,7 +117,9 @@ def run_in_process(
     started = time.monotonic()
     try:
         result = worker.perform(job, job.args)
-        return Outcome("returned", result, time.monotonic() - started)
+        return Outcome(
+            "returned", result, time.monotonic() - started, overran=deadline.overdue() > 0
+        )
     except HandBack:
         return HANDED_BACK
     except JobRevoked as revoked:

@@ -114,24 +114,26 @@ class Executor:
         #: interrupted (a cancel, a shutdown), so finished work never is.
         self.running: dict[Any, Running] = {}
 
-    def run(self, job: Job, registration: Registration) -> None:
-        """Run one attempt of ``job`` in the current greenlet and report its outcome."""
+    def run(self, job: Job, registration: Registration) -> Outcome:
+        """Run one attempt of ``job`` in the current greenlet, report its outcome to the
+        sink, and return it (``backy_gevent.testing`` reads it; the runner does not)."""
         if self._hand_back_if_late(job, "before it started"):
-            return
+            return HANDED_BACK
         try:
             worker = registration.cls()
         except Exception as exc:
             self._fail(job, None, exc, timed_out=False)
-            return
+            return Outcome("raised", error=exc)
         self.hooks.call("backy_before_job", job=job, worker=worker)
         if self._hand_back_if_late(job, "while backy_before_job ran"):
-            return
+            return HANDED_BACK
         try:
             outcome = self._attempt(job, worker)
         except gevent.GreenletExit:
             self.sink.handed_back(job)
             raise
         self._report(job, worker, outcome)
+        return outcome
 
     def _attempt(self, job: Job, worker: Worker) -> Outcome:
         lease = lease_seconds(type(worker))

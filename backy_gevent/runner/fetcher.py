@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gevent
@@ -26,7 +26,7 @@ from backy_gevent.job import Job
 from backy_gevent.runner.executor import lease_seconds
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
-from backy_gevent.worker import is_limited
+from backy_gevent.worker import Registration, is_limited
 
 #: How many poll intervals an idle fetcher sleeps while notifications arrive: for jobs
 #: that became due without one (rows written by hand, a retry whose runner died).
@@ -83,7 +83,6 @@ class Fetcher:
         self.notified = notified
         self.stopping = stopping
         self.health = health
-        self._sent = 0.0  # time.monotonic() when the last claim was sent
 
     def step(self) -> None:
         """Wait for a reason to claim, then claim for every pool with free slots.
@@ -123,13 +122,16 @@ class Fetcher:
             jobs += self._claim_plain(plain)
         if limited:
             jobs += self._claim_limited(limited)
-        jobs.sort(key=lambda j: (j.priority, j.run_at, j.id))
+        jobs.sort(key=_start_order)
         for job in jobs:
             self.worker_pools[job.worker].submit(job)
 
     def _claim_plain(self, wanted: dict[WorkerPool, int]) -> list[Job]:
-        params = self._params(wanted)
-        jobs = self._jobs(self._claimed_rows(["claim"], params), params)
+        jobs = claim_jobs(
+            self.connections, self.queries, self.runner_id,
+            {pool.registration: limit for pool, limit in wanted.items()},
+            queues=self.settings.queues,
+        )
         claimed = collections.Counter(job.worker for job in jobs)
         for worker_pool, limit in wanted.items():
             # A full batch suggests more are due; a short one that the table is drained.
@@ -139,15 +141,19 @@ class Fetcher:
     def _claim_limited(self, wanted: dict[WorkerPool, int]) -> list[Job]:
         """Claim for workers with fleet-wide limits, taking turns with other runners."""
         classes = [pool.registration.cls for pool in wanted]
-        params = self._params(wanted) | {
+        params = _claim_params(
+            self.runner_id, {pool.registration: limit for pool, limit in wanted.items()},
+            self.settings.queues,
+        ) | {
             "lock_keys": sorted(f"backy/{self.queries.table_name}/{pool.name}"
                                 for pool in wanted),
             "caps": [cls.global_concurrency for cls in classes],
             "rate_counts": [cls.rate_limit and cls.rate_limit[0] for cls in classes],
             "rate_seconds": [cls.rate_limit and float(cls.rate_limit[1]) for cls in classes],
         }
-        rows = self._claimed_rows(["lock_limited", "claim_limited"], params)
-        jobs = self._jobs([row for row in rows if row["id"] is not None], params)
+        rows, sent = _claimed_rows(self.connections, self.queries,
+                                   ["lock_limited", "claim_limited"], params)
+        jobs = _jobs([row for row in rows if row["id"] is not None], params, sent)
         claimed = collections.Counter(job.worker for job in jobs)
         info = {row["limited_worker"]: row for row in rows}
         for worker_pool, limit in wanted.items():
@@ -167,33 +173,62 @@ class Fetcher:
             self.wakeup.set_later(max(min(waits), 0.001))
         return jobs
 
-    def _params(self, wanted: dict[WorkerPool, int]) -> dict[str, Any]:
-        return {
-            "workers": [pool.name for pool in wanted],
-            "limits": list(wanted.values()),
-            "leases": [lease_seconds(pool.registration.cls) for pool in wanted],
-            "queues": list(self.settings.queues),
-            "runner_id": self.runner_id,
-        }
 
-    def _jobs(self, rows: list[dict[str, Any]], params: dict[str, Any]) -> list[Job]:
-        """Jobs from claimed rows, each knowing when its lease ends by this runner's
-        clock from before the claim was sent: a reply held up on the way must not start
-        an attempt another runner may have."""
-        lease_of = dict(zip(params["workers"], params["leases"], strict=True))
-        jobs = [Job.from_row(row) for row in rows]
-        for job in jobs:
-            job._lease_ends = self._sent + lease_of[job.worker]
-        return jobs
+def claim_jobs(
+    connections: ConnectionPool,
+    queries: Queries,
+    runner_id: str,
+    wanted: Mapping[Registration, int],
+    *,
+    queues: Sequence[str],
+) -> list[Job]:
+    """Claim up to ``wanted[registration]`` due jobs of each worker (of ``queues``; all
+    when empty) for ``runner_id``, in one statement, fleet-wide limits aside; return
+    them in the order to start them (priority, ``run_at``, id). The fetcher claims
+    workers without limits with it, and ``backy_gevent.testing.drain`` every worker.
+    """
+    params = _claim_params(runner_id, wanted, queues)
+    rows, sent = _claimed_rows(connections, queries, ["claim"], params)
+    return sorted(_jobs(rows, params, sent), key=_start_order)
 
-    def _claimed_rows(
-        self, names: list[Statement], params: dict[str, Any]
-    ) -> list[dict[str, Any]]:
-        # Plain tuples: building a dict per row by zip is cheaper than RealDictCursor's,
-        # and this runs for every job.
-        self._sent = time.monotonic()
-        with self.connections.borrow() as conn, conn.cursor(cursor_factory=plain_cursor) as cur:
-            self.queries.execute_together(cur, names, params)
-            columns = [column.name for column in cur.description]
-            rows = cur.fetchall()
-        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+def _start_order(job: Job) -> tuple[Any, ...]:
+    return (job.priority, job.run_at, job.id)
+
+
+def _claim_params(
+    runner_id: str, wanted: Mapping[Registration, int], queues: Sequence[str]
+) -> dict[str, Any]:
+    return {
+        "workers": [registration.name for registration in wanted],
+        "limits": list(wanted.values()),
+        "leases": [lease_seconds(registration.cls) for registration in wanted],
+        "queues": list(queues),
+        "runner_id": runner_id,
+    }
+
+
+def _jobs(rows: list[dict[str, Any]], params: dict[str, Any], sent: float) -> list[Job]:
+    """Jobs from claimed rows, each knowing when its lease ends by this process's clock
+    from before the claim was sent (``sent``): a reply held up on the way must not
+    start an attempt another runner may have."""
+    lease_of = dict(zip(params["workers"], params["leases"], strict=True))
+    jobs = [Job.from_row(row) for row in rows]
+    for job in jobs:
+        job._lease_ends = sent + lease_of[job.worker]
+    return jobs
+
+
+def _claimed_rows(
+    connections: ConnectionPool, queries: Queries, names: list[Statement],
+    params: dict[str, Any],
+) -> tuple[list[dict[str, Any]], float]:
+    """The rows statements ``names`` return (run together), and when they were sent."""
+    sent = time.monotonic()
+    # Plain tuples: building a dict per row by zip is cheaper than RealDictCursor's,
+    # and this runs for every job.
+    with connections.borrow() as conn, conn.cursor(cursor_factory=plain_cursor) as cur:
+        queries.execute_together(cur, names, params)
+        columns = [column.name for column in cur.description]
+        rows = cur.fetchall()
+    return [dict(zip(columns, row, strict=True)) for row in rows], sent

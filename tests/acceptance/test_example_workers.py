@@ -37,9 +37,12 @@ def test_workers_lists_the_entry_points_with_their_distribution(
 ) -> None:
     done = run_cli("workers", dsn=dsn, env=env)
     assert done.returncode == 0, done.stderr
-    rows = {line.split("\t")[0]: line for line in done.stdout.splitlines()}
+    header, *lines = done.stdout.splitlines()
+    assert header.split() == ["WORKER", "CLASS", "FROM", "SETTINGS"]
+    rows = {line.split()[0]: line.split() for line in lines}
     assert set(rows) == {"flaky", "greet", "nap"}
-    assert "backy_example_workers.workers:Greet\tbacky-example-workers 0.1.0" in rows["greet"]
+    assert rows["greet"][1:4] == ["backy_example_workers.workers:Greet",
+                                  "backy-example-workers", "0.1.0"]
     assert "max_concurrency=2" in rows["nap"] and "retry_count=2" in rows["flaky"]
 
 
