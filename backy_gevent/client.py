@@ -505,6 +505,38 @@ class Client:
         params = {"states": list(states), "older_than": older_than}
         return {row["state"]: row["jobs"] for row in self._fetch("count_prunable", params)}
 
+    def delete(self, job_ids: Sequence[int]) -> list[int]:
+        """Delete these jobs, unless running (cancel a running job first); returns the ids
+        deleted. Their history goes with them."""
+        ids = [job_id for job_id in job_ids if _may_be_an_id(job_id)]
+        if not ids:
+            return []
+        return sorted(row["id"] for row in self._fetch("delete_jobs", {"ids": ids}))
+
+    # -- queues -------------------------------------------------------------------------
+
+    def pause(self, queue: str) -> None:
+        """Pause ``queue``: runners stop claiming its jobs, without a restart (running
+        jobs finish). Runners are told at commit (NOTIFY ``pause:<queue>`` on the table's
+        channel). Pausing a paused queue changes nothing; a queue with no jobs yet may be
+        paused. A queue name that can't be stored raises ``BadOption``."""
+        self._queue_command("pause_queue", queue)
+
+    def resume(self, queue: str) -> bool:
+        """Resume a paused ``queue`` (NOTIFY ``resume:<queue>`` at commit); False when it
+        was not paused."""
+        return bool(self._queue_command("resume_queue", queue))
+
+    def paused_queues(self) -> list[dict[str, Any]]:
+        """The paused queues: ``queue``, ``paused_at`` and ``paused_seconds`` each."""
+        return [dict(row) for row in self._fetch("paused_queues", {})]
+
+    def _queue_command(self, name: Statement, queue: str) -> list[Any]:
+        if not (isinstance(queue, str) and queue):
+            raise BadOption(f"queue must be a non-empty string, not {queue!r}")
+        check_text_option("queue", queue)
+        return self._fetch(name, {"queue": queue, "table": self.queries.quoted_table})
+
     def runners(self) -> list[dict[str, Any]]:
         """Runners that beat within the last hour, with how long each has been silent."""
         return [dict(row) for row in self._fetch("list_runners", {})]

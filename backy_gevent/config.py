@@ -135,6 +135,15 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(item for item in items if item)
 
 
+def _basic_auth(value: Any) -> str | None:
+    credentials = _optional_text(value)
+    if credentials is not None:
+        user, colon, password = credentials.partition(":")
+        if not (user and colon and password):
+            raise ValueError("expected user:password, both non-empty")
+    return credentials
+
+
 def _log_level(value: Any) -> str:
     level = _text(value).lower()
     if level not in _LOG_LEVELS:
@@ -215,8 +224,17 @@ OPTIONS: tuple[Option, ...] = (
         "seconds a runner loop may keep failing (not for a lost database) before the"
         " runner exits with status 1",
     ),
+    Option("web_host", _text, "127.0.0.1", "address the web dashboard binds"),
+    Option("web_port", _port, 9722, "web dashboard port (0: any free port)"),
+    Option(
+        "web_token", _optional_text, None,
+        "web dashboard: a bearer token (or ?token= once, then a cookie)",
+    ),
+    Option("web_basic_auth", _basic_auth, None, "web dashboard: HTTP basic auth, user:password"),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
+#: Options whose value a bad-value error must not print.
+_SECRETS = ("web_token", "web_basic_auth")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +268,10 @@ class Settings:
     # Retention, applied by the runner that leads maintenance; None keeps rows for good.
     prune_completed_after: float | None = None
     prune_failed_after: float | None = None
+    web_host: str = "127.0.0.1"
+    web_port: int = 9722
+    web_token: str | None = None
+    web_basic_auth: str | None = None
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some options changed, each parsed and checked like any other source."""
@@ -263,7 +285,8 @@ def _parse(name: str, value: Any) -> Any:
     try:
         return option.parse(value)
     except ValueError as exc:
-        raise ConfigError(f"option {name}: bad value {value!r}: {exc}") from None
+        shown = "(hidden)" if name in _SECRETS else repr(value)
+        raise ConfigError(f"option {name}: bad value {shown}: {exc}") from None
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

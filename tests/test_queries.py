@@ -154,3 +154,18 @@ def test_a_batch_write_waits_for_a_concurrent_write_then_checks_the_token_again(
     assert written == [extended]
     states = dict(query(db, "SELECT id, state FROM jobs"))
     assert (states[rescued], states.get(extended)) == ("available", WRITTEN_STATE[statement])
+
+
+def test_a_prepared_statement_survives_a_column_added_by_a_migration(
+    client: Client, db: Any, dsn: str
+) -> None:
+    # "SELECT *" prepared before the column came: PostgreSQL refuses the cached plan
+    # ("cached plan must not change result type"); it is prepared again, once.
+    job = client.enqueue("record", n=1)
+    queries = Queries("jobs")
+    with contextlib.closing(connect(dsn, prepare=True)) as conn, conn.cursor() as cur:
+        queries.execute(cur, "get_job", {"id": job.id})
+        assert "result" not in cur.fetchone()
+        query(db, "ALTER TABLE jobs ADD COLUMN result jsonb")
+        queries.execute(cur, "get_job", {"id": job.id})
+        assert cur.fetchone()["result"] is None

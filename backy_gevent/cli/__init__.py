@@ -1,6 +1,6 @@
 """The ``backy-gevent`` console script: parser, one module per group of commands, bench.
 
-The commands that run on gevent's hub (``run``, ``bench``) get gevent's monkey patch
+The commands that run on gevent's hub (``run``, ``bench``, ``web``) get gevent's monkey patch
 and psycopg2's wait callback here, before anything else is imported, because modules
 imported earlier would keep unpatched sockets, locks and threads. The one-shot commands
 (``jobs``, ``cancel``...) need neither, and start faster without them: they import only
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 #: Subcommands that run on gevent's hub.
-ON_GEVENT = ("run", "bench")
+ON_GEVENT = ("run", "bench", "web")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -71,6 +71,7 @@ def command_jobs(arguments: argparse.Namespace, settings: Settings) -> int:
     with Client(settings, registry=Registry()) as client:
         stats = client.stats()
         runners = client.runners()
+        paused = client.paused_queues()
     live = [runner for runner in runners if runner["silent_seconds"] < SILENT_AFTER]
     warnings = [
         f"{row['due']} due jobs of worker {row['worker']!r} in queue {row['queue']!r}:"
@@ -80,7 +81,8 @@ def command_jobs(arguments: argparse.Namespace, settings: Settings) -> int:
                                   for runner in live)
     ]
     if arguments.json:
-        print_json({"jobs": stats, "runners": runners, "warnings": warnings})
+        print_json({"jobs": stats, "paused_queues": paused, "runners": runners,
+                    "warnings": warnings})
         return 0
     if not stats:
         print("no jobs")
@@ -93,6 +95,10 @@ def command_jobs(arguments: argparse.Namespace, settings: Settings) -> int:
               "" if row["oldest_wait"] is None else f"{row['oldest_wait']:.1f}s")
              for row in stats],
         )
+    for queue in paused:
+        since = queue["paused_at"].isoformat(timespec="seconds")
+        print(f"queue {queue['queue']!r}: paused since {since}"
+              f" ({queue['paused_seconds']:.0f}s ago)")
     for warning in warnings:
         print(f"warning: {warning}")
     print(f"\n{plural(len(runners), 'runner')}")

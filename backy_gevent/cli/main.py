@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import psycopg2
 import psycopg2.errors
@@ -49,15 +50,22 @@ COMMANDS: dict[str, str] = {
     "prune": "backy_gevent.cli.jobs:command_prune",
     "bench": "backy_gevent.cli.bench:command_bench",
     "runners": "backy_gevent.cli.fleet:command_runners",
+    "pause": "backy_gevent.cli.queues:command_pause",
+    "resume": "backy_gevent.cli.queues:command_resume",
+    "web": "backy_gevent.web.server:command_web",
 }
 
 
-def handler_of(command: str) -> Callable[[argparse.Namespace, Settings], int]:
-    """The function that runs ``command``."""
-    module, _, function = COMMANDS[command].partition(":")
-    return getattr(importlib.import_module(module), function)
 #: Subcommands that never touch the database (so never start the embedded server).
 WITHOUT_DATABASE = ("workers", "plugins")
+#: Checks of a subcommand's settings made before any database is reached, ``module:function``.
+BEFORE_DATABASE: dict[str, str] = {"web": "backy_gevent.web.server:check_exposure"}
+
+
+def _function(path: str) -> Any:
+    """The function ``module:function`` names, imported now."""
+    module, _, function = path.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _configure_logging(level: str) -> None:
@@ -91,7 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from(arguments, environ)
         _configure_logging(settings.log_level)
-        handler = handler_of(arguments.command)
+        handler: Callable[[argparse.Namespace, Settings], int] = _function(
+            COMMANDS[arguments.command])
+        if arguments.command in BEFORE_DATABASE:
+            _function(BEFORE_DATABASE[arguments.command])(settings)
         if arguments.command in WITHOUT_DATABASE:
             return int(handler(arguments, settings))
         limit = 100 if settings.dsn else embedded_connection_limit(settings, arguments.command)

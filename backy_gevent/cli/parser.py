@@ -19,13 +19,16 @@ _LIST_FLAGS = {
 #: Options every command that reaches the database reads.
 _DATABASE = ("dsn", "table_name", "data_dir", "prepare_statements", "database_timeout",
              "log_level")
-_ALL = tuple(option.name for option in OPTIONS)
+#: Options of the web dashboard; their flags are on ``web`` alone.
+_WEB_OPTIONS = ("web_host", "web_port", "web_token", "web_basic_auth")
+#: Every option a runner reads: all but the dashboard's.
+_RUNNER = tuple(option.name for option in OPTIONS if option.name not in _WEB_OPTIONS)
 #: The options each subcommand reads: its --help shows their flags, and the environment
 #: or config file's values of the others are not even parsed (a runner's bad
 #: BACKY_METRICS_PORT does not stop ``backy-gevent jobs``).
 COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
     "setup": _DATABASE,
-    "run": _ALL,
+    "run": _RUNNER,
     "enqueue": (*_DATABASE, "imports", "retry_count"),
     "workers": ("imports", "retry_count", "log_level"),
     "plugins": ("imports", "disable_plugins", "log_level"),
@@ -35,8 +38,13 @@ COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
     "retry": (*_DATABASE, "imports", "retry_count"),
     "cancel": _DATABASE,
     "prune": _DATABASE,
-    "bench": _ALL,
+    "pause": _DATABASE,
+    "resume": _DATABASE,
+    "web": (*_DATABASE, "imports", "retry_count", *_WEB_OPTIONS),
+    "bench": _RUNNER,
 }
+#: Shorter spellings of some flags, as ``backy-gevent web --host H --port P``.
+_ALIASES = {"web_host": ("--host",), "web_port": ("--port",)}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -130,7 +138,8 @@ def _add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> 
         if option.name in _LIST_FLAGS:
             parser.add_argument(flag, dest=option.name, action="append", help=option.help)
         else:
-            parser.add_argument(flag, dest=option.name, metavar="VALUE", help=option.help)
+            parser.add_argument(*_ALIASES.get(option.name, ()), flag, dest=option.name,
+                                metavar="VALUE", help=option.help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = command("cancel", "cancel waiting or running jobs")
     cancel.add_argument("ids", nargs="+", type=_job_id, metavar="JOB_ID")
     _add_prune(command("prune", "delete finished jobs"))
+    for name, what in (("pause", "stop claims from a queue on every runner"),
+                       ("resume", "let runners claim from a paused queue again")):
+        command(name, what).add_argument("queue", type=_text, metavar="QUEUE")
+    web = command("web", "serve the web dashboard")
+    web.add_argument("--allow-actions", action="store_true",
+                     help="allow retry, cancel, delete, pause and resume from the dashboard")
     _add_bench(command("bench", "measure jobs/s against pgbench on this server"))
     return parser
 

@@ -20,6 +20,9 @@ Statement = Literal[
     "hand_back", "touch", "lead", "cancel", "retry", "retry_failed", "table_oid",
     "get_job", "prune", "count_prunable", "prune_batch", "stats", "queue_stats",
     "set_statement_timeout", "beat", "forget_runners", "unregister_runner", "list_runners",
+    "delete_jobs", "pause_queue", "resume_queue", "paused_queues", "web_queue_counts",
+    "web_oldest_waiting", "web_last_hour", "web_table_rows", "web_jobs",
+    "web_jobs_in_state", "web_jobs_examined", "web_jobs_examined_in_state",
 ]
 STATEMENTS: tuple[str, ...] = get_args(Statement)
 
@@ -50,6 +53,7 @@ def object_names(table_name: str) -> dict[str, sql.Identifier]:
         "leader": sql.Identifier(f"{table_name}_leader"),
         "starts": sql.Identifier(f"{table_name}_starts"),
         "starts_index": sql.Identifier(f"{table_name}_starts_idx"),
+        "queues": sql.Identifier(f"{table_name}_queues"),
         "migrations": sql.Identifier(f"{table_name}_migrations"),
         "fetch_index": sql.Identifier(f"{table_name}_fetch_idx"),
         "lease_index": sql.Identifier(f"{table_name}_lease_idx"),
@@ -58,6 +62,7 @@ def object_names(table_name: str) -> dict[str, sql.Identifier]:
         "unique_index": sql.Identifier(f"{table_name}_unique_key_idx"),
         "unique_recent_index": sql.Identifier(f"{table_name}_unique_recent_idx"),
         "running_has_lease": sql.Identifier(f"{table_name}_running_has_lease"),
+        "state_index": sql.Identifier(f"{table_name}_state_idx"),
     }
 
 
@@ -83,6 +88,11 @@ class Queries:
         self._composed = {
             name: sql.SQL(body).format(**names) for name, body in _read_blocks().items()
         }
+
+    @property
+    def quoted_table(self) -> str:
+        """The table's name quoted as SQL writes it, for ``to_regclass(%(table)s)``."""
+        return '"' + self.table_name.replace('"', '""') + '"'
 
     def composed(self, name: Statement) -> sql.Composed:
         """Statement ``name`` for this table, ready for ``cursor.execute`` with a dict."""
@@ -112,9 +122,24 @@ class Queries:
             self._execute_prepared(cur, names, params, prepared)
         except psycopg2.errors.InvalidSqlStatementName:
             # The session lost them (DISCARD ALL by a pooler): prepare again, once.
-            for name in names:
-                prepared.pop(f"{self.table_name}.{name}", None)
+            self._forget(cur, names, prepared, deallocate=False)
             self._execute_prepared(cur, names, params, prepared)
+        except psycopg2.errors.FeatureNotSupported as exc:
+            # "cached plan must not change result type": a migration added a column that
+            # a "SELECT *" or "RETURNING *" returns. Prepare them again, once.
+            if "cached plan" not in str(exc) or not cur.connection.autocommit:
+                raise
+            self._forget(cur, names, prepared, deallocate=True)
+            self._execute_prepared(cur, names, params, prepared)
+
+    def _forget(
+        self, cur: Any, names: Sequence[Statement],
+        prepared: dict[str, tuple[str, list[str], str]], *, deallocate: bool,
+    ) -> None:
+        for name in names:
+            entry = prepared.pop(f"{self.table_name}.{name}", None)
+            if entry is not None and deallocate:
+                cur.execute(f"DEALLOCATE {entry[0]}")
 
     def _execute_prepared(
         self, cur: Any, names: Sequence[Statement], params: Mapping[str, Any],

@@ -6,7 +6,9 @@ What the notifications say (``queries.sql`` sends them):
   enqueued, due in ``s`` seconds (0: now). A runner that serves them wakes its fetcher,
   now or then; the others ignore it, so runners of other workers are not woken;
 - an empty payload: work of any kind became available (a rescue, a retry, a hand-back);
-- ``cancel:<id>``: that job was cancelled; its attempt is stopped at once if it runs here.
+- ``cancel:<id>``: that job was cancelled; its attempt is stopped at once if it runs here;
+- ``pause:<queue>``, ``resume:<queue>``: a queue was paused (the claims skip it: nothing
+  to do) or resumed (a runner that serves it wakes its fetcher, for the jobs that waited).
 
 After a reconnection the fetcher is woken too, since notifications may have been missed
 while the connection was down. LISTEN can't work through a transaction pooler (the
@@ -119,6 +121,13 @@ class Listener:
             job_id = payload.partition(":")[2]
             if job_id.isdigit():
                 self.cancelled(int(job_id))
+            return
+        if payload.startswith("pause:"):
+            return
+        if payload.startswith("resume:"):
+            queue = payload.partition(":")[2]
+            if not self.queues or queue in self.queues:
+                self.wakeup.set()
             return
         if not payload.startswith("{"):
             self.wakeup.set()

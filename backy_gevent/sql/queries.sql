@@ -63,7 +63,8 @@ ORDER BY unique_key, state IN ('available', 'running') DESC, id DESC;
 
 -- name: claim
 -- Take up to "lim" available jobs of each worker for this runner, one statement for all
--- workers. SKIP LOCKED lets runners claim side by side without ever taking one job twice;
+-- workers, none of a paused queue (the list of paused queues is read once, here, so a
+-- pause or resume committed before the claim holds for it on every runner). SKIP LOCKED lets runners claim side by side without ever taking one job twice;
 -- the lease (expires_at) bounds how long a dead runner can hold a job: the lease of the
 -- job's worker, at the same index in "leases" as the worker in "workers". The rows are
 -- found by primary key from the array of picked ids, so no row estimate can choose a
@@ -80,6 +81,7 @@ WHERE t.id = ANY(ARRAY(
         SELECT id FROM {table}
         WHERE state = 'available' AND worker = wanted.worker AND run_at <= now()
           AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+          AND queue <> ALL(ARRAY(SELECT queue FROM {queues} WHERE paused))
         ORDER BY priority, run_at, id
         LIMIT wanted.lim
         FOR UPDATE SKIP LOCKED
@@ -137,6 +139,7 @@ claimed AS (
             SELECT id FROM {table}
             WHERE state = 'available' AND worker = wanted.worker AND run_at <= now()
               AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+              AND queue <> ALL(ARRAY(SELECT queue FROM {queues} WHERE paused))
             ORDER BY priority, run_at, id
             LIMIT wanted.room
             FOR UPDATE SKIP LOCKED
@@ -402,7 +405,7 @@ GROUP BY state ORDER BY state;
 -- name: prune_batch
 -- Retention, run by the runner that leads maintenance: delete up to "lim" rows of each
 -- state that finished more than its age (seconds) ago, oldest first, through the
--- finished index. State and age are checked again on the row deleted: a job retried
+-- finished index (state, finished_at). State and age are checked again on the row deleted: a job retried
 -- since it was picked is not deleted. Returns how many of each state went.
 WITH deleted AS (
     DELETE FROM {table} t
@@ -499,3 +502,143 @@ SELECT r.id, r.hostname, r.pid, r.workers, r.queues, r.started_at, r.heartbeat_a
        coalesce(l.runner_id = r.id AND l.expires_at >= now(), false) AS leader
 FROM {runners} r LEFT JOIN {leader} l ON l.name = 'maintenance'
 ORDER BY r.started_at;
+
+-- name: delete_jobs
+-- Delete jobs that are not running (a running job's runner holds it: cancel it first).
+DELETE FROM {table} WHERE id = ANY(%(ids)s::bigint[]) AND state <> 'running'
+RETURNING id;
+
+-- name: pause_queue
+-- Pause a queue: runners stop claiming its jobs (running ones finish). Pausing a paused
+-- queue keeps the time it was first paused. The NOTIFY ("pause:<queue>") reaches the
+-- runners at commit, on the jobs table's channel: "table" is the table's quoted name.
+WITH paused AS (
+    INSERT INTO {queues} AS q (queue, paused, paused_at) VALUES (%(queue)s, true, now())
+    ON CONFLICT (queue) DO UPDATE SET paused = true, paused_at = coalesce(q.paused_at, now())
+    RETURNING q.queue, q.paused_at
+), notified AS (
+    SELECT pg_notify('backy_' || to_regclass(%(table)s)::oid, 'pause:' || queue) FROM paused
+)
+SELECT paused.* FROM paused LEFT JOIN notified ON true;
+
+-- name: resume_queue
+-- Resume a paused queue; no row when it was not paused. The NOTIFY ("resume:<queue>")
+-- reaches the runners at commit.
+WITH resumed AS (
+    UPDATE {queues} SET paused = false, paused_at = NULL
+    WHERE queue = %(queue)s AND paused
+    RETURNING queue
+), notified AS (
+    SELECT pg_notify('backy_' || to_regclass(%(table)s)::oid, 'resume:' || queue)
+    FROM resumed
+)
+SELECT resumed.* FROM resumed LEFT JOIN notified ON true;
+
+-- name: paused_queues
+-- The paused queues, with how long each has been paused in seconds.
+SELECT queue, paused_at, extract(epoch FROM now() - paused_at)::float8 AS paused_seconds
+FROM {queues} WHERE paused
+ORDER BY queue;
+
+-- name: web_queue_counts
+-- The dashboard's counts by queue and state: waiting jobs (and how many of them are
+-- due), running, failed and cancelled ones. Like queue_stats, each branch reads a partial
+-- index, so completed rows are never read.
+SELECT queue, state, count(*) AS jobs, count(*) FILTER (WHERE run_at <= now()) AS due
+FROM {table} WHERE state = 'available' GROUP BY queue, state
+UNION ALL
+SELECT queue, state, count(*), 0
+FROM {table} WHERE state = 'running' AND expires_at IS NOT NULL GROUP BY queue, state
+UNION ALL
+SELECT queue, state, count(*), 0
+FROM {table} WHERE state IN ('failed', 'cancelled') GROUP BY queue, state;
+
+-- name: web_oldest_waiting
+-- The oldest due waiting job of each queue, and how long it has waited in seconds.
+SELECT DISTINCT ON (queue) queue, id, worker, run_at,
+       extract(epoch FROM now() - run_at)::float8 AS wait
+FROM {table} WHERE state = 'available' AND run_at <= now()
+ORDER BY queue, run_at, id;
+
+-- name: web_last_hour
+-- Jobs that finished in the last hour (completed, failed, cancelled) by queue, state and
+-- 5-minute slot (0 is the latest). Read through the finished index (migration 0005): the
+-- cost follows the hour's rows. Completed jobs are there only when rows are kept
+-- (delete_finished_jobs = false).
+SELECT queue, state, floor(extract(epoch FROM now() - finished_at) / 300)::int AS slot,
+       count(*) AS jobs
+FROM {table}
+WHERE state IN ('completed', 'failed', 'cancelled')
+  AND finished_at > now() - interval '1 hour'
+GROUP BY queue, state, slot;
+
+-- name: web_table_rows
+-- About how many rows the jobs table holds, from its statistics (as of the last VACUUM
+-- or ANALYZE): an exact count would read the whole table on every refresh. Below 10,000
+-- (or before any statistics) the rows are counted, up to 10,000. "table" is the table's
+-- quoted name.
+SELECT CASE WHEN reltuples < 10000
+            THEN (SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 10000) few)
+            ELSE reltuples::bigint END AS estimate
+FROM pg_class WHERE oid = to_regclass(%(table)s);
+
+-- name: web_jobs
+-- A page of the dashboard's job list, newest first: jobs older than the id "before"
+-- (keyset pagination, never OFFSET). At most "examine" rows are read, in primary key
+-- order, and the filters are checked on them: worker, queue, and "q", text in the args
+-- or in the errors (messages and tracebacks) in any case ("q" comes lower-cased). So a
+-- page costs at most that many rows whatever the table holds; web_jobs_examined says
+-- where a page that found too few stopped.
+SELECT id, worker, queue, state, attempt, max_attempts, priority, run_at, enqueued_at,
+       finished_at, left(args::text, 300) AS args_text,
+       errors -> -1 ->> 'message' AS last_error
+FROM (
+    SELECT * FROM {table} WHERE id < %(before)s::bigint ORDER BY id DESC
+    LIMIT %(examine)s::int
+) examined
+WHERE (%(worker)s::text IS NULL OR worker = %(worker)s::text)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(q)s::text IS NULL OR strpos(lower(args::text), %(q)s::text) > 0
+       OR strpos(lower(errors::text), %(q)s::text) > 0)
+ORDER BY id DESC
+LIMIT %(limit)s::int;
+
+-- name: web_jobs_in_state
+-- web_jobs for the jobs in one state, read through the state index (migration 0005), which
+-- only a statement saying "enqueued_at IS NOT NULL" may use (it holds for every row).
+SELECT id, worker, queue, state, attempt, max_attempts, priority, run_at, enqueued_at,
+       finished_at, left(args::text, 300) AS args_text,
+       errors -> -1 ->> 'message' AS last_error
+FROM (
+    SELECT * FROM {table}
+    WHERE state = %(state)s::text AND id < %(before)s::bigint
+      AND enqueued_at IS NOT NULL
+    ORDER BY id DESC
+    LIMIT %(examine)s::int
+) examined
+WHERE (%(worker)s::text IS NULL OR worker = %(worker)s::text)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(q)s::text IS NULL OR strpos(lower(args::text), %(q)s::text) > 0
+       OR strpos(lower(errors::text), %(q)s::text) > 0)
+ORDER BY id DESC
+LIMIT %(limit)s::int;
+
+-- name: web_jobs_examined
+-- How many rows web_jobs read for a page, and the oldest id among them: where the next
+-- page's search goes on when this one found fewer jobs than it shows. Index only.
+SELECT count(*) AS examined, min(id) AS oldest
+FROM (
+    SELECT id FROM {table} WHERE id < %(before)s::bigint ORDER BY id DESC
+    LIMIT %(examine)s::int
+) examined;
+
+-- name: web_jobs_examined_in_state
+-- web_jobs_examined for web_jobs_in_state.
+SELECT count(*) AS examined, min(id) AS oldest
+FROM (
+    SELECT id FROM {table}
+    WHERE state = %(state)s::text AND id < %(before)s::bigint
+      AND enqueued_at IS NOT NULL
+    ORDER BY id DESC
+    LIMIT %(examine)s::int
+) examined;
