@@ -7,6 +7,7 @@ import datetime
 import json
 from typing import Any
 
+from backy_gevent.job import Job
 from backy_gevent.web import csrf
 from backy_gevent.web.markup import Markup, attributes, escape, join, render
 from backy_gevent.web.templates import (
@@ -22,11 +23,9 @@ from backy_gevent.web.templates import (
     when,
 )
 from backy_gevent.web.views import (
-    NO_RESULT_COLUMN,
     SLOT_SECONDS,
     STATES,
     JobList,
-    JobPage,
     Overview,
     QueueRow,
 )
@@ -270,8 +269,7 @@ def _pager(ctx: Context, data: JobList) -> Markup:
 # -- one job ---------------------------------------------------------------------------
 
 
-def job_page(ctx: Context, data: JobPage) -> Markup:
-    job = data.job
+def job_page(ctx: Context, job: Job) -> Markup:
     actions = []
     if job.state in ("failed", "cancelled"):
         actions.append(post_button(ctx, f"/jobs/{job.id}/retry", "Retry"))
@@ -295,7 +293,7 @@ def job_page(ctx: Context, data: JobPage) -> Markup:
         }),
         timings=_definitions(_timings(job)),
         args=json.dumps(job.args, indent=2, sort_keys=True, ensure_ascii=False),
-        result=_result(data), count=len(job.errors), errors=_errors(job.errors),
+        result=_result(job.result), count=len(job.errors), errors=_errors(job.errors),
     )
     return page(ctx, f"Job {job.id}", content)
 
@@ -320,11 +318,9 @@ def _definitions(values: dict[str, Any]) -> Markup:
     ))
 
 
-def _result(data: JobPage) -> Markup:
-    if data.result is NO_RESULT_COLUMN:
-        return Markup("")
-    shown = "none" if data.result is None else json.dumps(
-        data.result, indent=2, sort_keys=True, ensure_ascii=False)
+def _result(result: Any) -> Markup:
+    shown = "none" if result is None else json.dumps(
+        result, indent=2, sort_keys=True, ensure_ascii=False)
     return render("<h2>Result</h2><pre>$result</pre>", result=shown)
 
 

@@ -164,24 +164,9 @@ def job_list(
 
 # -- one job ---------------------------------------------------------------------------
 
-#: Marks a row that has no ``result`` column (the schema does not store results yet).
-NO_RESULT_COLUMN = object()
-
-
-@dataclasses.dataclass
-class JobPage:
-    """One job, and its result when the table has a ``result`` column."""
-
-    job: Job
-    result: Any = NO_RESULT_COLUMN
-
-
-def job_page(client: Client, job_id: int) -> JobPage | None:
-    """The job with this id, or None."""
+def job_page(client: Client, job_id: int) -> Job | None:
+    """The job with this id (its result included), or None."""
     if not 0 < job_id <= BIGINT_MAX:
         return None
     found = rows(client, "get_job", {"id": job_id})
-    if not found:
-        return None
-    row = found[0]
-    return JobPage(Job.from_row(row), row.get("result", NO_RESULT_COLUMN))
+    return Job.from_row(found[0]) if found else None
