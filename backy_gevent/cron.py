@@ -24,6 +24,10 @@ import zoneinfo
 
 UTC = dt.timezone.utc
 MINUTE = dt.timedelta(minutes=1)
+#: How old a missed tick may be and still be enqueued when a runner comes back.
+CATCH_UP_SECONDS = 3600.0
+#: A schedule is ticked while a runner that beat within this long has its worker.
+ALIVE_SECONDS = 60.0
 #: A schedule that has no tick within this many years never fires (0 0 30 2 * ...).
 _SEARCH_YEARS = 10
 
@@ -148,8 +152,9 @@ class Schedule:
         if len(parts) != 5:
             raise CronError(f"{expression!r} has {len(parts)} fields; a cron expression has"
                             " five: minute hour day-of-month month day-of-week")
-        sets = [_parse_field(part, field) for part, field in zip(parts, _FIELDS, strict=True)]
-        schedule = cls(expression, timezone, *sets,
+        minutes, hours, days, months, weekdays = (
+            _parse_field(part, field) for part, field in zip(parts, _FIELDS, strict=True))
+        schedule = cls(expression, timezone, minutes, hours, days, months, weekdays,
                        days_restricted=not parts[2].startswith("*"),
                        weekdays_restricted=not parts[4].startswith("*"))
         if not (schedule.weekdays_restricted and schedule.days_restricted) and all(
@@ -237,6 +242,20 @@ class Schedule:
             else:
                 return wall
         raise CronError(f"{self.expression!r} has no tick within {_SEARCH_YEARS} years")
+
+
+def due_tick(schedule: Schedule, last_tick: dt.datetime, now: dt.datetime) -> dt.datetime | None:
+    """The tick a job queue should enqueue at ``now`` given the last one it enqueued:
+    the latest tick after ``last_tick`` and not after ``now``, if it is at most
+    ``CATCH_UP_SECONDS`` old (one job for a missed stretch, never a burst); else None."""
+    window = now - dt.timedelta(seconds=CATCH_UP_SECONDS)
+    return schedule.latest_tick(max(last_tick, window), now)
+
+
+def next_run(schedule: Schedule, last_tick: dt.datetime, now: dt.datetime) -> dt.datetime:
+    """When the schedule's next job is due: its ``due_tick`` (at or before ``now``: to
+    be enqueued at once), else its first tick after ``now``."""
+    return due_tick(schedule, last_tick, now) or schedule.next_after(now)
 
 
 def _first_of_next_month(wall: dt.datetime) -> dt.datetime:
