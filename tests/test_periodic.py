@@ -47,10 +47,19 @@ def pool(dsn: str) -> Iterator[ConnectionPool]:
     connections.close()
 
 
-def periodic(pool: ConnectionPool, clock: Clock, *classes: Any, leading: bool = True) -> Any:
+class HookCalls(list):  # type: ignore[type-arg]
+    """Stands in for the runner's Hooks: records each call."""
+
+    def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        self.append((hook_name, kwargs))
+        return []
+
+
+def periodic(pool: ConnectionPool, clock: Clock, *classes: Any, leading: bool = True,
+             hooks: Any = None) -> Any:
     registry = Registry.from_classes(*classes)
-    return Periodic(pool, Queries("jobs"), registry, retry_count=3,
-                    leading=lambda: leading, health=DatabaseHealth(), clock=clock)
+    return Periodic(pool, Queries("jobs"), registry, retry_count=3, leading=lambda: leading,
+                    health=DatabaseHealth(), hooks=hooks, clock=clock)
 
 
 def serve(db: Any, *names: str) -> None:
@@ -127,10 +136,15 @@ def test_the_leader_catches_up_the_latest_missed_tick_once(
     query(db, "INSERT INTO jobs_cron (worker, expression, last_tick)"
               " VALUES ('every_minute', '* * * * *', now() - interval '10 minutes')")
     clock = Clock()
-    loop = periodic(pool, clock, workers.EveryMinute)
+    hooks = HookCalls()
+    loop = periodic(pool, clock, workers.EveryMinute, hooks=hooks)
     pause = loop.step()
     latest = minute_floor(clock.now)
     assert cron_jobs(db) == [("every_minute", latest)]
+    [(hook, kwargs)] = hooks
+    assert hook == "backy_job_enqueued"
+    assert [(job.worker, job.run_at, job.args, job.max_attempts) for job in kwargs["jobs"]] == [
+        ("every_minute", latest, {}, 4)]
     assert 0 < pause <= 1.0
     loop.step()
     assert cron_jobs(db) == [("every_minute", latest)]
@@ -138,6 +152,7 @@ def test_the_leader_catches_up_the_latest_missed_tick_once(
     loop.step()
     assert cron_jobs(db) == [("every_minute", latest), ("every_minute", latest + MINUTE)]
     assert loop.enqueued == {"every_minute": 2}
+    assert len(hooks) == 2
 
 
 def test_a_tick_missed_more_than_an_hour_ago_is_skipped(

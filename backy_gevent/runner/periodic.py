@@ -6,7 +6,8 @@ workers that no longer have one. From then on only the runner that leads mainten
 (``Maintenance.leading``) enqueues ticks, for every schedule whose worker some live
 runner has: each tick in one statement (``cron_tick``) that moves the schedule's last
 tick up and inserts the job only if it is the one that moved it, so a tick is enqueued
-once even when two runners both believe they lead.
+once even when two runners both believe they lead. The ``backy_job_enqueued`` hook is
+called for each job enqueued (so the runner's metrics count it).
 
 Catch-up: when a schedule's last tick is behind (no leader for a while, or every runner
 was down), only the latest missed tick is enqueued, and only if it is at most
@@ -29,6 +30,8 @@ from typing import Any
 from backy_gevent.cron import ALIVE_SECONDS, CronError, Schedule, due_tick, next_run
 from backy_gevent.db.connections import ConnectionPool
 from backy_gevent.db.queries import Queries
+from backy_gevent.hooks import Hooks
+from backy_gevent.job import Job
 from backy_gevent.runner.supervision import DatabaseHealth
 from backy_gevent.worker import Registration, retry_count_of, schedule_of
 
@@ -81,6 +84,7 @@ class Periodic:
         retry_count: int,
         leading: Callable[[], bool],
         health: DatabaseHealth,
+        hooks: Hooks | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self.connections = connections
@@ -89,6 +93,7 @@ class Periodic:
         self.retry_count = retry_count
         self.leading = leading
         self.health = health
+        self.hooks = hooks
         self.clock = clock
         #: Ticks this runner enqueued, by worker.
         self.enqueued: dict[str, int] = {}
@@ -171,3 +176,5 @@ class Periodic:
         self.enqueued[worker] = self.enqueued.get(worker, 0) + 1
         log.info("periodic job %s: enqueued job %s for tick %s", worker, row["id"],
                  tick.isoformat())
+        if self.hooks is not None:
+            self.hooks.call("backy_job_enqueued", jobs=[Job.from_row(row)])

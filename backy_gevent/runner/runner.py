@@ -141,7 +141,7 @@ class Runner:
         self.periodic = Periodic(
             self.connections, self.queries, self.registry,
             retry_count=settings.retry_count, leading=self.maintenance.leading,
-            health=self.database,
+            health=self.database, hooks=self.hooks,
         )
         longest = max(float(r.cls.max_runtime) for r in self.registry)
         self.guard = HubGuard(self.executor, stuck_after=longest + 5.0)

@@ -691,11 +691,10 @@ WITH ticked AS (
 ), inserted AS (
     INSERT INTO {table} (worker, queue, priority, max_attempts, run_at)
     SELECT worker, queue, priority, max_attempts, %(tick)s::timestamptz FROM ticked
-    RETURNING id, worker, queue, run_at, tableoid
+    RETURNING *, tableoid
 ), notified AS (
     SELECT count(pg_notify('backy_' || tableoid, json_build_object(
         'worker', worker, 'queue', queue, 'in', 0)::text))
     FROM inserted
 )
-SELECT inserted.id, inserted.worker, inserted.queue, inserted.run_at
-FROM inserted LEFT JOIN notified ON true;
+SELECT inserted.* FROM inserted LEFT JOIN notified ON true;
