@@ -390,3 +390,10 @@ class Hourly(EveryMinute):
 
 #: The periodic test workers: load them with ``--import`` where a test wants them.
 CRON = (EveryMinute, Hourly)
+
+
+class BadCron(EveryMinute):
+    """A cron of four fields: refused when registered (not when defined)."""
+
+    name = "bad_cron"
+    cron = "*/5 * * *"

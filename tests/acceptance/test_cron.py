@@ -122,3 +122,20 @@ def test_cron_without_schedules_says_so(client: Client, dsn: str) -> None:
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.startswith("no periodic jobs")
     assert json.loads(run_cli("cron", "--json", dsn=dsn).stdout) == []
+
+
+def test_workers_shows_the_cron_and_refuses_a_bad_one() -> None:
+    listed = run_cli("workers", "--json", *CRON_WORKERS, dsn="unused")
+    assert listed.returncode == 0, listed.stderr
+    described = {w["name"]: w for w in json.loads(listed.stdout)}
+    assert (described["hourly"]["cron"], described["hourly"]["cron_timezone"]) == (
+        "0 * * * *", "Europe/Berlin")
+    assert "cron" not in described.get("record", {})
+    table = run_cli("workers", *CRON_WORKERS, dsn="unused").stdout
+    assert "cron='* * * * *' cron_timezone=UTC" in table
+    refused = run_cli("workers", "--import", "tests.workers:BadCron", dsn="unused")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "backy-gevent: error: imports tests.workers:BadCron: BadCron has bad settings:"
+        " cron='*/5 * * *' cron_timezone='UTC' ('*/5 * * *' has 4 fields; a cron expression"
+        " has five: minute hour day-of-month month day-of-week)"]
