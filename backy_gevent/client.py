@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg2.errors
 import psycopg2.extras
 
+from backy_gevent import cron
 from backy_gevent.config import Settings, load_settings
 from backy_gevent.db import schema
 from backy_gevent.db.connections import ConnectionPool, connect
@@ -544,6 +545,31 @@ class Client:
     def stats(self) -> list[dict[str, Any]]:
         """Job counts by worker, queue and state, with the oldest due job's wait."""
         return [dict(row) for row in self._fetch("stats", {})]
+
+    # -- periodic jobs ------------------------------------------------------------------
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every periodic job's schedule, by worker: ``worker``, ``expression``,
+        ``timezone``, ``queue``, ``last_tick`` (the last tick enqueued; before the first,
+        when the schedule was first written), ``next_run`` (an aware UTC datetime; in the
+        past when a tick is due and waits for the leader; None when the stored expression
+        can't be parsed) and ``active`` (whether a runner that beat within a minute has
+        the worker: only then are its ticks enqueued)."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        schedules = []
+        for row in self._fetch("cron_schedules", {"alive": cron.ALIVE_SECONDS}):
+            try:
+                schedule = cron.Schedule.parse(row["expression"], row["timezone"])
+                upcoming: datetime.datetime | None = cron.next_run(
+                    schedule, row["last_tick"], now)
+            except cron.CronError:
+                upcoming = None
+            schedules.append({
+                "worker": row["worker"], "expression": row["expression"],
+                "timezone": row["timezone"], "queue": row["queue"],
+                "last_tick": row["last_tick"], "next_run": upcoming, "active": row["served"],
+            })
+        return schedules
 
 
 def _check_age(older_than: Any) -> None:

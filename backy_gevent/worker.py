@@ -12,6 +12,7 @@ import importlib
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
+from backy_gevent.cron import CronError, Schedule
 from backy_gevent.errors import WorkerError
 from backy_gevent.job import INTEGER_MAX, INTEGER_MIN, MAX_RETRY_COUNT, MAX_SECONDS, Job
 
@@ -39,7 +40,11 @@ class Worker:
       job of that key enqueued within that long as a duplicate, finished or not;
     - ``global_concurrency`` (default None): attempts running at once across all runners;
     - ``rate_limit`` (default None): ``(N, seconds)``, at most N attempts started in any
-      window of that many seconds, across all runners.
+      window of that many seconds, across all runners;
+    - ``cron`` (default None): a five-field cron expression such as ``"*/5 * * * *"``;
+      the worker is then enqueued (with empty args) once per tick, exactly once across
+      all runners, the job's ``run_at`` being its tick; ``cron_timezone`` (default
+      ``"UTC"``) is the IANA time zone its wall times are in (see ``backy_gevent.cron``).
 
     ``retry_delay`` chooses the seconds before retry number ``retry`` (1 for the first
     retry): a method ``retry_delay(self, retry)``, or a ready backoff such as
@@ -58,6 +63,8 @@ class Worker:
     unique_for: ClassVar[float | None] = None
     global_concurrency: ClassVar[int | None] = None
     rate_limit: ClassVar[tuple[int, float] | None] = None
+    cron: ClassVar[str | None] = None
+    cron_timezone: ClassVar[str] = "UTC"
 
     def perform(self, job: Job, args: dict[str, Any]) -> Any:
         """Do the work of one attempt; raise to fail it."""
@@ -110,9 +117,33 @@ def check_worker_class(cls: Any, where: str) -> type[Worker]:
         problems.append(
             f"priority={cls.priority!r} (must be an integer from {INTEGER_MIN} to {INTEGER_MAX})"
         )
+    cron = cron_problem(cls)
+    if cron:
+        problems.append(cron)
     if problems:
         raise WorkerError(f"{where}: {cls.__name__} has bad settings: " + ", ".join(problems))
     return cls
+
+
+def schedule_of(worker_class: type[Worker]) -> Schedule | None:
+    """The worker's parsed ``cron`` schedule, or None when it has none."""
+    if worker_class.cron is None:
+        return None
+    return Schedule.parse(worker_class.cron, worker_class.cron_timezone)
+
+
+def cron_problem(cls: type[Worker]) -> str | None:
+    """What is wrong with the worker's ``cron`` and ``cron_timezone``, if anything."""
+    if cls.cron is None and cls.cron_timezone == "UTC":
+        return None
+    try:
+        if cls.cron is None:
+            Schedule.parse("* * * * *", cls.cron_timezone)  # checks the zone alone
+        else:
+            schedule_of(cls)
+    except CronError as exc:
+        return f"cron={cls.cron!r} cron_timezone={cls.cron_timezone!r} ({exc})"
+    return None
 
 
 def _is_int(value: Any) -> bool:

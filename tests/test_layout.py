@@ -96,6 +96,8 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
         ("backy_gevent.worker", "WorkerError"),
         ("backy_gevent.web", "app"),
         ("backy_gevent.web", "Dashboard"),
+        ("backy_gevent.cron", "Schedule"),
+        ("backy_gevent.cron", "CronError"),
     ],
 )
 def test_documented_names_are_where_the_readme_says(module: str, name: str) -> None:

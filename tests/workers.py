@@ -365,3 +365,35 @@ class Steady(backy.Worker):
 
 
 ALL = (*ALL, Steady)
+
+
+class EveryMinute(backy.Worker):
+    """A periodic job, every minute: records its run (tests/acceptance/test_cron.py).
+    Not in ALL: every runner of the other tests would enqueue it once a minute."""
+
+    name = "every_minute"
+    cron = "* * * * *"
+    max_runtime = 10.0
+
+    def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
+        record(job)
+        record(job, finished=True)
+
+
+class Hourly(EveryMinute):
+    """A second periodic job, at minute 0 of every hour in Berlin."""
+
+    name = "hourly"
+    cron = "0 * * * *"
+    cron_timezone = "Europe/Berlin"
+
+
+#: The periodic test workers: load them with ``--import`` where a test wants them.
+CRON = (EveryMinute, Hourly)
+
+
+class BadCron(EveryMinute):
+    """A cron of four fields: refused when registered (not when defined)."""
+
+    name = "bad_cron"
+    cron = "*/5 * * *"

@@ -47,6 +47,9 @@ def _describe(registration: Registration, settings: Settings) -> dict[str, Any]:
     for optional in ("global_concurrency", "rate_limit", "unique_for"):
         if getattr(cls, optional) is not None:
             described[optional] = getattr(cls, optional)
+    if cls.cron is not None:  # a periodic job
+        described["cron"] = cls.cron
+        described["cron_timezone"] = cls.cron_timezone
     return described
 
 
@@ -55,6 +58,8 @@ def _shown(value: Any) -> str:
         return "unlimited"
     if isinstance(value, tuple):  # rate_limit
         return f"{value[0]}/{value[1]:g}s"
+    if isinstance(value, str) and " " in value:  # cron
+        return repr(value)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

@@ -53,6 +53,8 @@ COMMANDS: dict[str, str] = {
     "pause": "backy_gevent.cli.queues:command_pause",
     "resume": "backy_gevent.cli.queues:command_resume",
     "web": "backy_gevent.web.server:command_web",
+    # periodic jobs
+    "cron": "backy_gevent.cli.periodic:command_cron",
 }
 
 

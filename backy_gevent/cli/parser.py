@@ -42,6 +42,8 @@ COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
     "resume": _DATABASE,
     "web": (*_DATABASE, "imports", "retry_count", *_WEB_OPTIONS),
     "bench": _RUNNER,
+    # periodic jobs
+    "cron": _DATABASE,
 }
 #: Shorter spellings of some flags, as ``backy-gevent web --host H --port P``.
 _ALIASES = {"web_host": ("--host",), "web_port": ("--port",)}
@@ -182,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--allow-actions", action="store_true",
                      help="allow retry, cancel, delete, pause and resume from the dashboard")
     _add_bench(command("bench", "measure jobs/s against pgbench on this server"))
+    # periodic jobs
+    _add_json(command("cron", "periodic jobs: each schedule, its last tick and next run"))
     return parser
 
 

@@ -23,6 +23,8 @@ Statement = Literal[
     "delete_jobs", "pause_queue", "resume_queue", "paused_queues", "web_queue_counts",
     "web_oldest_waiting", "web_last_hour", "web_table_rows", "web_jobs",
     "web_jobs_in_state", "web_jobs_examined", "web_jobs_examined_in_state",
+    # periodic jobs (cron)
+    "cron_sync", "cron_forget", "cron_schedules", "cron_tick",
 ]
 STATEMENTS: tuple[str, ...] = get_args(Statement)
 
@@ -54,6 +56,7 @@ def object_names(table_name: str) -> dict[str, sql.Identifier]:
         "starts": sql.Identifier(f"{table_name}_starts"),
         "starts_index": sql.Identifier(f"{table_name}_starts_idx"),
         "queues": sql.Identifier(f"{table_name}_queues"),
+        "cron": sql.Identifier(f"{table_name}_cron"),
         "migrations": sql.Identifier(f"{table_name}_migrations"),
         "fetch_index": sql.Identifier(f"{table_name}_fetch_idx"),
         "lease_index": sql.Identifier(f"{table_name}_lease_idx"),

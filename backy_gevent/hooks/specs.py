@@ -90,7 +90,9 @@ def backy_runner_stopping(runner: RunnerView) -> None:
 
 @hookspec
 def backy_job_enqueued(jobs: list[Job]) -> None:
-    """Jobs were written by ``Client.enqueue`` or ``Client.enqueue_many``.
+    """Jobs were written by ``Client.enqueue`` or ``Client.enqueue_many``, or by the
+    runner that enqueued a tick of a periodic job (one job per call, in its periodic-jobs
+    greenlet, after the statement committed).
 
     Called once per call that wrote rows, with the new jobs in input order, in the
     greenlet (or thread) that enqueued them, right after the INSERT and before

@@ -4,7 +4,8 @@ One gevent hub runs: a fetcher that claims jobs in one statement for every worke
 free slots; a LISTEN/NOTIFY listener on its own autocommit connection that wakes the
 fetcher at once (``poll_interval`` polling stays as the fallback); a greenlet pool per
 worker; a completer that writes outcomes in batches; and a maintenance loop that
-rescues jobs whose lease ran out and records the runner's heartbeat. Every loop runs
+rescues jobs whose lease ran out and records the runner's heartbeat; and a periodic-jobs
+loop that, on the leader of maintenance, enqueues the ticks of cron schedules. Every loop runs
 supervised (``runner.supervision``): one that loses the database logs it and retries
 with backoff, no job is lost meanwhile, and one that can't recover stops the runner
 with exit status 1. Every wait for the database is bounded (``database_timeout``), and
@@ -40,6 +41,7 @@ from backy_gevent.runner.fetcher import Fetcher, Wakeup
 from backy_gevent.runner.guard import HubGuard
 from backy_gevent.runner.listener import Listener
 from backy_gevent.runner.maintenance import Maintenance, retention_of
+from backy_gevent.runner.periodic import Periodic
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import Backoff, DatabaseHealth, Supervisor, one_line
 from backy_gevent.worker import Registry
@@ -136,6 +138,11 @@ class Runner:
             health=self.database,
             retention=retention_of(settings.prune_completed_after, settings.prune_failed_after),
         )
+        self.periodic = Periodic(
+            self.connections, self.queries, self.registry,
+            retry_count=settings.retry_count, leading=self.maintenance.leading,
+            health=self.database, hooks=self.hooks,
+        )
         longest = max(float(r.cls.max_runtime) for r in self.registry)
         self.guard = HubGuard(self.executor, stuck_after=longest + 5.0)
 
@@ -231,6 +238,7 @@ class Runner:
                                         stop=self.stopping)
         self._spawn(self._listen)
         self._spawn(run, "maintenance", self.maintenance.step, stop=self.stopping)
+        self._spawn(run, "periodic jobs", self.periodic.step, stop=self.stopping)
         for service in self.services:
             self._spawn(service, self)
 

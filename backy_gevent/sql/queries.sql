@@ -642,3 +642,59 @@ FROM (
     ORDER BY id DESC
     LIMIT %(examine)s::int
 ) examined;
+
+-- Periodic jobs (cron) ---------------------------------------------------------------
+
+-- name: cron_sync
+-- A runner at start writes the schedules of its workers that have a cron: a new one
+-- starts from now (last_tick defaults to now(), so no earlier tick is enqueued); a known
+-- one takes the expression, zone, queue, priority and attempts given and keeps its
+-- last_tick. updated_at says when the definition last changed.
+INSERT INTO {cron} AS c (worker, expression, timezone, queue, priority, max_attempts)
+SELECT * FROM unnest(%(workers)s::text[], %(expressions)s::text[], %(timezones)s::text[],
+                     %(queues)s::text[], %(priorities)s::int[], %(max_attempts)s::int[])
+ON CONFLICT (worker) DO UPDATE
+SET expression = excluded.expression, timezone = excluded.timezone, queue = excluded.queue,
+    priority = excluded.priority, max_attempts = excluded.max_attempts,
+    updated_at = CASE WHEN (c.expression, c.timezone, c.queue, c.priority, c.max_attempts)
+                           IS DISTINCT FROM (excluded.expression, excluded.timezone,
+                                             excluded.queue, excluded.priority,
+                                             excluded.max_attempts)
+                      THEN now() ELSE c.updated_at END;
+
+-- name: cron_forget
+-- A runner at start drops the schedules of its workers that no longer have a cron.
+DELETE FROM {cron} WHERE worker = ANY(%(workers)s::text[]);
+
+-- name: cron_schedules
+-- Every schedule, and whether a runner that beat within "alive" seconds has its worker
+-- (the leader enqueues the ticks of those alone: a schedule whose worker no runner has
+-- any more stops, rather than filling the table with jobs nobody runs).
+SELECT c.worker, c.expression, c.timezone, c.queue, c.priority, c.max_attempts,
+       c.last_tick, c.updated_at,
+       EXISTS (SELECT FROM {runners} r
+               WHERE c.worker = ANY(r.workers)
+                 AND r.heartbeat_at > now() - make_interval(secs => %(alive)s)) AS served
+FROM {cron} c
+ORDER BY c.worker;
+
+-- name: cron_tick
+-- Enqueue one tick of one schedule, exactly once: the job is inserted only if this
+-- statement is the one that moves the schedule's last_tick up to the tick. A second
+-- runner racing for the same tick waits for the first one's row lock, then finds
+-- last_tick no longer earlier than the tick, and inserts nothing. The job's run_at is
+-- its tick; the NOTIFY wakes the runners at commit. No row: the tick was enqueued already.
+WITH ticked AS (
+    UPDATE {cron} SET last_tick = %(tick)s::timestamptz
+    WHERE worker = %(worker)s AND last_tick < %(tick)s::timestamptz
+    RETURNING worker, queue, priority, max_attempts
+), inserted AS (
+    INSERT INTO {table} (worker, queue, priority, max_attempts, run_at)
+    SELECT worker, queue, priority, max_attempts, %(tick)s::timestamptz FROM ticked
+    RETURNING *, tableoid
+), notified AS (
+    SELECT count(pg_notify('backy_' || tableoid, json_build_object(
+        'worker', worker, 'queue', queue, 'in', 0)::text))
+    FROM inserted
+)
+SELECT inserted.* FROM inserted LEFT JOIN notified ON true;
