@@ -74,8 +74,8 @@ def command_jobs(arguments: argparse.Namespace, settings: Settings) -> int:
         paused = client.paused_queues()
     live = [runner for runner in runners if runner["silent_seconds"] < SILENT_AFTER]
     warnings = [
-        f"{row['due']} due jobs of worker {row['worker']!r} in queue {row['queue']!r}:"
-        " no live runner serves them"
+        f"{plural(row['due'], 'due job')} of worker {row['worker']!r} in queue"
+        f" {row['queue']!r}: no live runner serves {'it' if row['due'] == 1 else 'them'}"
         for row in stats
         if row["due"] and not any(_serves(runner, row["worker"], row["queue"])
                                   for runner in live)

@@ -422,6 +422,10 @@ def test_jobs_shows_counts_due_and_scheduled_and_the_oldest_wait(
     assert {(r["worker"], r["state"], r["jobs"], r["due"]) for r in shown["jobs"]} == {
         ("record", "available", 4, 3), ("fail", "available", 1, 0)}
     assert shown["runners"] == [] and len(shown["warnings"]) == 1
+    query(db, "UPDATE jobs SET state = 'completed' WHERE id IN (SELECT id FROM jobs"
+              " WHERE worker = 'record' AND run_at < now() ORDER BY id LIMIT 2)")
+    assert ("warning: 1 due job of worker 'record' in queue 'default': no live runner"
+            " serves it") in cli(dsn, "jobs").stdout.splitlines()
 
 
 def test_jobs_with_a_live_runner_warns_of_nothing_and_counts_one_runner(
