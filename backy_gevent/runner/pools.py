@@ -79,6 +79,10 @@ class WorkerPool:
                 return
             finally:
                 self._idle_greenlets -= 1
+            if self.capacity is None and self._queue.empty():
+                # An unlimited pool's room is its queue of claimed jobs, not its running
+                # ones: the batch is taken, so another may be claimed now.
+                self.on_slot_free(self)
             try:
                 self.executor.run(job, self.registration)
             except gevent.GreenletExit:

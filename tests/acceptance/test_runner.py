@@ -246,6 +246,20 @@ def test_max_concurrency_is_never_exceeded(runner: Runner, client: Client, db: A
     assert overlap == workers.Limited.max_concurrency, overlap
 
 
+def test_an_unlimited_worker_claims_batch_after_batch_while_its_jobs_run(
+    runner: Runner, client: Client, db: Any
+) -> None:
+    # A worker without max_concurrency claims fetch_limit jobs at a time; once its
+    # greenlets have taken a batch, it claims the next at once, not a poll interval (or
+    # ten, while notifications work) later, even though no job has finished yet.
+    runner("--fetch-limit", "10")
+    jobs = client.enqueue_many(workers.Sleep, [{"seconds": 8, "touch_every": 0.3}] * 60)
+    started = time.monotonic()
+    wait_until(lambda: len({run["job_id"] for run in runs(db)}) == len(jobs), timeout=6,
+               what="all 60 jobs running at once, six batches of 10")
+    assert time.monotonic() - started < 6
+
+
 def test_notify_wakes_the_runner_at_commit_not_the_poll(
     runner: Runner, client: Client, db: Any, dsn: str
 ) -> None:
