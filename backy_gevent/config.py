@@ -220,6 +220,11 @@ OPTIONS: tuple[Option, ...] = (
         " (default: keep)",
     ),
     Option(
+        "relaxed_commits", _boolean, False,
+        "the runner's claims and outcomes commit without waiting for the WAL flush"
+        " (synchronous_commit off on those transactions; enqueues stay durable)",
+    ),
+    Option(
         "give_up_after", _seconds, 60.0,
         "seconds a runner loop may keep failing (not for a lost database) before the"
         " runner exits with status 1",
@@ -265,6 +270,9 @@ class Settings:
     # (log, /healthz) within this plus poll_interval, drops the connection and retries.
     database_timeout: float = 10.0
     give_up_after: float = 60.0
+    # A server crash may then forget the last moments of claims and outcomes: those jobs
+    # run again, as after a runner crash. See the README's Speed section.
+    relaxed_commits: bool = False
     # Retention, applied by the runner that leads maintenance; None keeps rows for good.
     prune_completed_after: float | None = None
     prune_failed_after: float | None = None

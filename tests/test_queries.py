@@ -169,3 +169,25 @@ def test_a_prepared_statement_survives_a_column_added_by_a_migration(
         query(db, "ALTER TABLE jobs ADD COLUMN note text")
         queries.execute(cur, "get_job", {"id": job.id})
         assert cur.fetchone()["note"] is None
+
+
+@pytest.mark.parametrize("prepare", [True, False])
+def test_relaxed_commits_relax_the_runners_statements_only_and_leave_nothing_set(
+    client: Client, dsn: str, prepare: bool
+) -> None:
+    # The claim's transaction commits without waiting for the WAL flush; an enqueue's
+    # still does; and SET LOCAL leaves no setting on the (perhaps pooled) session.
+    job = client.enqueue("record", n=1)
+    relaxed = Queries("jobs", relaxed_commits=True)
+    with contextlib.closing(connect(dsn, prepare=prepare)) as conn, conn.cursor() as cur:
+        relaxed.execute(cur, "claim", {"workers": ["record"], "limits": [5], "leases": [30.0],
+                                        "queues": [], "runner_id": "r"})
+        assert cur.query.startswith(b"SET LOCAL synchronous_commit TO off; ")
+        assert [row["id"] for row in cur.fetchall()] == [job.id]
+        relaxed.execute(cur, "get_job", {"id": job.id})
+        assert b"synchronous_commit" not in cur.query
+        cur.execute("SHOW synchronous_commit")
+        assert cur.fetchone()["synchronous_commit"] == "on"
+        Queries("jobs").execute(cur, "touch", {"id": job.id, "attempt": 1, "lease": 30.0,
+                                               "runner_id": "r"})
+        assert b"synchronous_commit" not in cur.query

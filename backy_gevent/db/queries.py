@@ -27,6 +27,14 @@ Statement = Literal[
     "cron_sync", "cron_forget", "cron_schedules", "cron_tick",
 ]
 STATEMENTS: tuple[str, ...] = get_args(Statement)
+#: The runner's claims and outcomes: work it redoes after a crash anyway (delivery is at
+#: least once), so with ``relaxed_commits`` they commit without waiting for the WAL flush.
+#: Enqueues, cancels, retries and the rest stay durable.
+RELAXABLE: frozenset[str] = frozenset({
+    "claim", "lock_limited", "claim_limited", "complete_delete", "complete_keep", "fail",
+    "snooze", "give_up", "hand_back", "touch",
+})
+_RELAX = "SET LOCAL synchronous_commit TO off"
 
 _BLOCK = re.compile(r"^-- name: (\w+)\n", re.MULTILINE)
 #: A named placeholder and the cast that follows it, if any: %(ids)s::bigint[]
@@ -82,11 +90,14 @@ class Queries:
     """The statements of queries.sql, composed for one jobs table.
 
     ``execute(cur, "claim", params)`` runs one (prepared where the connection allows);
-    ``composed("claim")`` is its ``psycopg2.sql.Composed`` text.
+    ``composed("claim")`` is its ``psycopg2.sql.Composed`` text. With
+    ``relaxed_commits`` the transactions of the ``RELAXABLE`` statements don't wait for
+    the WAL flush (``SET LOCAL``, so nothing outlives them, behind a pooler too).
     """
 
-    def __init__(self, table_name: str) -> None:
+    def __init__(self, table_name: str, *, relaxed_commits: bool = False) -> None:
         self.table_name = table_name
+        self.relaxed_commits = relaxed_commits
         names = object_names(table_name)
         self._composed = {
             name: sql.SQL(body).format(**names) for name, body in _read_blocks().items()
@@ -119,7 +130,10 @@ class Queries:
         started: a lock the first waits for orders what the next one reads."""
         prepared = getattr(cur.connection, "prepared", None)
         if prepared is None:
-            cur.execute(sql.SQL("; ").join(self._composed[name] for name in names), params)
+            parts = [self._composed[name] for name in names]
+            if self._relaxed(names):
+                parts.insert(0, sql.SQL(_RELAX))
+            cur.execute(sql.SQL("; ").join(parts), params)
             return
         try:
             self._execute_prepared(cur, names, params, prepared)
@@ -135,6 +149,9 @@ class Queries:
             self._forget(cur, names, prepared, deallocate=True)
             self._execute_prepared(cur, names, params, prepared)
 
+    def _relaxed(self, names: Sequence[Statement]) -> bool:
+        return self.relaxed_commits and any(name in RELAXABLE for name in names)
+
     def _forget(
         self, cur: Any, names: Sequence[Statement],
         prepared: dict[str, tuple[str, list[str], str]], *, deallocate: bool,
@@ -148,7 +165,7 @@ class Queries:
         self, cur: Any, names: Sequence[Statement], params: Mapping[str, Any],
         prepared: dict[str, tuple[str, list[str], str]],
     ) -> None:
-        texts: list[str] = []
+        texts: list[str] = [_RELAX] if self._relaxed(names) else []
         values: list[Any] = []
         for name in names:
             key = f"{self.table_name}.{name}"

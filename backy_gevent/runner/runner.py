@@ -75,7 +75,7 @@ class Runner:
         self.hooks = hooks
         self.dsn = dsn
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.queries = Queries(settings.table_name)
+        self.queries = Queries(settings.table_name, relaxed_commits=settings.relaxed_commits)
         self.connections = ConnectionPool(
             dsn, size=4, application_name=f"backy-gevent {self.id}",
             prepare=settings.prepare_statements, timeout=settings.database_timeout,

@@ -426,6 +426,21 @@ def test_delete_finished_jobs_false_keeps_completed_rows(
         assert len(runs(db, job.id)) == 1
 
 
+def test_relaxed_commits_run_every_job_once_and_record_every_outcome(
+    runner: Runner, client: Client, db: Any, dsn: str
+) -> None:
+    runner(*FAST, "--relaxed-commits", "true",
+           env=cli_env(dsn, BACKY_DELETE_FINISHED_JOBS="false"))
+    done = client.enqueue_many(workers.Record, [{"n": n} for n in range(50)])
+    failed = client.enqueue(workers.Fail, {})
+    wait_until(lambda: query(db, "SELECT count(*) FROM jobs WHERE state IN"
+                                 " ('completed', 'failed')") == [(51,)],
+               timeout=15, what="every outcome written")
+    ran = sorted(run["job_id"] for run in runs(db))
+    assert ran == sorted([job.id for job in done] + [failed.id] * 3)  # Fail retries twice
+    assert job_row(db, failed.id)["state"] == "failed"  # type: ignore[index]
+
+
 def test_delete_finished_jobs_true_deletes_rows(
     runner: Runner, client: Client, db: Any
 ) -> None:
