@@ -5,12 +5,14 @@ They write rows a runner could run (same table, same columns) and claim them wit
 shape of the runner's claim statement (``claim`` in ``backy_gevent/sql/queries.sql``:
 the ids picked in priority, run_at, id order ``FOR UPDATE SKIP LOCKED``, then updated by
 primary key), but without anything backy-gevent adds: no RETURNING of whole rows into
-objects, no prepared statements, no hooks, no pool.
+objects, no hooks, no pool. Like backy-gevent's, the statements are prepared on the
+server once per connection (planning costs as much as running them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from typing import Any
@@ -64,6 +66,42 @@ COMPLETE_KEEP = sql.SQL("""
 CLAIM_BATCH = 100
 
 
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A statement prepared on the server under ``name``; ``params`` are its
+    ``%(param)s`` names and their types, in order."""
+
+    name: str
+    statement: sql.Composed
+    params: tuple[tuple[str, str], ...]
+
+    def prepare(self, cur: Any) -> None:
+        text = self.statement.as_string(cur)
+        for number, (param, _) in enumerate(self.params, 1):
+            text = text.replace(f"%({param})s", f"${number}")
+        types = ", ".join(kind for _, kind in self.params)
+        cur.execute(f"PREPARE {self.name} ({types}) AS {text}")
+
+    def execute(self, cur: Any, values: dict[str, Any]) -> None:
+        given = ", ".join(f"%({param})s::{kind}" for param, kind in self.params)
+        cur.execute(f"EXECUTE {self.name} ({given})", values)
+
+
+def _prepared(cur: Any, *statements: Prepared) -> None:
+    for statement in statements:
+        statement.prepare(cur)
+
+
+_BULK = Prepared("bench_bulk", BULK_INSERT, (
+    ("workers", "text[]"), ("args", "jsonb[]"), ("queues", "text[]"),
+    ("priorities", "int[]"), ("max_attempts", "int[]")))
+_INSERT_NOTIFY = Prepared("bench_insert_notify", INSERT_NOTIFY, (
+    ("worker", "text"), ("args", "jsonb"), ("channel", "text"), ("payload", "text")))
+_CLAIM = Prepared("bench_claim", CLAIM, (("worker", "text"), ("limit", "int")))
+_DELETE = Prepared("bench_delete", COMPLETE_DELETE, (("ids", "bigint[]"),))
+_KEEP = Prepared("bench_keep", COMPLETE_KEEP, (("ids", "bigint[]"),))
+
+
 def _bulk_params(first: int, count: int) -> dict[str, Any]:
     return {
         "workers": [Noop.name] * count,
@@ -85,9 +123,10 @@ def insert_rows(conn: Any, jobs: int, batch: int = 1000) -> None:
 def bulk_insert(dsn: str, jobs: int, tick: Tick) -> float:
     """Rows a second of 1,000-row ``unnest`` INSERTs, one transaction each."""
     with contextlib.closing(scratch.connect(dsn)) as conn, conn.cursor() as cur:
+        _prepared(cur, _BULK)
         started = time.monotonic()
         for first in range(0, jobs, 1000):
-            cur.execute(BULK_INSERT, _bulk_params(first, min(1000, jobs - first)))
+            _BULK.execute(cur, _bulk_params(first, min(1000, jobs - first)))
             tick(f"{first:,}/{jobs:,} rows")
         return jobs / (time.monotonic() - started)
 
@@ -101,7 +140,8 @@ def insert_notify(dsn: str, channel: str, seconds: float, tick: Tick) -> float:
     """Transactions a second, each one INSERT and its NOTIFY, from one connection."""
     params = _notify_params(channel)
     with contextlib.closing(scratch.connect(dsn)) as conn, conn.cursor() as cur:
-        count, elapsed = repeat_for(seconds, lambda: cur.execute(INSERT_NOTIFY, params), tick)
+        _prepared(cur, _INSERT_NOTIFY)
+        count, elapsed = repeat_for(seconds, lambda: _INSERT_NOTIFY.execute(cur, params), tick)
     return count / elapsed
 
 
@@ -109,20 +149,21 @@ def claim_and_complete(dsn: str, jobs: int, keep: bool, tick: Tick) -> float:
     """Jobs a second emptied from a committed backlog of ``jobs`` by one connection that
     claims 100 at a time (the runner's claim) and deletes them (or, with ``keep``, marks
     them completed as ``delete_finished_jobs = false`` does), each its own transaction."""
-    complete = COMPLETE_KEEP if keep else COMPLETE_DELETE
+    complete = _KEEP if keep else _DELETE
     with contextlib.closing(scratch.connect(dsn, autocommit=False)) as conn:
         insert_rows(conn, jobs)
         conn.commit()
         conn.autocommit = True
         with conn.cursor() as cur:
+            _prepared(cur, _CLAIM, complete)
             started = time.monotonic()
             done = 0
             while True:
-                cur.execute(CLAIM, {"worker": Noop.name, "limit": CLAIM_BATCH})
+                _CLAIM.execute(cur, {"worker": Noop.name, "limit": CLAIM_BATCH})
                 ids = [row[0] for row in cur.fetchall()]
                 if not ids:
                     break
-                cur.execute(complete, {"ids": ids})
+                complete.execute(cur, {"ids": ids})
                 done += len(ids)
                 tick(f"{done:,}/{jobs:,} jobs")
             return done / (time.monotonic() - started)
@@ -141,22 +182,27 @@ def wake_and_claim(dsn: str, channel: str, rate: float, samples: int,
         listener.cursor().execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         params = _notify_params(channel)
 
+        with inserter.cursor() as cur:
+            _prepared(cur, _INSERT_NOTIFY)
+        with claimer.cursor() as cur:
+            _prepared(cur, _CLAIM, _DELETE)
+
         def claim_when_woken() -> None:
             with claimer.cursor() as cur:
                 while True:
                     gevent.socket.wait_read(listener.fileno())
                     listener.poll()
                     listener.notifies.clear()
-                    cur.execute(CLAIM, {"worker": Noop.name, "limit": CLAIM_BATCH})
+                    _CLAIM.execute(cur, {"worker": Noop.name, "limit": CLAIM_BATCH})
                     ids = [row[0] for row in cur.fetchall()]
                     now = time.time()
                     claimed.update((job_id, now) for job_id in ids)
-                    cur.execute(COMPLETE_DELETE, {"ids": ids})
+                    _DELETE.execute(cur, {"ids": ids})
 
         def insert() -> None:
             with inserter.cursor() as cur:
                 started = time.time()
-                cur.execute(INSERT_NOTIFY, params)
+                _INSERT_NOTIFY.execute(cur, params)
                 sent[cur.fetchone()[0]] = started
 
         claiming = gevent.spawn(claim_when_woken)

@@ -36,7 +36,7 @@ def repeat_for(seconds: float, step: Callable[[], object], tick: Tick,
             for greenlet in greenlets:
                 if greenlet.exception is not None:
                     raise greenlet.exception
-            tick(f"{time.monotonic() - started:.0f}/{seconds:.0f}s, {done[0]:,} so far")
+            tick(f"{time.monotonic() - started:.1f}/{seconds:g}s, {done[0]:,} so far")
     finally:
         gevent.killall(greenlets)
     return done[0], time.monotonic() - started
