@@ -18,7 +18,8 @@ import pytest
 
 from tests.conftest import CONSOLE_SCRIPT, ROOT, cli_env, query, run_cli
 
-SCRATCH_SCHEMAS = "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'backy\\_bench\\_%%'"
+#: The line that names the run's scratch schema (other runs may share the server).
+SCHEMA_LINE = re.compile(r"^bench: working in the scratch schema (backy_bench_\w+) ", re.M)
 TINY = ("--jobs", "300", "--seconds", "0.5", "--rate", "20", "--samples", "10")
 PATHS = [
     ("bulk enqueue (enqueue_many, 1,000 a call)", None),
@@ -33,6 +34,10 @@ PATHS = [
 ]
 
 
+def _schema_exists(db: Any, name: str) -> bool:
+    return bool(query(db, "SELECT 1 FROM pg_namespace WHERE nspname = %s", name))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -43,7 +48,6 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("keep", ["on", "off"])
 def test_bench_json_has_every_path_with_its_floor(server_dsn: str, db: Any, keep: str) -> None:
-    schemas_before = query(db, SCRATCH_SCHEMAS)
     done = run_cli("bench", *TINY, "--runners", "1,2", "--json", "--dsn", server_dsn,
                    "--delete-finished-jobs", keep, dsn=server_dsn, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -53,15 +57,16 @@ def test_bench_json_has_every_path_with_its_floor(server_dsn: str, db: Any, keep
         assert row["value"] > 0 and row["floor"] > 0 and row["ratio"] > 0, row
         assert row["unit"] == ("ms" if row["path"].startswith("latency") else "jobs/s")
     assert report["delete_finished_jobs"] is (keep == "on")
-    # Not a terminal: one line per phase on stderr, nothing else (no runner warning).
-    phases = done.stderr.splitlines()
+    # Not a terminal: the schema, then one line per phase on stderr, nothing else (no
+    # runner warning).
+    schema_line, *phases = done.stderr.splitlines()
     assert len(phases) == 12 and all(re.match(r"bench: \[\d+/12\] ", p) for p in phases), (
         done.stderr)
-    assert query(db, SCRATCH_SCHEMAS) == schemas_before  # its scratch schema is dropped
+    schema = SCHEMA_LINE.match(schema_line)
+    assert schema and not _schema_exists(db, schema[1])  # its scratch schema is dropped
 
 
 def test_bench_prints_a_table_of_figure_floor_and_ratio(server_dsn: str, db: Any) -> None:
-    schemas_before = query(db, SCRATCH_SCHEMAS)
     done = run_cli("bench", *TINY, "--dsn", server_dsn, dsn=server_dsn, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
@@ -72,13 +77,14 @@ def test_bench_prints_a_table_of_figure_floor_and_ratio(server_dsn: str, db: Any
         assert re.fullmatch(
             r"\| [^|]+ \| [\d,.]+ (jobs/s|ms) \| [\d,.]+ (jobs/s|ms) \| \d+\.\d\d \|", line), line
     assert "floors:" in lines
-    assert query(db, SCRATCH_SCHEMAS) == schemas_before
+    schema = SCHEMA_LINE.search(done.stderr)
+    assert schema and not _schema_exists(db, schema[1])
 
 
-def test_sigint_mid_run_stops_the_runners_drops_the_schema_and_exits_130(
-    server_dsn: str, db: Any
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_mid_run_stops_the_runners_drops_the_schema_and_exits_128_plus_it(
+    server_dsn: str, db: Any, signum: int, status: int
 ) -> None:
-    schemas_before = set(query(db, SCRATCH_SCHEMAS))
     bench = subprocess.Popen(
         [CONSOLE_SCRIPT, "bench", *TINY[:4], "--rate", "1000", "--samples", "2000",
          "--dsn", server_dsn],
@@ -87,24 +93,25 @@ def test_sigint_mid_run_stops_the_runners_drops_the_schema_and_exits_130(
     )
     try:
         assert bench.stderr is not None
+        schema = SCHEMA_LINE.match(bench.stderr.readline())
+        assert schema, "the bench did not name its scratch schema first"
         for line in bench.stderr:  # one line per phase: wait for the runner's
             if "1 idle runner" in line:
                 break
-        (schema,) = set(query(db, SCRATCH_SCHEMAS)) - schemas_before
         deadline = time.monotonic() + 30
         pids: list[tuple[int]] = []
         while not pids and time.monotonic() < deadline:
-            pids = query(db, f'SELECT pid FROM "{schema[0]}".backy_bench_jobs_runners')
+            pids = query(db, f'SELECT pid FROM "{schema[1]}".backy_bench_jobs_runners')
         assert pids, "the runner did not register"
         time.sleep(1)  # mid-measurement
-        bench.send_signal(signal.SIGINT)
+        bench.send_signal(signum)
         stdout, stderr = bench.communicate(timeout=60)
     finally:
         if bench.poll() is None:
             bench.kill()
-    assert bench.returncode == 130, stderr
+    assert bench.returncode == status, stderr
     assert stderr.splitlines()[-1] == (
         "backy-gevent: bench: interrupted; runners stopped, scratch schema dropped")
     assert "Traceback" not in stderr and stdout == ""
-    assert set(query(db, SCRATCH_SCHEMAS)) == schemas_before
+    assert not _schema_exists(db, schema[1])
     assert not any(_alive(pid) for (pid,) in pids)

@@ -29,8 +29,18 @@ from backy_gevent.db.connections import ConnectionPool
 from backy_gevent.hooks import Hooks, build_plugin_manager
 from backy_gevent.worker import Registry
 
-#: Exit status after ^C, as a shell reports a process ended by SIGINT.
-INTERRUPTED = 130
+#: Signals that stop the bench in order (runners stopped, schema dropped): ^C, a
+#: terminal that went away, a service manager's stop. The exit status is then 128 plus
+#: the signal's number, as a shell reports a process ended by it (130 for ^C).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
+
+
+class Stopped(BaseException):
+    """Raised in the bench's main greenlet by the first stop signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 #: Options of ``bench`` that are the runners' own business, not forwarded to them as
 #: ``BACKY_*`` variables: the bench sets these itself.
 _NOT_FORWARDED = ("dsn", "table_name", "imports", "workers", "metrics_port", "log_level",
@@ -77,13 +87,18 @@ def command_bench(arguments: argparse.Namespace, settings: Settings) -> int:
                   tuple(arguments.runner_counts), arguments.plugins)
     progress = Progress(total=_phases(sizes))
     try:
-        with _interruptible():
+        with _stoppable():
             rows, server = _run(settings, sizes, _forwarded(arguments), progress)
-    except KeyboardInterrupt:
+    except Stopped as stopped:
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            progress.close()
+            print("backy-gevent: bench: interrupted; runners stopped, scratch schema"
+                  " dropped", file=sys.stderr)
+        return 128 + stopped.signum
+    except RuntimeError as exc:  # a runner that did not start or died; a wait given up
         progress.close()
-        print("backy-gevent: bench: interrupted; runners stopped, scratch schema dropped",
-              file=sys.stderr)
-        return INTERRUPTED
+        print(f"backy-gevent: error: bench: {exc}; scratch schema dropped", file=sys.stderr)
+        return 1
     progress.close()
     if arguments.json:
         print(as_json(rows, _about(settings, sizes, server)))
@@ -98,22 +113,23 @@ def _phases(sizes: Sizes) -> int:
 
 
 @contextlib.contextmanager
-def _interruptible() -> Iterator[None]:
-    """Turn the first SIGINT into a KeyboardInterrupt in this greenlet, wherever it
-    waits; ignore later ones, so that the clean-up it starts runs to its end."""
+def _stoppable() -> Iterator[None]:
+    """Turn the first stop signal into ``Stopped`` in this greenlet, wherever it waits;
+    ignore later ones, so that the clean-up it starts runs to its end."""
     main = greenlet.getcurrent()
-    fired: list[bool] = []
+    fired: list[int] = []
 
-    def on_sigint() -> None:
+    def on_signal(signum: int) -> None:
         if not fired:
-            fired.append(True)
-            gevent.kill(main, KeyboardInterrupt)
+            fired.append(signum)
+            gevent.kill(main, Stopped(signum))
 
-    watcher = gevent.signal_handler(signal.SIGINT, on_sigint)
+    watchers = [gevent.signal_handler(signum, on_signal, signum) for signum in STOP_SIGNALS]
     try:
         yield
     finally:
-        watcher.cancel()
+        for watcher in watchers:
+            watcher.cancel()
 
 
 def _forwarded(arguments: argparse.Namespace) -> dict[str, str]:
@@ -134,7 +150,8 @@ def _run(settings: Settings, sizes: Sizes, forwarded: dict[str, str],
     """Measure every path in a scratch schema; the rows, and the server's version."""
     assert settings.dsn is not None
     with contextlib.ExitStack() as stack:
-        dsn = stack.enter_context(scratch.scratch_schema(settings.dsn))
+        schema, dsn = stack.enter_context(scratch.scratch_schema(settings.dsn))
+        progress.say(f"working in the scratch schema {schema} (dropped at the end)")
         bench_settings = settings.replace(dsn=dsn, table_name=scratch.TABLE)
         pool = ConnectionPool(dsn, size=max(4, sizes.clients),
                               application_name="backy-gevent bench",

@@ -33,6 +33,13 @@ class Progress:
         else:
             print(f"bench: {self.phase}", file=self.stream, flush=True)
 
+    def say(self, line: str) -> None:
+        """A line that stays (on a terminal too)."""
+        self.close()
+        print(f"bench: {line}", file=self.stream, flush=True)
+        if self.live and self.phase:
+            self._draw(self.phase)
+
     def tick(self, detail: str) -> None:
         """How the current phase is going (shown on a terminal only)."""
         now = time.monotonic()

@@ -34,14 +34,14 @@ def connect(dsn: str, *, autocommit: bool = True) -> Any:
 
 
 @contextlib.contextmanager
-def scratch_schema(dsn: str) -> Iterator[str]:
-    """Create a schema of the run's own; yield a DSN whose connections see only it; drop
-    it on the way out, also when the block was interrupted."""
+def scratch_schema(dsn: str) -> Iterator[tuple[str, str]]:
+    """Create a schema of the run's own; yield its name and a DSN whose connections see
+    only it; drop it on the way out, also when the block was interrupted."""
     schema = PREFIX + uuid.uuid4().hex[:8]
     with contextlib.closing(connect(dsn)) as admin, admin.cursor() as cur:
         cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     try:
-        yield scoped(dsn, schema)
+        yield schema, scoped(dsn, schema)
     finally:
         drop_schema(dsn, schema)
 
