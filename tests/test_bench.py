@@ -86,3 +86,28 @@ def test_progress_redraws_one_line_on_a_terminal_and_clears_it() -> None:
 def test_runners_takes_a_list_of_counts(given: str, counts: list[int]) -> None:
     arguments = build_parser().parse_args(["bench", "--runners", given])
     assert arguments.runner_counts == counts
+
+
+def test_runner_flags_given_to_bench_reach_its_runners_but_not_the_benchs_own() -> None:
+    from backy_gevent.cli.bench.command import _forwarded
+
+    arguments = build_parser().parse_args([
+        "bench", "--delete-finished-jobs", "off", "--fetch-limit", "100", "--queue", "mail",
+        "--disable-plugin", "a", "--disable-plugin", "b", "--dsn", "postgresql://x/y",
+        "--metrics-port", "9000", "--config", "bench.conf.py"])
+    assert _forwarded(arguments) == {
+        "BACKY_CONFIG": "bench.conf.py", "BACKY_DELETE_FINISHED_JOBS": "off",
+        "BACKY_FETCH_LIMIT": "100", "BACKY_DISABLE_PLUGINS": "a,b",
+    }
+
+
+def test_runners_load_no_third_party_plugin_unless_asked(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backy_gevent.cli.bench import runners
+
+    monkeypatch.setattr(runners, "third_party_plugins", lambda: ["audit", "sentry"])
+    monkeypatch.delenv("BACKY_DISABLE_PLUGINS", raising=False)
+    env = runners.runner_environment({"BACKY_DISABLE_PLUGINS": "metrics"}, plugins=False)
+    assert env["BACKY_DISABLE_PLUGINS"] == "audit,metrics,sentry"
+    assert runners.runner_environment({}, plugins=True).get("BACKY_DISABLE_PLUGINS") is None

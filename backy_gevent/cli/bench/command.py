@@ -41,10 +41,10 @@ class Stopped(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
-#: Options of ``bench`` that are the runners' own business, not forwarded to them as
-#: ``BACKY_*`` variables: the bench sets these itself.
-_NOT_FORWARDED = ("dsn", "table_name", "imports", "workers", "metrics_port", "log_level",
-                  "data_dir")
+#: Options of ``bench`` not forwarded to its runners as ``BACKY_*`` variables: the bench
+#: sets these itself (its jobs are in the default queue, so ``queues`` too).
+_NOT_FORWARDED = ("dsn", "table_name", "imports", "workers", "queues", "metrics_port",
+                  "log_level", "data_dir")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,7 +65,7 @@ def wait_until(done: Callable[[], bool], timeout: float, what: str, tick: Tick,
         check()
         now = time.monotonic()
         if now - started > timeout:
-            raise RuntimeError(f"bench: gave up waiting for {what} after {timeout:.0f}s")
+            raise RuntimeError(f"gave up waiting for {what} after {timeout:.0f}s")
         if now - last_tick > TICK_EVERY:
             tick(f"waiting for {what}")
             last_tick = now
