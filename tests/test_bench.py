@@ -92,9 +92,9 @@ def test_runner_flags_given_to_bench_reach_its_runners_but_not_the_benchs_own() 
     from backy_gevent.cli.bench.command import _forwarded
 
     arguments = build_parser().parse_args([
-        "bench", "--delete-finished-jobs", "off", "--fetch-limit", "100", "--queue", "mail",
+        "bench", "--delete-finished-jobs", "off", "--fetch-limit", "100",
         "--disable-plugin", "a", "--disable-plugin", "b", "--dsn", "postgresql://x/y",
-        "--metrics-port", "9000", "--config", "bench.conf.py"])
+        "--table-name", "mine", "--config", "bench.conf.py"])
     assert _forwarded(arguments) == {
         "BACKY_CONFIG": "bench.conf.py", "BACKY_DELETE_FINISHED_JOBS": "off",
         "BACKY_FETCH_LIMIT": "100", "BACKY_DISABLE_PLUGINS": "a,b",

@@ -23,6 +23,10 @@ _DATABASE = ("dsn", "table_name", "data_dir", "prepare_statements", "database_ti
 _WEB_OPTIONS = ("web_host", "web_port", "web_token", "web_basic_auth")
 #: Every option a runner reads: all but the dashboard's.
 _RUNNER = tuple(option.name for option in OPTIONS if option.name not in _WEB_OPTIONS)
+#: The bench's: a runner's, less those it sets for its own runners (its workers, in the
+#: default queue, with no metrics server).
+_BENCH = tuple(name for name in _RUNNER
+               if name not in ("queues", "workers", "imports", "metrics_host", "metrics_port"))
 #: The options each subcommand reads: its --help shows their flags, and the environment
 #: or config file's values of the others are not even parsed (a runner's bad
 #: BACKY_METRICS_PORT does not stop ``backy-gevent jobs``).
@@ -41,7 +45,7 @@ COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
     "pause": _DATABASE,
     "resume": _DATABASE,
     "web": (*_DATABASE, "imports", "retry_count", *_WEB_OPTIONS),
-    "bench": _RUNNER,
+    "bench": _BENCH,
 }
 #: Shorter spellings of some flags, as ``backy-gevent web --host H --port P``.
 _ALIASES = {"web_host": ("--host",), "web_port": ("--port",)}

@@ -440,7 +440,7 @@ def test_an_option_of_another_command_is_ignored_in_the_environment_and_named_as
     assert done.returncode == 0, done.stderr
     assert one_error_line(cli(dsn, "jobs", "--metrics-port", "1")) == (
         "backy-gevent: error: jobs: --metrics-port is not an option of jobs (it is one of"
-        " run, bench) (see --help)")
+        " run) (see --help)")
 
 
 def test_version_and_help_show_only_a_commands_own_options() -> None:

@@ -42,9 +42,8 @@ class Stopped(BaseException):
         super().__init__(signum)
         self.signum = signum
 #: Options of ``bench`` not forwarded to its runners as ``BACKY_*`` variables: the bench
-#: sets these itself (its jobs are in the default queue, so ``queues`` too).
-_NOT_FORWARDED = ("dsn", "table_name", "imports", "workers", "queues", "metrics_port",
-                  "log_level", "data_dir")
+#: sets these itself.
+_NOT_FORWARDED = ("dsn", "table_name", "log_level", "data_dir")
 
 
 @dataclasses.dataclass(frozen=True)
