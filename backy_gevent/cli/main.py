@@ -48,7 +48,7 @@ COMMANDS: dict[str, str] = {
     "retry": "backy_gevent.cli.jobs:command_retry",
     "cancel": "backy_gevent.cli.jobs:command_cancel",
     "prune": "backy_gevent.cli.jobs:command_prune",
-    "bench": "backy_gevent.cli.bench:command_bench",
+    "bench": "backy_gevent.cli.bench.command:command_bench",
     "runners": "backy_gevent.cli.fleet:command_runners",
     "pause": "backy_gevent.cli.queues:command_pause",
     "resume": "backy_gevent.cli.queues:command_resume",

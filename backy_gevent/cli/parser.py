@@ -23,6 +23,10 @@ _DATABASE = ("dsn", "table_name", "data_dir", "prepare_statements", "database_ti
 _WEB_OPTIONS = ("web_host", "web_port", "web_token", "web_basic_auth")
 #: Every option a runner reads: all but the dashboard's.
 _RUNNER = tuple(option.name for option in OPTIONS if option.name not in _WEB_OPTIONS)
+#: The bench's: a runner's, less those it sets for its own runners (its workers, in the
+#: default queue, with no metrics server).
+_BENCH = tuple(name for name in _RUNNER
+               if name not in ("queues", "workers", "imports", "metrics_host", "metrics_port"))
 #: The options each subcommand reads: its --help shows their flags, and the environment
 #: or config file's values of the others are not even parsed (a runner's bad
 #: BACKY_METRICS_PORT does not stop ``backy-gevent jobs``).
@@ -41,7 +45,7 @@ COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
     "pause": _DATABASE,
     "resume": _DATABASE,
     "web": (*_DATABASE, "imports", "retry_count", *_WEB_OPTIONS),
-    "bench": _RUNNER,
+    "bench": _BENCH,
     # periodic jobs
     "cron": _DATABASE,
 }
@@ -183,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     web = command("web", "serve the web dashboard")
     web.add_argument("--allow-actions", action="store_true",
                      help="allow retry, cancel, delete, pause and resume from the dashboard")
-    _add_bench(command("bench", "measure jobs/s against pgbench on this server"))
+    _add_bench(command("bench", "measure every path against its raw floor on this server"))
     # periodic jobs
     _add_json(command("cron", "periodic jobs: each schedule, its last tick and next run"))
     return parser
@@ -244,14 +248,50 @@ def _add_prune(prune: argparse.ArgumentParser) -> None:
                        help="count what would be deleted, by state; delete nothing")
 
 
+def _runner_counts(text: str) -> list[int]:
+    """``--runners``: runner counts separated by commas, each at least 1 (no runner
+    would wait for the jobs forever)."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = [0]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be whole numbers of at least 1 separated by commas, not {text!r}")
+    return list(dict.fromkeys(counts))
+
+
+def _positive_number(text: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = 0.0
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text!r}")
+    return number
+
+
 def _add_bench(bench: argparse.ArgumentParser) -> None:
-    # No runner would wait for the jobs forever; pgbench -c 0 fails.
-    bench.add_argument("--jobs", type=_at_least(1), default=20000, help="no-op jobs to run")
-    bench.add_argument("--runners", type=_at_least(1), default=1, help="runner processes")
-    bench.add_argument("--pgbench-clients", type=_at_least(1), default=4,
-                       help="pgbench -c, and the number of one-by-one enqueuers")
-    bench.add_argument("--single-jobs", type=_at_least(0), default=5000,
-                       help="jobs enqueued one per transaction while the runners work")
+    bench.add_argument("--jobs", type=_at_least(1), default=20000,
+                       help="jobs of the bulk enqueue and of each backlog drain"
+                            " (default 20000)")
+    bench.add_argument("--seconds", type=_positive_number, default=5.0,
+                       help="length of each timed stream: single enqueue and steady"
+                            " stream (default 5)")
+    bench.add_argument("--runners", dest="runner_counts", type=_runner_counts, default=[1],
+                       metavar="N[,N...]",
+                       help="runner counts to measure the drain and the steady stream with,"
+                            " as 1,2,4 (default 1)")
+    bench.add_argument("--clients", type=_at_least(1), default=4,
+                       help="enqueuers of the steady stream (default 4)")
+    bench.add_argument("--rate", type=_positive_number, default=50.0, metavar="JOBS_PER_S",
+                       help="pace of the latency measurement (default 50)")
+    bench.add_argument("--samples", type=_at_least(1), default=500,
+                       help="jobs timed by the latency measurement (default 500)")
+    bench.add_argument("--plugins", action="store_true",
+                       help="load third-party hook plugins too (default: built-ins only)")
+    _add_json(bench, "print the results as JSON on stdout instead of the table")
 
 
 def settings_from(arguments: argparse.Namespace, environ: dict[str, str]) -> Settings:

@@ -1,29 +1,117 @@
-"""``backy-gevent bench`` runs end to end on a small workload and leaves nothing behind.
+"""``backy-gevent bench`` runs end to end on a small workload, reports every path beside
+its floor, leaves nothing behind, and stops cleanly on ^C.
 
 The real measurement is a command, not a test; this only proves the command works.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
-import shutil
+import signal
+import subprocess
+import time
 from typing import Any
 
-from tests.conftest import query, run_cli
+import pytest
 
-SCRATCH_SCHEMAS = "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'backy\\_bench\\_%%'"
+from tests.conftest import CONSOLE_SCRIPT, ROOT, cli_env, query, run_cli
+
+#: The line that names the run's scratch schema (other runs may share the server).
+SCHEMA_LINE = re.compile(r"^bench: working in the scratch schema (backy_bench_\w+) ", re.M)
+TINY = ("--jobs", "300", "--seconds", "0.5", "--rate", "20", "--samples", "10")
+PATHS = [
+    ("bulk enqueue (enqueue_many, 1,000 a call)", None),
+    ("single enqueue (enqueue, 1 job a transaction)", None),
+    ("latency p50, enqueue to perform, 20 jobs/s", None),
+    ("latency p95, enqueue to perform, 20 jobs/s", None),
+    ("latency p99, enqueue to perform, 20 jobs/s", None),
+    ("backlog drain, 1 runner", 1),
+    ("backlog drain, 2 runners", 2),
+    ("steady stream, 4 clients, 1 runner", 1),
+    ("steady stream, 4 clients, 2 runners", 2),
+]
 
 
-def test_bench_reports_rates_and_cleans_up(server_dsn: str, db: Any) -> None:
-    schemas_before = query(db, SCRATCH_SCHEMAS)
-    done = run_cli("bench", "--jobs", "300", "--dsn", server_dsn, dsn=server_dsn, timeout=120)
+def _schema_exists(db: Any, name: str) -> bool:
+    return bool(query(db, "SELECT 1 FROM pg_namespace WHERE nspname = %s", name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("keep", ["on", "off"])
+def test_bench_json_has_every_path_with_its_floor(server_dsn: str, db: Any, keep: str) -> None:
+    done = run_cli("bench", *TINY, "--runners", "1,2", "--json", "--dsn", server_dsn,
+                   "--delete-finished-jobs", keep, dsn=server_dsn, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert re.search(r"enqueue_many: 300 jobs in [\d.]+s = [\d,]+ jobs/s", done.stdout)
-    assert re.search(r"run \(1 runner\): 300 jobs in [\d.]+s = [\d,]+ jobs/s", done.stdout)
-    if shutil.which("pgbench"):
-        assert re.search(r"pgbench \(-c 4, one INSERT per transaction\): [\d,]+ commits/s",
-                         done.stdout)
-    else:
-        assert "pgbench: not found" in done.stdout
-    schemas_after = query(db, SCRATCH_SCHEMAS)
-    assert schemas_after == schemas_before  # its scratch schema is dropped
+    report = json.loads(done.stdout)
+    assert [(row["path"], row["runners"]) for row in report["paths"]] == PATHS
+    for row in report["paths"]:
+        assert row["value"] > 0 and row["floor"] > 0 and row["ratio"] > 0, row
+        assert row["unit"] == ("ms" if row["path"].startswith("latency") else "jobs/s")
+    assert report["delete_finished_jobs"] is (keep == "on")
+    # Not a terminal: the schema, then one line per phase on stderr, nothing else (no
+    # runner warning).
+    schema_line, *phases = done.stderr.splitlines()
+    assert len(phases) == 12 and all(re.match(r"bench: \[\d+/12\] ", p) for p in phases), (
+        done.stderr)
+    schema = SCHEMA_LINE.match(schema_line)
+    assert schema and not _schema_exists(db, schema[1])  # its scratch schema is dropped
+
+
+def test_bench_prints_a_table_of_figure_floor_and_ratio(server_dsn: str, db: Any) -> None:
+    done = run_cli("bench", *TINY, "--dsn", server_dsn, dsn=server_dsn, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "| path | backy-gevent | floor | ratio |"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:] if line.startswith("|")}
+    assert list(rows) == [path for path, runners in PATHS if runners in (None, 1)]
+    for line in rows.values():
+        assert re.fullmatch(
+            r"\| [^|]+ \| [\d,.]+ (jobs/s|ms) \| [\d,.]+ (jobs/s|ms) \| \d+\.\d\d \|", line), line
+    assert "floors:" in lines
+    schema = SCHEMA_LINE.search(done.stderr)
+    assert schema and not _schema_exists(db, schema[1])
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_mid_run_stops_the_runners_drops_the_schema_and_exits_128_plus_it(
+    server_dsn: str, db: Any, signum: int, status: int
+) -> None:
+    bench = subprocess.Popen(
+        [CONSOLE_SCRIPT, "bench", *TINY[:4], "--rate", "1000", "--samples", "2000",
+         "--dsn", server_dsn],
+        env=cli_env(server_dsn), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert bench.stderr is not None
+        schema = SCHEMA_LINE.match(bench.stderr.readline())
+        assert schema, "the bench did not name its scratch schema first"
+        for line in bench.stderr:  # one line per phase: wait for the runner's
+            if "1 idle runner" in line:
+                break
+        deadline = time.monotonic() + 30
+        pids: list[tuple[int]] = []
+        while not pids and time.monotonic() < deadline:
+            pids = query(db, f'SELECT pid FROM "{schema[1]}".backy_bench_jobs_runners')
+        assert pids, "the runner did not register"
+        time.sleep(1)  # mid-measurement
+        bench.send_signal(signum)
+        stdout, stderr = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert bench.returncode == status, stderr
+    assert stderr.splitlines()[-1] == (
+        "backy-gevent: bench: interrupted; runners stopped, scratch schema dropped")
+    assert "Traceback" not in stderr and stdout == ""
+    assert not _schema_exists(db, schema[1])
+    assert not any(_alive(pid) for (pid,) in pids)

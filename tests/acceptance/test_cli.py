@@ -444,7 +444,7 @@ def test_an_option_of_another_command_is_ignored_in_the_environment_and_named_as
     assert done.returncode == 0, done.stderr
     assert one_error_line(cli(dsn, "jobs", "--metrics-port", "1")) == (
         "backy-gevent: error: jobs: --metrics-port is not an option of jobs (it is one of"
-        " run, bench) (see --help)")
+        " run) (see --help)")
 
 
 def test_version_and_help_show_only_a_commands_own_options() -> None:
@@ -587,19 +587,23 @@ def test_prune_what_a_runner_kept(
 
 
 @pytest.mark.parametrize(
-    ("option", "value", "minimum"),
-    [("--runners", "0", 1), ("--jobs", "-1", 1), ("--pgbench-clients", "0", 1),
-     ("--single-jobs", "-1", 0)],
+    ("option", "value", "problem"),
+    [("--jobs", "-1", "must be a whole number of at least 1, not '-1'"),
+     ("--clients", "0", "must be a whole number of at least 1, not '0'"),
+     ("--runners", "1,0", "must be whole numbers of at least 1 separated by commas, not '1,0'"),
+     ("--runners", "two", "must be whole numbers of at least 1 separated by commas,"
+                          " not 'two'"),
+     ("--seconds", "0", "must be a number above 0, not '0'"),
+     ("--rate", "nan", "must be a number above 0, not 'nan'")],
 )
-def test_bench_counts_are_checked_before_anything_starts(
-    option: str, value: str, minimum: int
+def test_bench_sizes_are_checked_before_anything_starts(
+    option: str, value: str, problem: str
 ) -> None:
     # No runner would wait for the jobs forever; refused by the parser, so the database
     # (here one that does not answer) is never reached.
     done = cli("postgresql://root@127.0.0.1:1/none", "bench", option, value)
     assert one_error_line(done) == (
-        f"backy-gevent: error: bench: argument {option}: must be a whole number of at least"
-        f" {minimum}, not {value!r} (see --help)"
+        f"backy-gevent: error: bench: argument {option}: {problem} (see --help)"
     )
 
 

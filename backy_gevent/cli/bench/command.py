@@ -1,0 +1,279 @@
+"""``backy-gevent bench``: the phases in order, the table or JSON at the end, and a clean
+exit on ^C (runners stopped, scratch schema dropped, exit status 130)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import platform
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import greenlet
+
+from backy_gevent.cli.bench import floors, paths, scratch
+from backy_gevent.cli.bench.loops import percentile
+from backy_gevent.cli.bench.progress import Progress
+from backy_gevent.cli.bench.report import Row, as_json, table
+from backy_gevent.cli.bench.runners import runner_environment, runners
+from backy_gevent.cli.bench.workers import Noop, Stamp
+from backy_gevent.client import Client
+from backy_gevent.config import Settings
+from backy_gevent.db.connections import ConnectionPool
+from backy_gevent.hooks import Hooks, build_plugin_manager
+from backy_gevent.worker import Registry
+
+#: Signals that stop the bench in order (runners stopped, schema dropped): ^C, a
+#: terminal that went away, a service manager's stop. The exit status is then 128 plus
+#: the signal's number, as a shell reports a process ended by it (130 for ^C).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
+
+
+class Stopped(BaseException):
+    """Raised in the bench's main greenlet by the first stop signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+#: Options of ``bench`` not forwarded to its runners as ``BACKY_*`` variables: the bench
+#: sets these itself.
+_NOT_FORWARDED = ("dsn", "table_name", "log_level", "data_dir")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much each phase does: the bench's own flags."""
+
+    jobs: int
+    seconds: float
+    clients: int
+    rate: float
+    samples: int
+    runners: tuple[int, ...]
+    plugins: bool
+
+
+@dataclasses.dataclass
+class Bench:
+    """What every phase works with: the scratch schema's DSN, a client of the bench's
+    table, a connection to watch it, the runners' environment, the progress line."""
+
+    sizes: Sizes
+    settings: Settings
+    dsn: str
+    client: Client
+    conn: Any
+    env: dict[str, str]
+    progress: Progress
+    stamps: str
+    rows: list[Row] = dataclasses.field(default_factory=list)
+    stream_floor: float = 0.0
+    drain_floor: float = 0.0
+    latency_floor: list[float] = dataclasses.field(default_factory=list)
+
+
+def command_bench(arguments: argparse.Namespace, settings: Settings) -> int:
+    """Run the bench; print the table (or with ``--json`` the JSON) on stdout."""
+    assert settings.dsn is not None  # main() started the embedded server otherwise
+    sizes = Sizes(arguments.jobs, arguments.seconds, arguments.clients, arguments.rate,
+                  arguments.samples,
+                  tuple(arguments.runner_counts), arguments.plugins)
+    progress = Progress(total=_phases(sizes))
+    try:
+        with _stoppable():
+            rows, server = _run(settings, sizes, _forwarded(arguments), progress)
+    except Stopped as stopped:
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            progress.close()
+            print("backy-gevent: bench: interrupted; runners stopped, scratch schema"
+                  " dropped", file=sys.stderr)
+        return 128 + stopped.signum
+    except RuntimeError as exc:  # a runner that did not start or died; a wait given up
+        progress.close()
+        print(f"backy-gevent: error: bench: {exc}; scratch schema dropped", file=sys.stderr)
+        return 1
+    progress.close()
+    if arguments.json:
+        print(as_json(rows, _about(settings, sizes, server)))
+    else:
+        print(table(rows))
+    return 0
+
+
+def _phases(sizes: Sizes) -> int:
+    latency_apart = 1 not in sizes.runners
+    return 8 + 2 * len(sizes.runners) + (1 if latency_apart else 0)
+
+
+@contextlib.contextmanager
+def _stoppable() -> Iterator[None]:
+    """Turn the first stop signal into ``Stopped`` in this greenlet, wherever it waits;
+    ignore later ones, so that the clean-up it starts runs to its end."""
+    main = greenlet.getcurrent()
+    fired: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if not fired:
+            fired.append(signum)
+            gevent.kill(main, Stopped(signum))
+
+    watchers = [gevent.signal_handler(signum, on_signal, signum) for signum in STOP_SIGNALS]
+    try:
+        yield
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+
+
+def _forwarded(arguments: argparse.Namespace) -> dict[str, str]:
+    """The runner options given to ``bench`` as flags, as the runners' ``BACKY_*``
+    variables (a config file is passed on as ``BACKY_CONFIG``)."""
+    from backy_gevent.cli.parser import COMMAND_OPTIONS
+
+    env = {"BACKY_CONFIG": arguments.config} if arguments.config else {}
+    for name in COMMAND_OPTIONS["bench"]:
+        value = getattr(arguments, name, None)
+        if value is not None and name not in _NOT_FORWARDED:
+            env[f"BACKY_{name.upper()}"] = ",".join(value) if isinstance(value, list) else value
+    return env
+
+
+def _run(settings: Settings, sizes: Sizes, forwarded: dict[str, str],
+         progress: Progress) -> tuple[list[Row], int]:
+    """Measure every path in a scratch schema; the rows, and the server's version."""
+    assert settings.dsn is not None
+    with contextlib.ExitStack() as stack:
+        schema, dsn = stack.enter_context(scratch.scratch_schema(settings.dsn))
+        progress.say(f"working in the scratch schema {schema} (dropped at the end)")
+        bench_settings = settings.replace(dsn=dsn, table_name=scratch.TABLE)
+        pool = ConnectionPool(dsn, size=max(4, sizes.clients),
+                              application_name="backy-gevent bench",
+                              prepare=settings.prepare_statements)
+        client = stack.enter_context(Client(
+            bench_settings, registry=Registry.from_classes(Noop, Stamp), pool=pool,
+            hooks=_client_hooks(settings) if sizes.plugins else None))
+        client.setup()
+        conn = stack.enter_context(contextlib.closing(scratch.connect(dsn)))
+        stamps = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "stamps")
+        bench = Bench(sizes, bench_settings, dsn, client, conn,
+                      runner_environment(forwarded, sizes.plugins), progress, stamps)
+        _without_runners(bench)
+        for count in sizes.runners:
+            _with_runners(bench, count)
+        if 1 not in sizes.runners:
+            _with_runners(bench, 1, latency_only=True)
+        return _in_order(bench.rows, sizes.runners), conn.server_version
+
+
+def _client_hooks(settings: Settings) -> Hooks:
+    return Hooks(build_plugin_manager(disabled=settings.disable_plugins))
+
+
+def _without_runners(bench: Bench) -> None:
+    sizes, dsn, progress, tick = bench.sizes, bench.dsn, bench.progress, bench.progress.tick
+    keep = not bench.settings.delete_finished_jobs
+    channel = scratch.channel(bench.conn)
+
+    progress.start(f"bulk enqueue floor: {sizes.jobs:,} rows, 1,000-row INSERTs")
+    bulk_floor = floors.bulk_insert(dsn, sizes.jobs, tick)
+    scratch.empty(bench.conn)
+    progress.start(f"bulk enqueue: {sizes.jobs:,} jobs, enqueue_many of 1,000")
+    bench.rows.append(Row("bulk enqueue (enqueue_many, 1,000 a call)", "jobs/s",
+                          paths.bulk_enqueue(bench.client, sizes.jobs, tick), bulk_floor,
+                          "1,000-row unnest INSERT into the same table, one per transaction"))
+    scratch.empty(bench.conn)
+
+    progress.start(f"single enqueue floor: INSERT + NOTIFY for {sizes.seconds:g}s")
+    single_floor = floors.insert_notify(dsn, channel, sizes.seconds, tick)
+    scratch.empty(bench.conn)
+    progress.start(f"single enqueue: enqueue for {sizes.seconds:g}s")
+    bench.rows.append(Row("single enqueue (enqueue, 1 job a transaction)", "jobs/s",
+                          paths.single_enqueue(bench.client, sizes.seconds, tick),
+                          single_floor, "INSERT + NOTIFY, one transaction, one connection"))
+    scratch.empty(bench.conn)
+
+    progress.start(f"steady stream floor: {sizes.clients} clients enqueue, no runner,"
+                   f" for {sizes.seconds:g}s")
+    bench.stream_floor = paths.single_enqueue(bench.client, sizes.seconds, tick, sizes.clients)
+    scratch.empty(bench.conn)
+
+    progress.start(f"drain floor: {sizes.jobs:,} jobs, claim 100 and complete, one connection")
+    bench.drain_floor = floors.claim_and_complete(dsn, sizes.jobs, keep, tick)
+    scratch.empty(bench.conn)
+
+    progress.start(f"latency floor: {sizes.samples:,} INSERT + NOTIFY at {sizes.rate:g}/s,"
+                   " woken by LISTEN, claim")
+    bench.latency_floor = floors.wake_and_claim(dsn, channel, sizes.rate, sizes.samples, tick)
+    scratch.empty(bench.conn)
+
+
+def _with_runners(bench: Bench, count: int, latency_only: bool = False) -> None:
+    """Start ``count`` runners; with one, measure the latency first (while it is idle);
+    then, unless ``latency_only``, the drain and the steady stream."""
+    sizes, progress, tick = bench.sizes, bench.progress, bench.progress.tick
+    plural = "runner" if count == 1 else "runners"
+    with runners(bench.dsn, count, bench.env) as processes:
+        if count == 1:
+            progress.start(f"latency: {sizes.samples:,} enqueues at {sizes.rate:g}/s,"
+                           " 1 idle runner")
+            measured = paths.latency(bench.client, processes, bench.stamps, sizes.rate,
+                                     sizes.samples, tick)
+            for name, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+                bench.rows.append(Row(
+                    f"latency {name}, enqueue to perform, {sizes.rate:g} jobs/s", "ms",
+                    percentile(measured, share) * 1000,
+                    percentile(bench.latency_floor, share) * 1000,
+                    "INSERT + NOTIFY, woken on a LISTEN connection, claim (runner's claim)"))
+            paths.finished(bench.conn, processes, tick)
+            scratch.empty(bench.conn)
+        if latency_only:
+            return
+        progress.start(f"drain: {sizes.jobs:,} jobs, {count} {plural}")
+        bench.rows.append(Row(
+            f"backlog drain, {count} {plural}", "jobs/s",
+            paths.drain(bench.client, bench.conn, processes, sizes.jobs, tick),
+            bench.drain_floor, f"claim {floors.CLAIM_BATCH} (runner's claim) and"
+            f" {'mark completed' if not bench.settings.delete_finished_jobs else 'delete'},"
+            " one connection", count))
+        scratch.empty(bench.conn)
+        progress.start(f"steady stream: {sizes.clients} clients for {sizes.seconds:g}s,"
+                       f" {count} {plural} working")
+        bench.rows.append(Row(
+            f"steady stream, {sizes.clients} clients, {count} {plural}", "jobs/s",
+            paths.stream(bench.client, bench.conn, processes, sizes.clients, sizes.seconds,
+                         tick),
+            bench.stream_floor, f"the same {sizes.clients} clients' enqueue with no runner",
+            count))
+        scratch.empty(bench.conn)
+
+
+def _in_order(rows: list[Row], counts: tuple[int, ...]) -> list[Row]:
+    """Enqueue rows, latency, then the drains by runner count, then the streams."""
+    def key(row: Row) -> tuple[int, int]:
+        kind = next(i for i, start in enumerate(
+            ("bulk", "single", "latency", "backlog", "steady")) if row.path.startswith(start))
+        return kind, counts.index(row.runners) if row.runners in counts else 0
+
+    return sorted(rows, key=key)
+
+
+def _about(settings: Settings, sizes: Sizes, server: int) -> dict[str, Any]:
+    """What the JSON says about the run besides its rows."""
+    from importlib import metadata
+
+    return {
+        "server_version": server,
+        "backy_gevent": metadata.version("backy-gevent"),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "sizes": dataclasses.asdict(sizes),
+        "delete_finished_jobs": settings.delete_finished_jobs,
+        "fetch_limit": settings.fetch_limit,
+        "prepare_statements": settings.prepare_statements,
+    }

@@ -1,0 +1,220 @@
+"""The raw floors: the least each path's work costs, as tight psycopg2 loops on the
+bench's table, run on the same server in the same run as backy-gevent's own figures.
+
+They write rows a runner could run (same table, same columns) and claim them with the
+shape of the runner's claim statement (``claim`` in ``backy_gevent/sql/queries.sql``:
+the ids picked in priority, run_at, id order ``FOR UPDATE SKIP LOCKED``, then updated by
+primary key), but without anything backy-gevent adds: no RETURNING of whole rows into
+objects, no hooks, no pool. Like backy-gevent's, the statements are prepared on the
+server once per connection (planning costs as much as running them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from typing import Any
+
+import gevent
+import gevent.socket
+from psycopg2 import sql
+
+from backy_gevent.cli.bench import scratch
+from backy_gevent.cli.bench.loops import Tick, paced, repeat_for, wait_until
+from backy_gevent.cli.bench.workers import Noop
+
+_TABLE = sql.Identifier(scratch.TABLE)
+#: The columns an enqueue sets; the others keep their defaults.
+BULK_INSERT = sql.SQL("""
+    INSERT INTO {table} (worker, args, queue, priority, max_attempts)
+    SELECT w, a, q, p, m
+    FROM unnest(%(workers)s::text[], %(args)s::jsonb[], %(queues)s::text[],
+                %(priorities)s::int[], %(max_attempts)s::int[]) AS t(w, a, q, p, m)
+""").format(table=_TABLE)
+#: One job and its notification in one transaction (one statement in autocommit).
+INSERT_NOTIFY = sql.SQL("""
+    WITH job AS (
+        INSERT INTO {table} (worker, args, queue, priority, max_attempts)
+        VALUES (%(worker)s, %(args)s, 'default', 0, 4)
+        RETURNING id
+    )
+    SELECT id, pg_notify(%(channel)s, %(payload)s) FROM job
+""").format(table=_TABLE)
+#: The runner's claim, for one worker and every queue.
+CLAIM = sql.SQL("""
+    UPDATE {table} t
+    SET state = 'running', attempt = t.attempt + 1, runner_id = 'bench-floor',
+        attempted_at = now(), expires_at = now() + interval '60 seconds'
+    WHERE t.id = ANY(ARRAY(
+        SELECT id FROM {table}
+        WHERE state = 'available' AND worker = %(worker)s AND run_at <= now()
+        ORDER BY priority, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING t.*
+""").format(table=_TABLE)
+COMPLETE_DELETE = sql.SQL("DELETE FROM {table} WHERE id = ANY(%(ids)s)").format(table=_TABLE)
+COMPLETE_KEEP = sql.SQL("""
+    UPDATE {table}
+    SET state = 'completed', finished_at = now(), expires_at = NULL, runner_id = NULL
+    WHERE id = ANY(%(ids)s)
+""").format(table=_TABLE)
+#: Jobs claimed at once by the drain floor.
+CLAIM_BATCH = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A statement prepared on the server under ``name``; ``params`` are its
+    ``%(param)s`` names and their types, in order."""
+
+    name: str
+    statement: sql.Composed
+    params: tuple[tuple[str, str], ...]
+
+    def prepare(self, cur: Any) -> None:
+        text = self.statement.as_string(cur)
+        for number, (param, _) in enumerate(self.params, 1):
+            text = text.replace(f"%({param})s", f"${number}")
+        types = ", ".join(kind for _, kind in self.params)
+        cur.execute(f"PREPARE {self.name} ({types}) AS {text}")
+
+    def execute(self, cur: Any, values: dict[str, Any]) -> None:
+        given = ", ".join(f"%({param})s::{kind}" for param, kind in self.params)
+        cur.execute(f"EXECUTE {self.name} ({given})", values)
+
+
+def _prepared(cur: Any, *statements: Prepared) -> None:
+    for statement in statements:
+        statement.prepare(cur)
+
+
+_BULK = Prepared("bench_bulk", BULK_INSERT, (
+    ("workers", "text[]"), ("args", "jsonb[]"), ("queues", "text[]"),
+    ("priorities", "int[]"), ("max_attempts", "int[]")))
+_INSERT_NOTIFY = Prepared("bench_insert_notify", INSERT_NOTIFY, (
+    ("worker", "text"), ("args", "jsonb"), ("channel", "text"), ("payload", "text")))
+_CLAIM = Prepared("bench_claim", CLAIM, (("worker", "text"), ("limit", "int")))
+_DELETE = Prepared("bench_delete", COMPLETE_DELETE, (("ids", "bigint[]"),))
+_KEEP = Prepared("bench_keep", COMPLETE_KEEP, (("ids", "bigint[]"),))
+
+
+def _bulk_params(first: int, count: int) -> dict[str, Any]:
+    return {
+        "workers": [Noop.name] * count,
+        "args": [json.dumps({"n": n}) for n in range(first, first + count)],
+        "queues": ["default"] * count,
+        "priorities": [0] * count,
+        "max_attempts": [4] * count,
+    }
+
+
+def insert_rows(conn: Any, jobs: int, batch: int = 1000) -> None:
+    """Insert ``jobs`` no-op jobs, ``batch`` rows a statement, on ``conn`` (the caller
+    decides the transactions)."""
+    with conn.cursor() as cur:
+        for first in range(0, jobs, batch):
+            cur.execute(BULK_INSERT, _bulk_params(first, min(batch, jobs - first)))
+
+
+def bulk_insert(dsn: str, jobs: int, tick: Tick) -> float:
+    """Rows a second of 1,000-row ``unnest`` INSERTs, one transaction each."""
+    with contextlib.closing(scratch.connect(dsn)) as conn, conn.cursor() as cur:
+        _prepared(cur, _BULK)
+        started = time.monotonic()
+        for first in range(0, jobs, 1000):
+            _BULK.execute(cur, _bulk_params(first, min(1000, jobs - first)))
+            tick(f"{first:,}/{jobs:,} rows")
+        return jobs / (time.monotonic() - started)
+
+
+def _notify_params(channel: str) -> dict[str, Any]:
+    payload = json.dumps({"worker": Noop.name, "queue": "default", "in": 0.0})
+    return {"worker": Noop.name, "args": "{}", "channel": channel, "payload": payload}
+
+
+def insert_notify(dsn: str, channel: str, seconds: float, tick: Tick) -> float:
+    """Transactions a second, each one INSERT and its NOTIFY, from one connection."""
+    params = _notify_params(channel)
+    with contextlib.closing(scratch.connect(dsn)) as conn, conn.cursor() as cur:
+        _prepared(cur, _INSERT_NOTIFY)
+        count, elapsed = repeat_for(seconds, lambda: _INSERT_NOTIFY.execute(cur, params), tick)
+    return count / elapsed
+
+
+def claim_and_complete(dsn: str, jobs: int, keep: bool, tick: Tick) -> float:
+    """Jobs a second emptied from a committed backlog of ``jobs`` by one connection that
+    claims 100 at a time (the runner's claim) and deletes them (or, with ``keep``, marks
+    them completed as ``delete_finished_jobs = false`` does), each its own transaction."""
+    complete = _KEEP if keep else _DELETE
+    with contextlib.closing(scratch.connect(dsn, autocommit=False)) as conn:
+        insert_rows(conn, jobs)
+        conn.commit()
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            _prepared(cur, _CLAIM, complete)
+            started = time.monotonic()
+            done = 0
+            while True:
+                _CLAIM.execute(cur, {"worker": Noop.name, "limit": CLAIM_BATCH})
+                ids = [row[0] for row in cur.fetchall()]
+                if not ids:
+                    break
+                complete.execute(cur, {"ids": ids})
+                done += len(ids)
+                tick(f"{done:,}/{jobs:,} jobs")
+            return done / (time.monotonic() - started)
+
+
+def wake_and_claim(dsn: str, channel: str, rate: float, samples: int,
+                   tick: Tick) -> list[float]:
+    """Seconds from each of ``samples`` INSERT + NOTIFY calls to its claim, at ``rate``
+    jobs a second:
+    one connection inserts, one LISTENs, and a third claims when woken (then deletes)."""
+    sent: dict[int, float] = {}
+    claimed: dict[int, float] = {}
+    with contextlib.ExitStack() as stack:
+        inserter, listener, claimer = (
+            stack.enter_context(contextlib.closing(scratch.connect(dsn))) for _ in range(3))
+        listener.cursor().execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        params = _notify_params(channel)
+
+        with inserter.cursor() as cur:
+            _prepared(cur, _INSERT_NOTIFY)
+        with claimer.cursor() as cur:
+            _prepared(cur, _CLAIM, _DELETE)
+
+        def claim_when_woken() -> None:
+            with claimer.cursor() as cur:
+                while True:
+                    gevent.socket.wait_read(listener.fileno())
+                    listener.poll()
+                    listener.notifies.clear()
+                    _CLAIM.execute(cur, {"worker": Noop.name, "limit": CLAIM_BATCH})
+                    ids = [row[0] for row in cur.fetchall()]
+                    now = time.time()
+                    claimed.update((job_id, now) for job_id in ids)
+                    _DELETE.execute(cur, {"ids": ids})
+
+        def insert() -> None:
+            with inserter.cursor() as cur:
+                started = time.time()
+                _INSERT_NOTIFY.execute(cur, params)
+                sent[cur.fetchone()[0]] = started
+
+        claiming = gevent.spawn(claim_when_woken)
+        try:
+            paced(rate, samples, insert, tick)
+            wait_until(lambda: claimed.keys() >= sent.keys(), 30, "the last claims", tick,
+                       check=lambda: _raise_if_failed(claiming))
+        finally:
+            claiming.kill()
+    return [claimed[job_id] - started for job_id, started in sent.items()]
+
+
+def _raise_if_failed(greenlet: Any) -> None:
+    if greenlet.exception is not None:
+        raise greenlet.exception

@@ -1,0 +1,78 @@
+"""How the bench drives a measurement: repeat a step for some seconds from a few
+greenlets, or at a steady pace; wait for a condition; read percentiles."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import gevent
+
+#: Called with a few words on how a phase is going, a few times a second.
+Tick = Callable[[str], None]
+#: How often a waiting phase looks again, and tells how it is going.
+LOOK_EVERY = 0.01
+TICK_EVERY = 0.25
+
+
+def repeat_for(seconds: float, step: Callable[[], object], tick: Tick,
+               clients: int = 1) -> tuple[int, float]:
+    """Run ``step`` over and over from ``clients`` greenlets for ``seconds``; return how
+    many steps finished and the seconds they took (the last steps end after the window)."""
+    done = [0]
+    started = time.monotonic()
+    until = started + seconds
+
+    def client() -> None:
+        while time.monotonic() < until:
+            step()
+            done[0] += 1
+
+    greenlets = [gevent.spawn(client) for _ in range(clients)]
+    try:
+        while not all(greenlet.dead for greenlet in greenlets):
+            gevent.joinall(greenlets, timeout=TICK_EVERY)
+            for greenlet in greenlets:
+                if greenlet.exception is not None:
+                    raise greenlet.exception
+            tick(f"{time.monotonic() - started:.1f}/{seconds:g}s, {done[0]:,} so far")
+    finally:
+        gevent.killall(greenlets)
+    return done[0], time.monotonic() - started
+
+
+def paced(rate: float, count: int, step: Callable[[], object], tick: Tick) -> None:
+    """Call ``step`` ``count`` times, ``rate`` times a second, each call at its own time
+    (late calls are not bunched up to catch up)."""
+    started = time.monotonic()
+    for n in range(count):
+        delay = started + n / rate - time.monotonic()
+        if delay > 0:
+            gevent.sleep(delay)
+        step()
+        if n % max(1, round(rate * TICK_EVERY)) == 0:
+            tick(f"{n:,}/{count:,} jobs")
+
+
+def wait_until(done: Callable[[], bool], timeout: float, what: str, tick: Tick,
+               check: Callable[[], None] = lambda: None) -> None:
+    """Return once ``done()``; ``check()`` may raise to give up early; past ``timeout``
+    seconds, raise ``RuntimeError`` naming ``what`` was awaited."""
+    started = time.monotonic()
+    last_tick = 0.0
+    while not done():
+        check()
+        now = time.monotonic()
+        if now - started > timeout:
+            raise RuntimeError(f"gave up waiting for {what} after {timeout:.0f}s")
+        if now - last_tick > TICK_EVERY:
+            tick(f"waiting for {what}")
+            last_tick = now
+        gevent.sleep(LOOK_EVERY)
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    """The nearest-rank percentile of ``values`` (``share`` from 0 to 1)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
