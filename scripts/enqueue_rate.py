@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How fast the client enqueues, each path held against its raw floor in the same run.
 
-    .venv/bin/python scripts/enqueue_rate.py [--dsn DSN] [--rounds 5] [--profile bulk|single]
+    .venv/bin/python scripts/enqueue_rate.py [--dsn DSN] [--rounds 31] [--profile bulk|single]
 
 In a scratch schema (set up with the package's migrations, dropped at the end) it times:
 
@@ -9,17 +9,19 @@ In a scratch schema (set up with the package's migrations, dropped at the end) i
   INSERTs of the same columns into the same table (psycopg2, autocommit, no RETURNING;
   the floor's loop turns the same dicts into JSON): ``INSERT ... SELECT FROM unnest(...)``
   of a jsonb[] of the args, the other columns constants, and the same from
-  ``jsonb_array_elements`` of one JSON array text (what the client sends now);
+  ``jsonb_array_elements`` of one JSON array text (what the client sends now). Neither
+  floor sends the NOTIFY that enqueue_many must (at commit it takes a lock that every
+  notifying transaction on the server queues for);
 - single: ``Client.enqueue``, one job per transaction, against the floor of one raw
   transaction holding an INSERT and a NOTIFY, sent as one message (one round trip).
 
-Each round runs the floor and the client's path back to back on an emptied table, so that
-other load on the machine falls on both alike; the figure and floor printed are the
-medians over the rounds, in jobs per second. ``--profile bulk`` (or ``single``) runs the
-client's path once more under cProfile and prints where its time goes. The server is
-``--dsn``, else BACKY_TEST_DSN, else the local one at postgresql://root@127.0.0.1:5432/test.
-This script is standalone (``backy-gevent bench`` measures every path; this one only the
-enqueues, in detail).
+Each path runs a short round in turn with the others (the order reversed every other
+round), so that other load on the machine falls on all alike; the figure and floor
+printed are the medians over the rounds, in jobs per second. ``--profile bulk`` (or
+``single``) instead runs the client's path (20,000 jobs, or 2,000) under cProfile and
+prints where its time goes. The server is ``--dsn``, else BACKY_TEST_DSN, else the local
+one at postgresql://root@127.0.0.1:5432/test. The script stands alone: ``backy-gevent
+bench`` measures every path; this one only the enqueues, in detail.
 """
 
 from __future__ import annotations
@@ -136,13 +138,18 @@ def empty(conn: Any) -> None:
 
 
 def measure(conn: Any, rounds: int, *paths: Callable[[], float]) -> list[float]:
-    """The median rate of each path over ``rounds`` rounds, each run on an emptied table,
-    the paths taking turns so that other load on the machine falls on all alike."""
+    """The median rate of each path over ``rounds`` short rounds.
+
+    The paths take turns, in the opposite order every other round, so that load from
+    elsewhere on the machine (which comes in bursts) falls on all of them alike, and the
+    median leaves out the rounds a burst hit.
+    """
+    empty(conn)
     rates: list[list[float]] = [[] for _ in paths]
-    for _ in range(rounds):
-        for path, measured in zip(paths, rates, strict=True):
-            empty(conn)
-            measured.append(path())
+    for turn in range(rounds):
+        order = list(range(len(paths)))
+        for i in reversed(order) if turn % 2 else order:
+            rates[i].append(paths[i]())
     return [statistics.median(measured) for measured in rates]
 
 
@@ -166,10 +173,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", default=os.environ.get(
         "BACKY_TEST_DSN", "postgresql://root@127.0.0.1:5432/test"))
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--bulk-calls", type=int, default=20,
+    parser.add_argument("--rounds", type=int, default=31)
+    parser.add_argument("--bulk-calls", type=int, default=2,
                         help="enqueue_many calls (of 1,000 jobs) a round")
-    parser.add_argument("--single-jobs", type=int, default=2_000,
+    parser.add_argument("--single-jobs", type=int, default=100,
                         help="single enqueues a round")
     parser.add_argument("--profile", choices=["bulk", "single"])
     arguments = parser.parse_args()
@@ -195,10 +202,10 @@ def main() -> None:
         client_single(client, 200)
         bulk_calls, single_jobs = arguments.bulk_calls, arguments.single_jobs
         if arguments.profile == "bulk":
-            profile(lambda: client_bulk(client, bulk_calls))
+            profile(lambda: client_bulk(client, 20))
             return
         if arguments.profile == "single":
-            profile(lambda: client_single(client, single_jobs))
+            profile(lambda: client_single(client, 2_000))
             return
         bulk, unnest_floor, json_floor = measure(
             raw, arguments.rounds, lambda: client_bulk(client, bulk_calls),
