@@ -166,7 +166,7 @@ def test_a_prepared_statement_survives_a_column_added_by_a_migration(
     queries = Queries("jobs")
     with contextlib.closing(connect(dsn, prepare=True)) as conn, conn.cursor() as cur:
         queries.execute(cur, "get_job", {"id": job.id})
-        assert "result" not in cur.fetchone()
-        query(db, "ALTER TABLE jobs ADD COLUMN result jsonb")
+        assert "note" not in cur.fetchone()
+        query(db, "ALTER TABLE jobs ADD COLUMN note text")  # as a future migration would
         queries.execute(cur, "get_job", {"id": job.id})
-        assert cur.fetchone()["result"] is None
+        assert cur.fetchone()["note"] is None
