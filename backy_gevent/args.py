@@ -117,9 +117,7 @@ def decode_args_list(text: str) -> list[dict[str, Any]]:
     written with an exponent and no fraction left (``1e+16``, as ``json`` writes floats
     from 1e16 up) comes back as an integer.
     """
-    decoded: list[dict[str, Any]] = json.loads(
-        text, parse_float=_jsonb_number, object_pairs_hook=_jsonb_object
-    )
+    decoded: list[dict[str, Any]] = _DECODER.decode(text)
     return decoded
 
 
@@ -144,3 +142,7 @@ def _jsonb_number(text: str) -> float | int:
     if exponent and int(exponent) >= decimals:
         return int(decimal.Decimal(text))
     return float(text) + 0.0  # numeric has no negative zero
+
+
+#: Built once: ``json.loads`` with hooks builds a decoder on every call.
+_DECODER = json.JSONDecoder(parse_float=_jsonb_number, object_pairs_hook=_jsonb_object)

@@ -238,10 +238,9 @@ class Client:
         range ``BadOption`` (a ValueError), and an unknown worker ``WorkerError``;
         nothing is written in any case.
         """
-        if args is not None and not isinstance(args, Mapping):
+        if args is not None and type(args) is not dict and not isinstance(args, Mapping):
             raise BadJobArgs(f"job args must be a dict, not {type(args).__name__}")
-        merged = dict(args or {})
-        merged.update(kwargs)
+        merged = {**args, **kwargs} if args else kwargs
         return self.enqueue_many(
             worker,
             [merged],
