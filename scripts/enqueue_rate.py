@@ -5,13 +5,14 @@
 
 In a scratch schema (set up with the package's migrations, dropped at the end) it times:
 
-- bulk: ``Client.enqueue_many`` of 1,000 jobs a call, against two floors, raw 1,000-row
+- bulk: ``Client.enqueue_many`` of 1,000 jobs a call, against floors, raw 1,000-row
   INSERTs of the same columns into the same table (psycopg2, autocommit, no RETURNING;
   the floor's loop turns the same dicts into JSON): ``INSERT ... SELECT FROM unnest(...)``
   of a jsonb[] of the args, the other columns constants, and the same from
   ``jsonb_array_elements`` of one JSON array text (what the client sends now). Neither
-  floor sends the NOTIFY that enqueue_many must (at commit it takes a lock that every
-  notifying transaction on the server queues for);
+  sends the NOTIFY that enqueue_many must (at commit it takes a lock that every
+  notifying transaction on the server queues for): a third floor is the unnest INSERT
+  with one NOTIFY in its transaction;
 - single: ``Client.enqueue``, one job per transaction, against the floor of one raw
   transaction holding an INSERT and a NOTIFY, sent as one message (one round trip).
 
@@ -91,6 +92,18 @@ def raw_bulk(conn: Any, calls: int) -> float:
         for call in range(calls):
             encoded = [json.dumps(job_args(call * BATCH + i)) for i in range(BATCH)]
             cur.execute(RAW_BULK, ("send_email", "default", 0, 4, encoded))
+    return calls * BATCH / (time.perf_counter() - started)
+
+
+def raw_bulk_notify(conn: Any, calls: int, channel: str) -> float:
+    """Jobs per second of raw 1,000-row unnest INSERTs, each with one NOTIFY."""
+    payload = json.dumps({"worker": "send_email", "queue": "default", "in": 0.0})
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        for call in range(calls):
+            encoded = [json.dumps(job_args(call * BATCH + i)) for i in range(BATCH)]
+            cur.execute("BEGIN;" + RAW_BULK + "; SELECT pg_notify(%s, %s); COMMIT",
+                        ("send_email", "default", 0, 4, encoded, channel, payload))
     return calls * BATCH / (time.perf_counter() - started)
 
 
@@ -197,6 +210,7 @@ def main() -> None:
         # Warm both: connections made, statements prepared, caches filled.
         raw_bulk(raw, 2)
         raw_bulk_json(raw, 2)
+        raw_bulk_notify(raw, 2, channel)
         raw_single(raw, 200, channel)
         client_bulk(client, 2)
         client_single(client, 200)
@@ -207,9 +221,10 @@ def main() -> None:
         if arguments.profile == "single":
             profile(lambda: client_single(client, 2_000))
             return
-        bulk, unnest_floor, json_floor = measure(
+        bulk, unnest_floor, json_floor, notify_floor = measure(
             raw, arguments.rounds, lambda: client_bulk(client, bulk_calls),
-            lambda: raw_bulk(raw, bulk_calls), lambda: raw_bulk_json(raw, bulk_calls))
+            lambda: raw_bulk(raw, bulk_calls), lambda: raw_bulk_json(raw, bulk_calls),
+            lambda: raw_bulk_notify(raw, bulk_calls, channel))
         single, single_floor = measure(
             raw, arguments.rounds, lambda: client_single(client, single_jobs),
             lambda: raw_single(raw, single_jobs, channel))
@@ -218,6 +233,7 @@ def main() -> None:
             ("enqueue_many, 1,000 jobs a call", bulk, unnest_floor,
              "raw 1,000-row unnest INSERT"),
             ("", bulk, json_floor, "raw 1,000-row INSERT from one JSON array"),
+            ("", bulk, notify_floor, "raw 1,000-row unnest INSERT + one NOTIFY"),
             ("enqueue, one job a transaction", single, single_floor,
              "raw INSERT + NOTIFY transaction"),
         ):
