@@ -11,15 +11,19 @@ import contextlib
 import dataclasses
 import datetime
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg2.errors
+import psycopg2.extensions
 import psycopg2.extras
 
 from backy_gevent import cron
+
+# encode_args: where it lived before backy_gevent.args, importable from here too.
+from backy_gevent.args import decode_args_list, encode_args_list, text_problem
+from backy_gevent.args import encode_args as encode_args
 from backy_gevent.config import Settings, load_settings
 from backy_gevent.db import schema
 from backy_gevent.db.connections import ConnectionPool, connect
@@ -27,6 +31,7 @@ from backy_gevent.db.dsn import configured_dsn
 from backy_gevent.db.queries import Queries, Statement
 from backy_gevent.errors import BadJobArgs, BadOption
 from backy_gevent.job import (
+    AVAILABLE,
     BIGINT_MAX,
     BIGINT_MIN,
     CANCELLED,
@@ -49,75 +54,6 @@ ENQUEUE_OPTIONS = (
 )
 #: Tries at writing a job whose unique_key holder finished while it was read.
 _UNIQUE_ROUNDS = 3
-
-
-def encode_args(args: Mapping[str, Any]) -> str:
-    """JSON for a job's args, as PostgreSQL's jsonb can hold it.
-
-    Raises ``BadJobArgs`` (a TypeError) naming the first key whose value can't be
-    stored: not JSON (a set, a datetime...), NaN or an infinity (``1e999`` parses to
-    one), nesting too deep, or a string holding a NUL character or a lone surrogate.
-    """
-    if not isinstance(args, Mapping):
-        raise BadJobArgs(f"job args must be a dict, not {type(args).__name__}")
-    # json.dumps would turn a key like 1 into "1": the job would not get its args back.
-    for key in args:
-        if not isinstance(key, str):
-            raise BadJobArgs(f"job arg keys must be strings, got {key!r}")
-    try:
-        text = json.dumps(dict(args), allow_nan=False)
-    except (TypeError, ValueError, RecursionError):
-        text = None
-    # jsonb refuses \u0000 and lone surrogates, which json.dumps writes as \u escapes:
-    # only text holding such an escape needs a closer look (pairs like \ud83d\ude00 pass).
-    if text is not None and "\\u0000" not in text and "\\ud" not in text:
-        return text
-    # Slow path, for bad input and escapes: find the key to name in the error.
-    for key, value in args.items():
-        problem = text_problem(key) or _value_problem(value)
-        if problem:
-            raise BadJobArgs(f"job arg {key!r} can't be stored as JSON: {problem}")
-    if text is None:
-        raise BadJobArgs("job args can't be stored as JSON")
-    return text
-
-
-def _value_problem(value: Any) -> str | None:
-    """Why jsonb can't hold this arg value, or None."""
-    # Every string (keys included) and float in it, without recursion: a value nested as
-    # deep as json.dumps allows could exhaust the stack here.
-    stack, seen = [value], set()
-    while stack:
-        item = stack.pop()
-        problem = None
-        if isinstance(item, str):
-            problem = text_problem(item)
-        elif isinstance(item, float) and not math.isfinite(item):
-            problem = f"it holds {item!r}, and JSON has no NaN or infinity (1e999 reads as inf)"
-        elif isinstance(item, (dict, list, tuple)) and id(item) not in seen:
-            seen.add(id(item))  # json.dumps below reports a circular reference
-            stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
-        if problem:
-            return problem
-    try:
-        json.dumps(value, allow_nan=False)
-    except RecursionError:
-        return "nested too deeply"
-    except (TypeError, ValueError) as exc:
-        return str(exc)
-    return None
-
-
-def text_problem(text: str) -> str | None:
-    """Why PostgreSQL can't store this string, or None: it refuses NUL characters, and
-    lone surrogates (what Python makes of bytes that are not UTF-8) are not text."""
-    if "\x00" in text:
-        return "it holds a NUL character (\\u0000), which PostgreSQL can't store"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return f"it holds {exc.object[exc.start]!r}, a lone surrogate, which is not valid Unicode"
-    return None
 
 
 def _seconds_in_range(value: Any) -> bool:
@@ -304,10 +240,9 @@ class Client:
         range ``BadOption`` (a ValueError), and an unknown worker ``WorkerError``;
         nothing is written in any case.
         """
-        if args is not None and not isinstance(args, Mapping):
+        if args is not None and type(args) is not dict and not isinstance(args, Mapping):
             raise BadJobArgs(f"job args must be a dict, not {type(args).__name__}")
-        merged = dict(args or {})
-        merged.update(kwargs)
+        merged = {**args, **kwargs} if args else kwargs
         return self.enqueue_many(
             worker,
             [merged],
@@ -343,12 +278,12 @@ class Client:
         # A class with a name attribute may be enqueued without an entry point here (the
         # runner that runs it must still register it).
         worker_class = worker if isinstance(worker, type) else self.registry.get(name).cls
-        encoded = [encode_args(args) for args in list_of_args]
-        if not encoded:
+        count, args_text = encode_args_list(list_of_args)
+        if not count:
             return []
         if unique_keys is None:
-            unique_keys = [None] * len(encoded)
-        elif len(unique_keys) != len(encoded):
+            unique_keys = [None] * count
+        elif len(unique_keys) != count:
             raise BadOption("unique_keys must hold one key (or None) per job")
         check_enqueue_options(run_at=run_at, delay=delay, queue=queue, priority=priority)
         if unique_for is None:
@@ -370,9 +305,13 @@ class Client:
         # found it and the read of it; those jobs are written again, a few times at most.
         written: list[Job] = []
         holders: dict[str, Job] = {}
-        pending = list(range(len(encoded)))
+        # Each Job's args as the row holds them, read from the JSON sent, not back from it.
+        decoded = decode_args_list(args_text)
+        pending = list(range(count))
         for _ in range(_UNIQUE_ROUNDS):
-            rows = self._insert(name, [encoded[i] for i in pending],
+            if len(pending) < count:
+                args_text = json.dumps([decoded[i] for i in pending])
+            rows = self._insert(name, args_text, [decoded[i] for i in pending],
                                 [unique_keys[i] for i in pending], per_job, window, connection)
             written.extend(rows)
             holders.update((job.unique_key, job) for job in rows if job.unique_key is not None)
@@ -398,26 +337,71 @@ class Client:
     def _insert(
         self,
         name: str,
-        encoded: list[str],
+        args_text: str,
+        args: list[dict[str, Any]],
         unique_keys: list[str | None],
         per_job: dict[str, Any],
         unique_for: float,
         connection: Any,
     ) -> list[Job]:
-        """Run ``insert_jobs`` for these jobs; the rows written, in id order."""
-        count = len(encoded)
+        """Write these jobs (``args_text``: their ``args`` as one JSON array) in one
+        statement; the Jobs written, in id order.
+
+        The statement returns only what the server decides (id, run_at, enqueued_at and,
+        with keys, the key of each row written); the rest of each Job is what was sent,
+        and the column defaults of a new row.
+        """
         params = {
-            "workers": [name] * count,
-            "args": encoded,
-            "queues": [per_job["queue"]] * count,
-            "priorities": [per_job["priority"]] * count,
-            "max_attempts": [per_job["max_attempts"]] * count,
-            "run_ats": [per_job["run_at"]] * count,
-            "delays": [per_job["delay"]] * count,
-            "unique_keys": unique_keys,
-            "unique_for": unique_for,
+            "worker": name,
+            "args": args_text,
+            "queue": per_job["queue"],
+            "priority": per_job["priority"],
+            "max_attempts": per_job["max_attempts"],
+            "run_at": per_job["run_at"],
+            "delay": per_job["delay"],
         }
-        return [Job.from_row(row) for row in self._fetch("insert_jobs", params, connection)]
+        keyed = any(key is not None for key in unique_keys)
+        statement: Statement = "insert_jobs"
+        if keyed:
+            statement = "insert_unique_jobs"
+            params.update(unique_keys=unique_keys, unique_for=unique_for)
+        elif len(args) == 1:
+            statement = "insert_job"
+            params["args"] = args_text[1:-1]  # the one object of the array "[{...}]"
+        rows = self._fetch_tuples(statement, params, connection)
+        if keyed:
+            # Rows written, in input order (ids are drawn in that order); each row's key
+            # (or None) tells which input it is, the keyless ones coming in order.
+            by_key: dict[str, int] = {}
+            for i, key in enumerate(unique_keys):
+                if key is not None:
+                    by_key.setdefault(key, i)  # a key given twice: the first is written
+            keyless = (i for i, key in enumerate(unique_keys) if key is None)
+            inputs = [next(keyless) if row[3] is None else by_key[row[3]] for row in rows]
+        else:
+            inputs = list(range(len(rows)))
+        queue, priority = per_job["queue"], per_job["priority"]
+        max_attempts = per_job["max_attempts"]
+        return [
+            Job(id=row[0], worker=name, args=args[i], queue=queue, priority=priority,
+                state=AVAILABLE, attempt=0, max_attempts=max_attempts, run_at=row[1],
+                enqueued_at=row[2], unique_key=unique_keys[i])
+            for row, i in zip(rows, inputs, strict=True)
+        ]
+
+    def _fetch_tuples(
+        self, name: Statement, params: Mapping[str, Any], connection: Any = None
+    ) -> list[tuple[Any, ...]]:
+        """``_fetch`` with rows as plain tuples: no dict built per row."""
+        if connection is not None:
+            with connection.cursor(cursor_factory=psycopg2.extensions.cursor) as cur:
+                self.queries.execute(cur, name, params)
+                return cur.fetchall()
+        with self.pool.borrow() as conn, conn.cursor(
+            cursor_factory=psycopg2.extensions.cursor
+        ) as cur:
+            self.queries.execute(cur, name, params)
+            return cur.fetchall()
 
     # -- managing jobs ------------------------------------------------------------------
 

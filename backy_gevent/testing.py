@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import collections
 import datetime
-import decimal
 import functools
-import json
 import os
 import socket
 import uuid
@@ -27,7 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from typing import Any
 
-from backy_gevent.client import Client, encode_args
+from backy_gevent.args import decode_args_list, encode_args
+from backy_gevent.client import Client
 from backy_gevent.config import Settings
 from backy_gevent.errors import BadJobArgs, WorkerError
 from backy_gevent.hooks import Hooks, build_plugin_manager
@@ -181,24 +180,7 @@ def _through_the_table(args: Mapping[str, Any]) -> dict[str, Any]:
     written with an exponent and no fraction left (``1e+16``, as ``json`` writes floats
     from 1e16 up) comes back as an integer.
     """
-    return json.loads(
-        encode_args(args), parse_float=_jsonb_number, object_pairs_hook=_jsonb_object
-    )
-
-
-def _jsonb_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Sorted by (length, bytes), as jsonb stores keys; a repeated key keeps its last value.
-    return dict(sorted(pairs, key=lambda pair: (len(pair[0].encode()), pair[0].encode())))
-
-
-def _jsonb_number(text: str) -> float | int:
-    # PostgreSQL's numeric keeps as many decimals as the text had after its point, less
-    # the exponent; none left, it prints an integer, which json reads as an int.
-    mantissa, _, exponent = text.lower().partition("e")
-    decimals = len(mantissa.partition(".")[2])
-    if exponent and int(exponent) >= decimals:
-        return int(decimal.Decimal(text))
-    return float(text) + 0.0  # numeric has no negative zero
+    return decode_args_list(f"[{encode_args(args)}]")[0]
 
 
 def _registration_of(worker: type[Worker] | str) -> Registration:

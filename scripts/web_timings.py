@@ -132,10 +132,9 @@ def write_cost(dsn: str, rounds: int, batches: int = 10, batch: int = 1000) -> N
                 cur.execute(f"DROP INDEX {schema}.jobs_state_idx")
     queries = Queries("jobs")
     times: dict[str, dict[str, list[float]]] = {n: {"enqueue": [], "run": []} for n in schemas}
-    insert = {"workers": ["w"] * batch, "args": ['{"n": 1}'] * batch,
-              "queues": ["default"] * batch, "priorities": [0] * batch,
-              "max_attempts": [4] * batch, "run_ats": [None] * batch,
-              "delays": [0.0] * batch, "unique_keys": [None] * batch}
+    insert = {"worker": "w", "args": "[" + ",".join(['{"n": 1}'] * batch) + "]",
+              "queue": "default", "priority": 0, "max_attempts": 4, "run_at": None,
+              "delay": 0.0}
     claim = {"workers": ["w"], "limits": [batch], "leases": [60.0], "queues": [],
              "runner_id": "timings"}
     try:

@@ -3,6 +3,7 @@ cancel, retry, prune, and every bad input (which must write nothing)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import decimal
 import json
@@ -19,10 +20,11 @@ import pytest
 
 import backy_gevent as backy
 from backy_gevent.client import Client, encode_args
+from backy_gevent.db.queries import channel_name
 from backy_gevent.errors import BadJobArgs, BadOption
 from backy_gevent.worker import Registry, WorkerError
 from tests import workers
-from tests.conftest import ROOT, query
+from tests.conftest import ROOT, query, wait_until
 
 
 def count_jobs(db: Any) -> int:
@@ -303,6 +305,66 @@ def test_enqueue_many_with_fresh_unique_keys_is_one_statement(
     )
     assert len(caller_conn.statements) == 1
     assert [job.unique_key for job in jobs] == keys
+    caller_conn.rollback()
+
+
+def test_enqueued_jobs_are_the_jobs_get_job_returns(client: Client) -> None:
+    # enqueue builds each Job from what it sent and a few returned columns, not from the
+    # row: it must hold what the row holds, jsonb's key order and number types included.
+    args = {"zeta": 1, "a": 2.5, "big": 1e16, "neg": -0.0, "nested": {"yy": [1, (2, 3)]},
+            "ключ": "значение", "emoji": "\U0001f600", "none": None}
+    jobs = [
+        client.enqueue(workers.Record, args),  # one job
+        *client.enqueue_many(workers.Record, [args, {"n": 1}], delay=30, priority=-(2**31),
+                             queue="q"),
+        *client.enqueue_many(workers.Record, [args, {"n": 2}, {"n": 3}],
+                             unique_keys=["u", None, "u"]),
+        client.enqueue(workers.Record, {"n": 4}, unique_key="u"),
+    ]
+    assert [job.inserted for job in jobs] == [True] * 5 + [False] * 2
+    assert jobs[5].id == jobs[6].id == jobs[3].id
+    for job in jobs:
+        stored = client.get_job(job.id)
+        assert stored is not None
+        assert job == dataclasses.replace(stored, inserted=job.inserted)
+        assert list(job.args) == list(stored.args)
+        assert [type(value) for value in job.args.values()] == [
+            type(value) for value in stored.args.values()]
+
+
+def test_an_enqueue_call_sends_one_notification_whatever_its_size(
+    client: Client, db: Any, dsn: str
+) -> None:
+    # The listener's contract: {"worker", "queue", "in"} per worker and queue written.
+    [(oid,)] = query(db, "SELECT 'jobs'::regclass::oid")
+    channel = channel_name(oid)
+    listener = psycopg2.connect(dsn)
+    listener.autocommit = True
+    query(listener, f'LISTEN "{channel}"')
+    client.enqueue_many(workers.Record, [{"n": n} for n in range(200)], delay=60)
+    client.enqueue(workers.Record, {"n": 1}, queue="q")
+    client.enqueue(workers.Record, {"n": 2}, unique_key="k")
+    client.enqueue(workers.Record, {"n": 3}, unique_key="k")  # a duplicate: nothing new
+    query(db, "SELECT pg_notify(%s, 'end')", channel)  # delivered in commit order
+
+    def arrived() -> list[str]:
+        listener.poll()
+        payloads = [notify.payload for notify in listener.notifies]
+        return payloads if payloads[-1:] == ["end"] else []
+
+    payloads = wait_until(arrived, what="the notifications")
+    listener.close()
+    news = [json.loads(payload) for payload in payloads[:-1]]
+    assert [(n["worker"], n["queue"]) for n in news] == [
+        ("record", "default"), ("record", "q"), ("record", "default")]
+    assert 50 < news[0]["in"] <= 60
+    assert news[1]["in"] == news[2]["in"] == 0
+
+
+def test_enqueue_is_one_statement(client: Client, caller_conn: Any) -> None:
+    client.enqueue(workers.Record, {"n": 1}, connection=caller_conn)
+    client.enqueue(workers.Record, {"n": 2}, unique_key="fresh", connection=caller_conn)
+    assert len(caller_conn.statements) == 2
     caller_conn.rollback()
 
 

@@ -56,20 +56,21 @@ def test_a_preparing_connection_prepares_once_and_gets_the_same_rows(
 
 
 def test_arrays_and_casts_survive_preparation(client: Client, dsn: str) -> None:
-    # insert_jobs casts its arrays (jsonb[], timestamptz[]); EXECUTE must cast the same.
+    # insert_unique_jobs casts its parameters (jsonb, text[], timestamptz); EXECUTE must
+    # cast the same.
     queries = Queries("jobs")
     params = {
-        "workers": ["record", "record"], "args": ['{"a": 1}', '{"b": [2]}'],
-        "queues": ["default", "q2"], "priorities": [0, 5], "max_attempts": [4, 4],
-        "run_ats": [None, None], "delays": [0.0, 30.0], "unique_keys": [None, "k"],
-        "unique_for": 0.0,
+        "worker": "record", "args": '[{"a": 1}, {"b": [2]}]', "queue": "q2",
+        "priority": 5, "max_attempts": 4, "run_at": None, "delay": 30.0,
+        "unique_keys": [None, "k"], "unique_for": 0.0,
     }
     with contextlib.closing(connect(dsn, prepare=True)) as conn, conn.cursor() as cur:
-        queries.execute(cur, "insert_jobs", params)
+        queries.execute(cur, "insert_unique_jobs", params)
         rows = cur.fetchall()
-    assert [(r["args"], r["queue"], r["priority"], r["unique_key"]) for r in rows] == [
-        ({"a": 1}, "default", 0, None), ({"b": [2]}, "q2", 5, "k"),
-    ]
+        cur.execute("SELECT args, queue, priority, unique_key FROM jobs ORDER BY id")
+        stored = [tuple(row.values()) for row in cur.fetchall()]
+    assert [row["unique_key"] for row in rows] == [None, "k"]
+    assert stored == [({"a": 1}, "q2", 5, None), ({"b": [2]}, "q2", 5, "k")]
 
 
 def test_prepare_statements_false_runs_plain_sql(settings: Settings) -> None:

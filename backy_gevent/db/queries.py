@@ -15,8 +15,8 @@ from psycopg2 import sql
 #: The name of every block of queries.sql, so that mypy checks each name a caller uses
 #: (a test checks that this list and the file agree).
 Statement = Literal[
-    "insert_jobs", "get_unique", "claim", "lock_limited", "claim_limited",
-    "complete_delete", "complete_keep", "fail", "snooze", "give_up",
+    "insert_jobs", "insert_job", "insert_unique_jobs", "get_unique", "claim", "lock_limited",
+    "claim_limited", "complete_delete", "complete_keep", "fail", "snooze", "give_up",
     "hand_back", "touch", "lead", "cancel", "retry", "retry_failed", "table_oid",
     "get_job", "prune", "count_prunable", "prune_batch", "stats", "queue_stats",
     "set_statement_timeout", "beat", "forget_runners", "unregister_runner", "list_runners",

@@ -23,34 +23,76 @@
 --   job through it, an index the stale statistics call empty.
 
 -- name: insert_jobs
--- Enqueue one or many jobs in one statement. A job whose unique_key is already taken by
--- a waiting or running job is not inserted, nor, with unique_for (seconds, 0: none), one
--- whose key a job enqueued within that long holds, finished or not; insert_jobs then
--- returns fewer rows and the client reads the existing job. The NOTIFY wakes, at commit, the runners that serve
--- the worker and queue: now, or when the earliest of the jobs falls due ("in" seconds).
+-- Enqueue jobs without unique keys, all of one worker, queue, priority and schedule, in
+-- one statement: args is one JSON array of the jobs' args objects (one parameter to quote
+-- and parse, not an array of many). No ON CONFLICT: a row without a key can't conflict,
+-- and checking the arbiter index costs every row. Returns what only the server knows
+-- (the client has the rest), in id order, which is input order. The NOTIFY wakes, at
+-- commit, the runners that serve the worker and queue: now, or when the earliest of the
+-- jobs falls due ("in" seconds); one per statement, whatever the number of jobs.
+-- (%(priority)s)::int: in parentheses, so that EXECUTE passes -2147483648 uncast (the
+-- cast would bind before the minus, and 2147483648 is no integer).
+WITH inserted AS (
+    INSERT INTO {table} (worker, args, queue, priority, max_attempts, run_at)
+    SELECT %(worker)s::text, a, %(queue)s::text, (%(priority)s)::int, %(max_attempts)s::int,
+           coalesce(%(run_at)s::timestamptz,
+                    clock_timestamp() + make_interval(secs => %(delay)s::float8))
+    FROM jsonb_array_elements(%(args)s::jsonb) AS t(a)
+    RETURNING id, run_at, enqueued_at, tableoid
+), notified AS (
+    SELECT pg_notify('backy_' || tableoid, json_build_object(
+        'worker', %(worker)s::text, 'queue', %(queue)s::text,
+        'in', greatest(0, extract(epoch FROM min(run_at) - clock_timestamp()))::float8
+    )::text)
+    FROM inserted GROUP BY tableoid
+)
+SELECT id, run_at, enqueued_at FROM inserted LEFT JOIN notified ON true ORDER BY id;
+
+-- name: insert_job
+-- insert_jobs for one job, enqueue's usual case (args: one JSON object): a VALUES row
+-- costs less to run than a set-returning function over a one-element array.
+WITH inserted AS (
+    INSERT INTO {table} (worker, args, queue, priority, max_attempts, run_at)
+    VALUES (%(worker)s::text, %(args)s::jsonb, %(queue)s::text, (%(priority)s)::int,
+            %(max_attempts)s::int,
+            coalesce(%(run_at)s::timestamptz,
+                     clock_timestamp() + make_interval(secs => %(delay)s::float8)))
+    RETURNING id, run_at, enqueued_at, tableoid
+)
+SELECT id, run_at, enqueued_at, pg_notify('backy_' || tableoid, json_build_object(
+    'worker', %(worker)s::text, 'queue', %(queue)s::text,
+    'in', greatest(0, extract(epoch FROM run_at - clock_timestamp()))::float8
+)::text)
+FROM inserted;
+
+-- name: insert_unique_jobs
+-- insert_jobs for jobs of which some carry a unique_key (unique_keys: one key or NULL
+-- per element of args). A job whose unique_key is already taken by a waiting or running
+-- job is not inserted, nor, with unique_for (seconds, 0: none), one whose key a job
+-- enqueued within that long holds, finished or not; the statement then returns fewer
+-- rows and the client reads the existing job.
 WITH inserted AS (
     INSERT INTO {table} (worker, args, queue, priority, max_attempts, run_at, unique_key)
-    SELECT w, a, q, p, m, coalesce(r, clock_timestamp() + make_interval(secs => d)), u
-    FROM unnest(%(workers)s::text[], %(args)s::jsonb[], %(queues)s::text[],
-                %(priorities)s::int[], %(max_attempts)s::int[], %(run_ats)s::timestamptz[],
-                %(delays)s::float8[], %(unique_keys)s::text[])
-         AS t(w, a, q, p, m, r, d, u)
+    SELECT %(worker)s::text, a, %(queue)s::text, (%(priority)s)::int, %(max_attempts)s::int,
+           coalesce(%(run_at)s::timestamptz,
+                    clock_timestamp() + make_interval(secs => %(delay)s::float8)), u
+    FROM jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS t(a, n),
+         LATERAL (SELECT (%(unique_keys)s::text[])[n] AS u) AS k
     WHERE u IS NULL OR %(unique_for)s::float8 = 0 OR NOT EXISTS (
         SELECT FROM {table} o
         WHERE o.unique_key = u
-          AND o.enqueued_at > clock_timestamp() - make_interval(secs => %(unique_for)s))
+          AND o.enqueued_at > clock_timestamp() - make_interval(secs => %(unique_for)s::float8))
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'running')
     DO NOTHING
-    RETURNING *, tableoid
+    RETURNING id, run_at, enqueued_at, unique_key, tableoid
 ), notified AS (
-    SELECT count(pg_notify('backy_' || tableoid, json_build_object(
-        'worker', worker, 'queue', queue,
-        'in', greatest(0, extract(epoch FROM due - clock_timestamp()))::float8
-    )::text))
-    FROM (SELECT tableoid, worker, queue, min(run_at) AS due
-          FROM inserted GROUP BY tableoid, worker, queue) AS news
+    SELECT pg_notify('backy_' || tableoid, json_build_object(
+        'worker', %(worker)s::text, 'queue', %(queue)s::text,
+        'in', greatest(0, extract(epoch FROM min(run_at) - clock_timestamp()))::float8
+    )::text)
+    FROM inserted GROUP BY tableoid
 )
-SELECT inserted.* FROM inserted LEFT JOIN notified ON true ORDER BY id;
+SELECT id, run_at, enqueued_at, unique_key FROM inserted LEFT JOIN notified ON true ORDER BY id;
 
 -- name: get_unique
 -- The job that holds each unique_key: the waiting or running one, else (with
