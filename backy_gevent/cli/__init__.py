@@ -4,7 +4,7 @@ The commands that run on gevent's hub (``run``, ``bench``, ``web``) get gevent's
 and psycopg2's wait callback here, before anything else is imported, because modules
 imported earlier would keep unpatched sockets, locks and threads. The one-shot commands
 (``jobs``, ``cancel``...) need neither, and start faster without them: they import only
-what they use.
+what they use, and wait for the database so that ^C cancels the query (``db.interrupt``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from backy_gevent.db import green
 
         green.install()
+    else:
+        from backy_gevent.db import interrupt
+
+        interrupt.install()
     from backy_gevent.cli.main import main as run_command
 
     return run_command(arguments)

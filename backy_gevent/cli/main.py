@@ -1,7 +1,8 @@
 """``main``: parse, configure, pick the database, run the command, map errors to exits.
 
 Exit statuses: 0 success; 1 a job could not be found or changed, the schema is missing,
-or the database can't be reached or refuses the command; 2 bad input or configuration.
+or the database can't be reached or refuses the command; 2 bad input or configuration;
+130 interrupted (^C).
 Every error is one line (``--log-level debug`` adds a database error's traceback).
 """
 
@@ -117,11 +118,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"backy-gevent: error: {exc}", file=sys.stderr)
         return 1
     except psycopg2.Error as exc:
+        if _interrupted(exc):
+            # The ^C closed the connection; what closed it next only says so.
+            print("backy-gevent: interrupted", file=sys.stderr)
+            return 130
         # A one-shot command whose database can't be reached (the runner retries instead)
         # or refuses it: read-only (a standby), permission denied, out of disk...
         log.debug("database error", exc_info=True)
         print(f"backy-gevent: error: database: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # ^C of a one-shot command (a prune or a migration on a big table, a database
+        # that does not answer): what it had not committed is rolled back with its
+        # connection. run, web and bench handle their signals themselves.
+        print("backy-gevent: interrupted", file=sys.stderr)
+        return 130
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` happened while handling a ^C (closing the connection it closed)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False
 
 
 def _one_line(exc: psycopg2.Error) -> str:

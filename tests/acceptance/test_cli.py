@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 
 from backy_gevent.client import Client
@@ -773,3 +776,33 @@ def test_jobs_lists_live_and_silent_runners(
     live = next(line for key, line in lines.items() if f":{process.process.pid}:" in key)
     assert "last beat" in live and "SILENT" not in live
     assert "(SILENT)" in lines["gone:1:x"]
+
+
+def test_ctrl_c_cancels_a_one_shot_commands_query_on_the_server(
+    dsn: str, db: Any, client: Client
+) -> None:
+    # A prune stuck behind a lock (as one on a huge table would be busy): ^C stops it at
+    # once, cancels its statement on the server (nothing deleted, the lock wait gone)
+    # and exits 130 with one line.
+    client.enqueue(workers.Record, {})
+    query(db, "UPDATE jobs SET state = 'completed', finished_at = now() - interval '1 day'")
+    holder = psycopg2.connect(dsn)
+    try:
+        holder.cursor().execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        prune = subprocess.Popen(
+            [CONSOLE_SCRIPT, "prune", "--older-than", "0"], env=cli_env(dsn),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        wait_until(lambda: query(db, "SELECT count(*) FROM pg_stat_activity WHERE"
+                                     " wait_event_type = 'Lock' AND query LIKE '%%DELETE%%'")
+                   == [(1,)], timeout=20, what="the prune to wait for the lock")
+        prune.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        _, err = prune.communicate(timeout=10)
+        assert time.monotonic() - interrupted < 2.0
+        assert (prune.returncode, err.strip()) == (130, "backy-gevent: interrupted"), err
+        wait_until(lambda: query(db, "SELECT count(*) FROM pg_stat_activity WHERE"
+                                     " wait_event_type = 'Lock'") == [(0,)],
+                   timeout=5, what="the cancelled DELETE to leave the server")
+    finally:
+        holder.close()
+    assert count_jobs(db) == 1  # nothing was deleted
