@@ -62,7 +62,8 @@ def backy_channel(cur: Any, schema: str) -> str:
     return f"backy_{cur.fetchone()[0]}"
 
 
-def drain(admin_dsn: str, jobs: int, completed: int, keep: bool) -> float:
+def drain(admin_dsn: str, jobs: int, completed: int, keep: bool,
+          vacuum_dead_rows: int | None) -> float:
     """Jobs per second of one runner emptying a backlog of ``jobs`` beside ``completed``
     finished rows."""
     schema = "backy_big_" + uuid.uuid4().hex[:8]
@@ -71,6 +72,8 @@ def drain(admin_dsn: str, jobs: int, completed: int, keep: bool) -> float:
     dsn = make_dsn(admin_dsn, options=f"-csearch_path={schema}")
     env = dict(os.environ, BACKY_DSN=dsn, PYTHONPATH=str(Path(__file__).resolve().parent),
                BACKY_DELETE_FINISHED_JOBS=str(keep is False).lower())
+    if vacuum_dead_rows is not None:
+        env["BACKY_VACUUM_DEAD_ROWS"] = str(vacuum_dead_rows)
     runner = None
     try:
         with admin.cursor() as cur:
@@ -119,12 +122,15 @@ def main() -> None:
     parser.add_argument("--dsn", default="postgresql://root@127.0.0.1/test")
     parser.add_argument("--small", type=int, default=20000)
     parser.add_argument("--big", type=int, default=1000000)
+    parser.add_argument("--vacuum-dead-rows", type=int, default=None,
+                        help="the runner's vacuum_dead_rows (default: its default; 0: never)")
     args = parser.parse_args()
-    base = drain(args.dsn, args.small, 0, keep=False)
+    vacuum = args.vacuum_dead_rows
+    base = drain(args.dsn, args.small, 0, keep=False, vacuum_dead_rows=vacuum)
     print(f"{args.small:,} backlog: {base:,.0f} jobs/s", flush=True)
-    big = drain(args.dsn, args.big, 0, keep=False)
+    big = drain(args.dsn, args.big, 0, keep=False, vacuum_dead_rows=vacuum)
     print(f"{args.big:,} backlog: {big:,.0f} jobs/s ({big / base:.2f} of the first)", flush=True)
-    kept = drain(args.dsn, args.small, args.big, keep=True)
+    kept = drain(args.dsn, args.small, args.big, keep=True, vacuum_dead_rows=vacuum)
     print(f"{args.small:,} backlog kept beside {args.big:,} completed rows: {kept:,.0f}"
           f" jobs/s ({kept / base:.2f} of the first)")
 

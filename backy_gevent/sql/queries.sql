@@ -337,6 +337,9 @@ RETURNING expires_at;
 -- each further loss, so that even a job that finds a way to kill its runner from
 -- quarantine ends failed. The expired rows are found through the lease index and then
 -- by primary key; in the UPDATE, t.rescues is still the value from before it.
+--
+-- It also returns the table's dead row versions, as the statistics system counts them
+-- for autovacuum (each claim and outcome leaves one): the leader vacuums past a bound.
 WITH renewed AS (
     UPDATE {leader} SET expires_at = now() + make_interval(secs => %(lease)s)
     WHERE name = 'maintenance' AND runner_id = %(id)s
@@ -370,7 +373,8 @@ WITH renewed AS (
 SELECT (SELECT runner_id FROM renewed) AS leader,
        (SELECT coalesce(json_agg(json_build_object(
             'id', id, 'worker', worker, 'queue', queue, 'state', state, 'counted', counted)),
-            '[]') FROM rescued) AS rescued
+            '[]') FROM rescued) AS rescued,
+       coalesce(pg_stat_get_dead_tuples(to_regclass(%(table)s)), 0) AS dead_rows
 FROM notified;
 
 -- name: cancel
@@ -536,6 +540,14 @@ SELECT (SELECT runner_id FROM lead) AS leader;
 -- saying goodbye).
 DELETE FROM {runners}
 WHERE heartbeat_at < now() - make_interval(secs => %(forget_after)s);
+
+-- name: vacuum
+-- The leader's VACUUM of the jobs table, once the lead statement counts more than
+-- vacuum_dead_rows dead row versions (runner/maintenance.py): it removes the fetch index's entries of claimed rows, which
+-- each claim otherwise walks past from the front of the index. SKIP_LOCKED: when
+-- autovacuum (or another VACUUM) is at it, skip. Not preparable, and outside a
+-- transaction block: run as plain SQL on an autocommit connection.
+VACUUM (SKIP_LOCKED) {table};
 
 -- name: unregister_runner
 -- A runner that stops cleanly removes its row and gives up the leadership if it has it,
