@@ -19,6 +19,7 @@ every five seconds from each other runner.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import socket
@@ -27,7 +28,7 @@ import time
 import gevent
 import psycopg2
 
-from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
+from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool, connect
 from backy_gevent.db.queries import Queries
 from backy_gevent.runner.supervision import DatabaseHealth
 
@@ -169,11 +170,14 @@ class Maintenance:
         to be dead: a backlog of a million jobs drained at under half the rate of a
         small one. A server error is logged (autovacuum still comes); a refusal (only
         the table's owner may VACUUM it; the server warns and skips) is said once and
-        ends the tries.
+        ends the tries. On a connection of its own, not the pool's: no pool slot held
+        for seconds, and none of the pool's bounds (``database_timeout`` also sets a
+        statement timeout, which a VACUUM of a big table may outlast).
         """
         try:
-            with self.connections.borrow() as conn, conn.cursor() as cur:
-                del conn.notices[:]
+            conn = connect(self.connections.dsn,
+                           application_name=f"{self.connections.application_name} vacuum")
+            with contextlib.closing(conn), conn.cursor() as cur:
                 cur.execute(self.queries.composed("vacuum"))
                 refused = [n.strip() for n in conn.notices
                            if "owner" in n or "permission" in n]
