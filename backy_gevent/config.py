@@ -113,6 +113,10 @@ def _positive_count(value: Any) -> int:
     return _at_most(int(_number(value, minimum=1, integer=True)), INTEGER_MAX)
 
 
+def _count(value: Any) -> int:
+    return int(_number(value, minimum=0, integer=True))
+
+
 def _port(value: Any) -> int:
     port = int(_number(value, minimum=0, integer=True))
     if port > 65535:
@@ -211,6 +215,10 @@ OPTIONS: tuple[Option, ...] = (
         "seconds to wait for any answer from PostgreSQL before calling it gone",
     ),
     Option(
+        "vacuum_dead_rows", _count, 100_000,
+        "dead row versions past which the leader VACUUMs the jobs table; 0: never",
+    ),
+    Option(
         "prune_completed_after", _keep_or_seconds, None,
         "seconds after which kept completed rows are deleted by the leader (default: keep)",
     ),
@@ -273,6 +281,8 @@ class Settings:
     # A server crash may then forget the last moments of claims and outcomes: those jobs
     # run again, as after a runner crash. See the README's Speed section.
     relaxed_commits: bool = False
+    # Past it the leader VACUUMs the jobs table (runner/maintenance.py says why); 0: never.
+    vacuum_dead_rows: int = 100_000
     # Retention, applied by the runner that leads maintenance; None keeps rows for good.
     prune_completed_after: float | None = None
     prune_failed_after: float | None = None

@@ -136,7 +136,7 @@ def run(dsn: str, args: argparse.Namespace) -> None:
         "claim": lambda: claim_params(args.batch, RUNNER),
         "complete_delete": batch, "complete_keep": batch, "hand_back": batch,
         "fail": one_failure, "touch": one_touch,
-        "lead": lambda: {"id": RUNNER, "lease": 300.0},
+        "lead": lambda: {"id": RUNNER, "lease": 300.0, "table": '"jobs"'},
     }
     print(f"{'statement':<16} {'runs 1-5 (custom plans), ms':<34} "
           f"{'runs 6+ (generic plan), ms':<28} the generic plan reaches jobs by")

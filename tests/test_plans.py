@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
+
 from backy_gevent.client import Client
 from backy_gevent.db.connections import connect
 from backy_gevent.db.queries import Queries, Statement
@@ -33,9 +35,11 @@ SECONDS = 1.0
 #: condition: reading a whole index is reading every running or waiting job).
 PRIMARY_KEY = {"jobs_pkey"}
 ALLOWED_INDEXES: dict[Statement, set[str]] = {
-    "claim": PRIMARY_KEY | {"jobs_fetch_idx"},
+    # The queues table's key: is the job's queue paused?
+    "claim": PRIMARY_KEY | {"jobs_fetch_idx", "jobs_queues_pkey"},
     # Also counts the worker's running jobs whose lease is current, for its cap.
-    "claim_limited": PRIMARY_KEY | {"jobs_fetch_idx", "jobs_lease_idx", "jobs_starts_idx"},
+    "claim_limited": PRIMARY_KEY | {"jobs_fetch_idx", "jobs_queues_pkey", "jobs_lease_idx",
+                                    "jobs_starts_idx"},
     "complete_delete": PRIMARY_KEY,
     "complete_keep": PRIMARY_KEY,
     "hand_back": PRIMARY_KEY,
@@ -132,7 +136,7 @@ def test_hot_statements_keep_their_plans_when_the_statistics_are_stale(
             "fail": failure,
             "touch": lambda: {"id": touched[0], "attempt": touched[1], "lease": 300.0,
                               "runner_id": RUNNER},
-            "lead": lambda: {"id": RUNNER, "lease": 300.0},
+            "lead": lambda: {"id": RUNNER, "lease": 300.0, "table": '"jobs"'},
         }
         rows = {"claim": BATCH, "claim_limited": BATCH, "complete_delete": BATCH,
                 "complete_keep": BATCH, "hand_back": BATCH, "fail": 1, "touch": 1, "lead": 0}
@@ -178,3 +182,41 @@ def test_hot_statements_keep_their_plans_when_the_statistics_are_stale(
     [(still_running,)] = query(
         db, "SELECT count(*) FROM jobs WHERE state = 'running' AND runner_id = %s", RUNNER)
     assert still_running >= RUNNING
+
+
+#: Jobs waiting, all of one worker and queue, when the table is analyzed while idle.
+BACKLOG = 20_000
+
+
+@pytest.mark.parametrize("queues_row", ["none", "resumed since", "paused"])
+def test_the_claim_walks_the_fetch_index_when_the_statistics_saw_a_backlog(
+    client: Client, db: Any, dsn: str, queues_row: str
+) -> None:
+    """Statistics taken while a backlog of one worker and one queue waited: the claim
+    reads the first rows of the fetch index, not the whole table and a sort (which made
+    every claim of a million-job backlog read a million rows)."""
+    query(db, "ALTER TABLE jobs SET (autovacuum_enabled = false)")
+    query(db, "INSERT INTO jobs (worker) SELECT 'record' FROM generate_series(1, %s)",
+          BACKLOG)
+    if queues_row != "none":  # the queues table as a pause leaves it, analyzed too
+        query(db, "INSERT INTO jobs_queues (queue, paused, paused_at)"
+                  " VALUES ('default', true, now()), ('other', false, NULL)")
+    query(db, "VACUUM ANALYZE jobs")
+    query(db, "ANALYZE jobs_queues")
+    if queues_row == "resumed since":
+        query(db, "UPDATE jobs_queues SET paused = false, paused_at = NULL")
+    params = {"workers": ["record"], "limits": [100], "leases": [300.0], "queues": [],
+              "runner_id": RUNNER}
+    with contextlib.closing(connect(dsn, prepare=True)) as conn, conn.cursor() as cur:
+        queries = Queries("jobs")
+        queries.execute(cur, "claim", params)
+        claimed = len(cur.fetchall())
+        statement, names, arguments = conn.prepared["jobs.claim"]
+        for mode in ["auto"] * RUNS + ["force_generic_plan"]:
+            cur.execute(f"SET plan_cache_mode = {mode}")
+            cur.execute(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) EXECUTE {statement}"
+                        f"{arguments}", [params[n] for n in names])
+            plan = cur.fetchone()["QUERY PLAN"][0]["Plan"]
+            check_plan("claim", plan)
+            claimed += modified_rows(plan)
+    assert claimed == (0 if queues_row == "paused" else 100 * (RUNS + 2))

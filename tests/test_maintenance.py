@@ -1,0 +1,76 @@
+"""The leader's chores that no acceptance test sees directly: its VACUUM of the jobs table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from backy_gevent.client import Client
+from backy_gevent.db.connections import ConnectionPool
+from backy_gevent.db.queries import Queries
+from backy_gevent.runner.maintenance import Maintenance
+from backy_gevent.runner.supervision import DatabaseHealth
+from tests.conftest import query, wait_until
+
+DEAD = 3000  # dead row versions made below, past the bound the test sets
+
+
+@pytest.fixture
+def pool(dsn: str) -> Iterator[ConnectionPool]:
+    connections = ConnectionPool(dsn, size=2, prepare=True)
+    yield connections
+    connections.close()
+
+
+def leader(pool: ConnectionPool, vacuum_dead_rows: int) -> Maintenance:
+    """A Maintenance that leads after its first round (no other runner competes)."""
+    maintenance = Maintenance(pool, Queries("jobs"), "r1", workers=["record"], queues=[],
+                              poll_interval=1.0, health=DatabaseHealth(),
+                              vacuum_dead_rows=vacuum_dead_rows)
+    maintenance.step()  # the beat takes the free leadership
+    assert maintenance.leading()
+    return maintenance
+
+
+def vacuums(db: Any) -> int:
+    [(n,)] = query(db, "SELECT vacuum_count FROM pg_stat_user_tables"
+                       " WHERE relid = 'jobs'::regclass")
+    return int(n)
+
+
+def dead_rows(db: Any) -> int:
+    [(n,)] = query(db, "SELECT pg_stat_get_dead_tuples('jobs'::regclass)")
+    return int(n)
+
+
+def make_dead_rows(db: Any) -> None:
+    """DEAD claimed-and-deleted jobs, as a drain leaves them; autovacuum kept out."""
+    query(db, "ALTER TABLE jobs SET (autovacuum_enabled = false)")
+    query(db, "INSERT INTO jobs (worker) SELECT 'record' FROM generate_series(1, %s)", DEAD)
+    query(db, "DELETE FROM jobs")
+    # The statistics system hears of them within a second or so.
+    wait_until(lambda: dead_rows(db) >= DEAD, timeout=10)
+
+
+@pytest.mark.parametrize("bound", [DEAD // 2, 0])
+def test_the_leader_vacuums_the_table_past_the_bound_of_dead_rows(
+    client: Client, db: Any, pool: ConnectionPool, bound: int
+) -> None:
+    maintenance = leader(pool, vacuum_dead_rows=bound)
+    make_dead_rows(db)
+    before = vacuums(db)
+    maintenance.step()  # the lead round sees the dead rows and starts the VACUUM
+    if not bound:  # 0: never
+        assert maintenance._vacuuming is None
+        assert vacuums(db) == before
+        return
+    assert maintenance._vacuuming is not None
+    maintenance._vacuuming.join(timeout=30)
+    assert maintenance.vacuums == 1
+    wait_until(lambda: vacuums(db) == before + 1, timeout=10)
+    wait_until(lambda: dead_rows(db) < DEAD // 2, timeout=10)
+    # Under the bound again: the next round starts none.
+    maintenance.step()
+    assert maintenance._vacuuming.dead and maintenance.vacuums == 1
