@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from backy_gevent.cli.output import print_json, print_table
+from backy_gevent.cli.output import print_listing
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
 from backy_gevent.worker import Registry
@@ -18,19 +18,14 @@ def command_runners(arguments: argparse.Namespace, settings: Settings) -> int:
     last beat (SILENT past 15 s), and LEADER for the one that leads maintenance."""
     with Client(settings, registry=Registry()) as client:
         runners = client.runners()
-    if arguments.json:
-        print_json(runners)
-        return 0
-    if not runners:
-        print("no runners")
-        return 0
-    print_table(
-        ("RUNNER", "HOST", "PID", "WORKERS", "QUEUES", "LAST BEAT", "ROLE"),
-        [(runner["id"], runner["hostname"], runner["pid"], ",".join(runner["workers"]),
-          ",".join(runner["queues"]) or "all",
-          f"{runner['silent_seconds']:.0f}s ago"
-          + (" SILENT" if runner["silent_seconds"] >= SILENT_AFTER else ""),
-          "LEADER" if runner["leader"] else "")
-         for runner in runners],
+    print_listing(
+        runners, as_json=arguments.json, empty="no runners",
+        header=("RUNNER", "HOST", "PID", "WORKERS", "QUEUES", "LAST BEAT", "ROLE"),
+        row=lambda runner: (
+            runner["id"], runner["hostname"], runner["pid"], ",".join(runner["workers"]),
+            ",".join(runner["queues"]) or "all",
+            f"{runner['silent_seconds']:.0f}s ago"
+            + (" SILENT" if runner["silent_seconds"] >= SILENT_AFTER else ""),
+            "LEADER" if runner["leader"] else ""),
     )
     return 0

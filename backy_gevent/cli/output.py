@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -20,6 +20,20 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     for row in cells:
         padded = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  ".join([*padded, row[-1]]).rstrip())
+
+
+def print_listing(
+    items: Sequence[Any], *, as_json: bool, empty: str, header: Sequence[str],
+    row: Callable[[Any], Sequence[Any]],
+) -> None:
+    """A listing command's output: ``items`` as JSON, or ``empty`` when there are none,
+    or a table of ``row(item)`` under ``header``."""
+    if as_json:
+        print_json(items)
+    elif not items:
+        print(empty)
+    else:
+        print_table(header, [row(item) for item in items])
 
 
 def plural(count: int, noun: str) -> str:

@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import math
 
-from backy_gevent.cli.output import print_json, print_table
+from backy_gevent.cli.output import print_listing
 from backy_gevent.client import Client
 from backy_gevent.config import Settings
 from backy_gevent.cron import CronError, zone_of
@@ -19,18 +19,14 @@ def command_cron(arguments: argparse.Namespace, settings: Settings) -> int:
     the schedule's zone; IDLE when no live runner has its worker (no tick is enqueued)."""
     with Client(settings, registry=Registry()) as client:
         schedules = client.schedules()
-    if arguments.json:
-        print_json(schedules)
-        return 0
-    if not schedules:
-        print("no periodic jobs (give a worker a cron attribute and start a runner)")
-        return 0
     now = dt.datetime.now(dt.timezone.utc)
-    print_table(
-        ("WORKER", "CRON", "TIMEZONE", "LAST TICK", "NEXT RUN", "STATE"),
-        [(s["worker"], s["expression"], s["timezone"], _when(s["last_tick"], s["timezone"]),
-          _next(s["next_run"], s["timezone"], now), "active" if s["active"] else "IDLE")
-         for s in schedules],
+    print_listing(
+        schedules, as_json=arguments.json,
+        empty="no periodic jobs (give a worker a cron attribute and start a runner)",
+        header=("WORKER", "CRON", "TIMEZONE", "LAST TICK", "NEXT RUN", "STATE"),
+        row=lambda s: (
+            s["worker"], s["expression"], s["timezone"], _when(s["last_tick"], s["timezone"]),
+            _next(s["next_run"], s["timezone"], now), "active" if s["active"] else "IDLE"),
     )
     return 0
 

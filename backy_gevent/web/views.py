@@ -10,7 +10,7 @@ from typing import Any
 
 from backy_gevent.client import Client
 from backy_gevent.db.queries import Statement
-from backy_gevent.job import BIGINT_MAX, Job
+from backy_gevent.job import BIGINT_MAX
 
 STATES = ("available", "running", "failed", "cancelled", "completed")
 #: Jobs on a page of the list.
@@ -160,13 +160,3 @@ def job_list(
     if scan["examined"] < params["examine"]:
         return JobList(chosen, found)  # read to the oldest job: nothing more matches
     return JobList(chosen, found, next_before=scan["oldest"], examined=scan["examined"])
-
-
-# -- one job ---------------------------------------------------------------------------
-
-def job_page(client: Client, job_id: int) -> Job | None:
-    """The job with this id (its result included), or None."""
-    if not 0 < job_id <= BIGINT_MAX:
-        return None
-    found = rows(client, "get_job", {"id": job_id})
-    return Job.from_row(found[0]) if found else None

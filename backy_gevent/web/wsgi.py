@@ -153,7 +153,7 @@ class Dashboard:
         return sorted(r.name for r in registered), sorted(queues)
 
     def job(self, request: Request, job_id: str) -> Response:
-        data = views.job_page(self.client, int(job_id))
+        data = self.client.get_job(int(job_id))
         if data is None:
             return text("404 Not Found", f"404 Not Found: no job {job_id}")
         return self._html(request, lambda ctx: pages.job_page(ctx, data))
