@@ -140,6 +140,8 @@ class Job:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:
         """Build a Job from a row of the jobs table (a mapping of column to value)."""
+        if row.keys() <= _COLUMNS:  # the usual case, checked at C speed
+            return cls(**row)
         return cls(**{k: v for k, v in row.items() if k in _COLUMNS})
 
     @property

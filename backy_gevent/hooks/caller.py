@@ -30,15 +30,20 @@ class Hooks:
     ) -> None:
         self.plugin_manager = plugin_manager
         self.on_error = on_error
+        #: The argument names of each hook's spec, once looked up (hooks run per job).
+        self._argnames: dict[str, frozenset[str]] = {}
 
     def _implementations(self, hook_name: str, kwargs: dict[str, Any]) -> list[pluggy.HookImpl]:
         caller = getattr(self.plugin_manager.hook, hook_name)
+        argnames = self._argnames.get(hook_name)
+        if argnames is None and caller.spec is not None:
+            argnames = self._argnames[hook_name] = frozenset(caller.spec.argnames)
         # A call without exactly the spec's arguments is backy's bug, not a plugin's:
         # fail here rather than blame the plugin for a KeyError.
-        if caller.spec is not None and set(kwargs) != set(caller.spec.argnames):
+        if argnames is not None and kwargs.keys() != argnames:
             raise TypeError(
                 f"{hook_name} called with {', '.join(sorted(kwargs))}; its spec takes"
-                f" {', '.join(caller.spec.argnames)}"
+                f" {', '.join(sorted(argnames))}"
             )
         # pluggy's own order: last registered first.
         return list(reversed(caller.get_hookimpls()))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -84,6 +84,9 @@ class Metrics:
             "backy_job_wait_seconds", "Time from when an attempt was due (run_at) until a"
             " runner claimed it.", _JOB_LABELS, registry=on, buckets=SECONDS_BUCKETS,
         )
+        #: The labelled children the per-job hooks use, by (metric, worker, queue):
+        #: finding one by its labels costs as much as counting, and these run per job.
+        self._per_job: dict[tuple[Any, str, str], Any] = {}
         self.hook_errors = Counter(
             "backy_hook_errors", "Hook implementations that raised, by plugin and hook.",
             ("plugin", "hook"), registry=on,
@@ -104,13 +107,21 @@ class Metrics:
         """Observe how long the attempt waited; both times come from the database clock."""
         if job.attempted_at is not None:
             waited = (job.attempted_at - job.run_at).total_seconds()
-            self.wait.labels(job.worker, job.queue).observe(max(0.0, waited))
+            self._child(self.wait, job).observe(max(0.0, waited))
 
     @hookimpl
     def backy_after_job(self, job: Job, duration: float) -> None:
         """Count a completed job and observe its duration."""
-        self.completed.labels(job.worker, job.queue).inc()
-        self.duration.labels(job.worker, job.queue).observe(duration)
+        self._child(self.completed, job).inc()
+        self._child(self.duration, job).observe(duration)
+
+    def _child(self, metric: Any, job: Job) -> Any:
+        """``metric``'s child for ``job``'s worker and queue, made when first used."""
+        key = (metric, job.worker, job.queue)
+        child = self._per_job.get(key)
+        if child is None:
+            child = self._per_job[key] = metric.labels(job.worker, job.queue)
+        return child
 
     @hookimpl
     def backy_on_failure(self, job: Job, will_retry: bool, timed_out: bool) -> None:

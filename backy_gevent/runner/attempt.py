@@ -57,9 +57,13 @@ class Deadline:
     into the job's own greenlet.
     """
 
-    def __init__(self, seconds: float, error: BaseException, target: Any) -> None:
+    def __init__(self, seconds: float, error: BaseException | Callable[[], BaseException],
+                 target: Any) -> None:
         self.seconds = seconds
-        self.error = error
+        # The error may come as a function that makes it, for when it is needed: most
+        # attempts never time out, and an exception costs as much as the rest of a
+        # deadline to build.
+        self._error = error
         self.target = target
         self.ends_at = float("inf")  # time.monotonic() at which it fires
         self._timer: Any = None
@@ -73,6 +77,14 @@ class Deadline:
         # caller that never yields): the clock would fire early by that much. (What
         # gevent.Timeout does too.)
         self._timer.start(self._expire, update=True)
+
+    @property
+    def error(self) -> BaseException:
+        """What the attempt is stopped with when the deadline passes (one object, so
+        that it can be told apart from the job's own errors)."""
+        if not isinstance(self._error, BaseException):
+            self._error = self._error()
+        return self._error
 
     def overdue(self) -> float:
         """Seconds past the deadline (0 or less while it still runs)."""
@@ -92,7 +104,7 @@ class Deadline:
 def new_deadline(job: Job, worker: Worker) -> Deadline:
     """A ``max_runtime`` clock for an attempt of ``job`` in the current greenlet."""
     max_runtime = float(worker.max_runtime)
-    return Deadline(max_runtime, JobTimeout(job.id, max_runtime), getcurrent())
+    return Deadline(max_runtime, lambda: JobTimeout(job.id, max_runtime), getcurrent())
 
 
 def run_in_process(
@@ -131,7 +143,8 @@ def run_in_process(
     except gevent.GreenletExit:
         raise
     except BaseException as exc:  # a job's error, whatever it is, is its outcome
-        return Outcome("raised", error=exc, timed_out=exc is deadline.error)
+        timed_out = isinstance(exc, JobTimeout) and exc is deadline.error
+        return Outcome("raised", error=exc, timed_out=timed_out)
     finally:
         deadline.cancel()
         job._toucher = None

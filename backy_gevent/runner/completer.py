@@ -1,7 +1,8 @@
 """Writes the outcomes of attempts to the database, in batches, until they are written.
 
 Successes and hand-backs are written many per statement: while one batch is in flight the
-next one gathers, so the batch size follows the load with no added delay. Failures are
+next one gathers, and two writes start at least ``WRITE_GAP`` apart
+(``runner.pacing``), so the batch size follows the load with no delay when it is light. Failures are
 written one per statement (each carries its own error and delay). A write that fails
 because the database is away is retried with backoff; an outcome is never dropped while
 the runner lives.
@@ -15,10 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from gevent.event import Event
+from psycopg2.extensions import cursor as plain_cursor
 
 from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
 from backy_gevent.db.queries import Queries, Statement
 from backy_gevent.job import Job
+from backy_gevent.runner.pacing import WRITE_GAP, Spacing
 
 log = logging.getLogger("backy_gevent.completer")
 
@@ -46,6 +49,7 @@ class Completer:
         #: to do with the row it returns (None: the job is no longer this attempt's).
         self._singles: list[tuple[Statement, dict[str, Any], Callable[[Any], None]]] = []
         self._wake = Event()
+        self._spacing = Spacing(WRITE_GAP)
         self._all_written = Event()
         self._all_written.set()
         self._stopping = False
@@ -128,6 +132,7 @@ class Completer:
         The runner calls it in a supervised loop (``runner.supervision``) until ``done``.
         """
         self._wake.wait()
+        self._spacing.wait_turn()
         self._wake.clear()
         try:
             self.flush()
@@ -150,11 +155,13 @@ class Completer:
 
     def flush(self) -> None:
         """Write everything pending now; what fails to write stays pending."""
-        with self.pool.borrow() as conn, conn.cursor() as cur:
+        # The batches' rows are only counted: plain tuples, not a dict per row.
+        with self.pool.borrow() as conn, conn.cursor() as cur, \
+                conn.cursor(cursor_factory=plain_cursor) as counted:
             if self._completed:
                 completed, self._completed = self._completed, []
                 try:
-                    count = self._write_completions(cur, completed)
+                    count = self._write_completions(counted, completed)
                 except BaseException:
                     self._completed[:0] = completed
                     raise
@@ -162,7 +169,7 @@ class Completer:
             if self._handed_back:
                 batch, self._handed_back = self._handed_back, []
                 try:
-                    count = self._write_batch(cur, "hand_back", batch)
+                    count = self._write_batch(counted, "hand_back", batch)
                 except BaseException:
                     self._handed_back[:0] = batch
                     raise

@@ -24,6 +24,7 @@ from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
 from backy_gevent.db.queries import Queries, Statement
 from backy_gevent.job import Job
 from backy_gevent.runner.executor import lease_seconds
+from backy_gevent.runner.pacing import CLAIM_GAP, Spacing
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
 from backy_gevent.worker import Registration, is_limited
@@ -38,24 +39,37 @@ class Wakeup:
 
     def __init__(self) -> None:
         self._event = Event()
+        #: Set while no wake-up is pending (the fetcher took the last one).
+        self._taken = Event()
+        self._taken.set()
 
     def set(self) -> None:
         """Wake the fetcher now."""
+        self._taken.clear()
         self._event.set()
 
     def set_later(self, delay: float) -> None:
         """Wake the fetcher in ``delay`` seconds (a retry falls due then)."""
-        gevent.get_hub().loop.timer(max(delay, 0.0)).start(self._event.set)
+        gevent.get_hub().loop.timer(max(delay, 0.0)).start(self.set)
 
     def slot_freed(self, worker_pool: WorkerPool) -> None:
         """A slot came free in ``worker_pool``: claim again if more may be waiting."""
         if worker_pool.maybe_more:
-            self._event.set()
+            self.set()
+
+    def wait_taken(self, timeout: float) -> None:
+        """Sleep until the fetcher takes the pending wake-up (or ``timeout``): news that
+        arrives before then changes nothing, as the claim that starts then sees it."""
+        self._taken.wait(timeout=timeout)
 
     def wait(self, timeout: float) -> None:
-        """Sleep until woken or ``timeout``; the next wake-up starts afresh."""
+        """Sleep until woken or ``timeout``."""
         self._event.wait(timeout=timeout)
+
+    def clear(self) -> None:
+        """Forget the reasons to wake so far (a claim starting now covers them)."""
         self._event.clear()
+        self._taken.set()
 
 
 class Fetcher:
@@ -83,16 +97,21 @@ class Fetcher:
         self.notified = notified
         self.stopping = stopping
         self.health = health
+        self.spacing = Spacing(CLAIM_GAP)
 
     def step(self) -> None:
         """Wait for a reason to claim, then claim for every pool with free slots.
 
         While notifications arrive (LISTEN works), they say when there is work, delayed
         jobs included, and the poll is only a safety net, every ``IDLE_POLLS`` poll
-        intervals; without them, it polls every ``poll_interval``.
+        intervals; without them, it polls every ``poll_interval``. Under a stream of
+        wake-ups, claims are spaced ``CLAIM_GAP`` apart (``runner.pacing``): the
+        wake-ups meanwhile share the claim.
         """
         poll = self.settings.poll_interval
         self.wakeup.wait(timeout=poll * IDLE_POLLS if self.notified() else poll)
+        self.spacing.wait_turn()
+        self.wakeup.clear()
         if self.stopping.is_set():
             return
         wanted = {}  # pool -> how many jobs to claim for it

@@ -115,6 +115,11 @@ class Listener:
         for notify in conn.notifies:
             self._handle(notify.payload)
         conn.notifies.clear()
+        # Under a stream of enqueues, a notification arrives for every job. Once one has
+        # woken the fetcher, the next ones can wait for its claim to start (they would
+        # only wake it again for what that claim sees anyway): read them all then, in
+        # one go, rather than waking for each.
+        self.wakeup.wait_taken(timeout=self.poll_interval)
 
     def _handle(self, payload: str) -> None:
         if payload.startswith("cancel:"):

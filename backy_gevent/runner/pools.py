@@ -79,9 +79,10 @@ class WorkerPool:
                 return
             finally:
                 self._idle_greenlets -= 1
-            if self.capacity is None and self._queue.empty():
+            if self.capacity is None and self._queue.qsize() <= self.fetch_limit // 2:
                 # An unlimited pool's room is its queue of claimed jobs, not its running
-                # ones: the batch is taken, so another may be claimed now.
+                # ones: with half the batch taken, the next is claimed while the rest
+                # start, so the greenlets are not idle while a claim is on its way.
                 self.on_slot_free(self)
             try:
                 self.executor.run(job, self.registration)

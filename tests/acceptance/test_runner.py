@@ -20,6 +20,7 @@ import psycopg2
 import pytest
 
 from backy_gevent.client import Client
+from backy_gevent.runner.fetcher import IDLE_POLLS
 from backy_gevent.runner.maintenance import BEAT_SECONDS, LEADER_LEASE_SECONDS
 from backy_gevent.worker import Registry
 from tests import workers
@@ -118,6 +119,27 @@ def test_two_runners_run_each_of_200_jobs_exactly_once(
     per_runner = collections.Counter(run["pid"] for run in done)
     assert set(per_runner) == {first.process.pid, second.process.pid}, per_runner
     print(f"\n200 jobs on two runners: {elapsed:.2f}s, split {sorted(per_runner.values())}")
+
+
+def test_a_stream_of_single_enqueues_runs_each_job_once_on_two_runners(
+    runner: Runner, client: Client, db: Any
+) -> None:
+    """Jobs enqueued one per transaction while two runners work: their claims are
+    spaced and shared (runner.pacing), and still every job runs, once, and promptly."""
+    first = runner(*FAST)
+    second = runner(*FAST)
+    started = time.monotonic()
+    jobs = [client.enqueue(workers.Record, {"n": n}) for n in range(600)]
+    enqueued = time.monotonic() - started
+    wait_until(lambda: count_jobs(db) == 0, timeout=30, what="all 600 jobs to run")
+    lag = time.monotonic() - started - enqueued
+    done = runs(db)
+    assert sorted(run["job_id"] for run in done) == sorted(job.id for job in jobs)
+    assert all(run["attempt"] == 1 and run["finished_at"] for run in done)
+    assert {run["pid"] for run in done} <= {first.process.pid, second.process.pid}
+    # The last jobs ran when notified (about 0.05 s here), not at the next safety-net
+    # poll of a listening runner (IDLE_POLLS poll intervals: 2 s).
+    assert lag < IDLE_POLLS * POLL / 2, f"the last jobs finished {lag:.2f}s after the last enqueue"
 
 
 def test_a_row_of_an_unknown_worker_stalls_nothing(

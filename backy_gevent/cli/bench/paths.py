@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from backy_gevent.cli.bench import scratch
-from backy_gevent.cli.bench.loops import Tick, paced, repeat_for, wait_until
+from backy_gevent.cli.bench.loops import TICK_EVERY, Tick, paced, repeat_for, wait_until
 from backy_gevent.cli.bench.runners import check_alive
 from backy_gevent.cli.bench.workers import Noop, Stamp
 from backy_gevent.client import Client
@@ -47,7 +47,7 @@ def stream(client: Client, conn: Any, processes: list[Any], clients: int, second
 
 def finished(conn: Any, processes: list[Any], tick: Tick) -> None:
     """Wait until the runners have finished every job (and recorded it)."""
-    wait_until(lambda: scratch.pending(conn) == 0, DRAIN_TIMEOUT, "the runners to finish",
+    wait_until(lambda: not scratch.any_pending(conn), DRAIN_TIMEOUT, "the runners to finish",
                tick, check=lambda: check_alive(processes))
 
 
@@ -60,11 +60,13 @@ def drain(client: Client, conn: Any, processes: list[Any], jobs: int, tick: Tick
                                 connection=backlog)
         backlog.commit()
     started = time.monotonic()
+    told = [started]
 
     def drained() -> bool:
-        left = scratch.pending(conn)
-        tick(f"{jobs - left:,}/{jobs:,} jobs run")
-        return left == 0
+        if time.monotonic() - told[0] >= TICK_EVERY:  # a count only now and then
+            told[0] = time.monotonic()
+            tick(f"{jobs - scratch.pending(conn):,}/{jobs:,} jobs run")
+        return not scratch.any_pending(conn)
 
     wait_until(drained, DRAIN_TIMEOUT, "the backlog to drain", lambda _: None,
                check=lambda: check_alive(processes))

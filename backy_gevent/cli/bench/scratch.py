@@ -61,6 +61,18 @@ def pending(conn: Any) -> int:
         return int(cur.fetchone()[0])
 
 
+def any_pending(conn: Any) -> bool:
+    """Whether any job is not finished yet: what the bench asks every few milliseconds
+    while runners work, so it stops at the first such row (counting them all each time
+    would cost the server as much as a share of the runners' own work)."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL(
+            "SELECT EXISTS (SELECT FROM {table} WHERE state = 'available')"
+            " OR EXISTS (SELECT FROM {table} WHERE state = 'running')"
+        ).format(table=sql.Identifier(TABLE)))
+        return bool(cur.fetchone()[0])
+
+
 def empty(conn: Any) -> None:
     """Delete every job, so the next measurement starts beside an empty table."""
     with conn.cursor() as cur:

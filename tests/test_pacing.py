@@ -1,0 +1,109 @@
+"""Pacing: under a stream of wake-ups a runner claims (and writes outcomes) once per gap,
+not once per job; an isolated wake-up is claimed at once."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gevent
+from gevent.event import Event
+
+from backy_gevent.config import Settings
+from backy_gevent.runner.fetcher import Fetcher, Wakeup
+from backy_gevent.runner.pacing import CLAIM_GAP, Spacing
+from backy_gevent.runner.pools import WorkerPool
+from backy_gevent.runner.supervision import DatabaseHealth
+from backy_gevent.worker import Registration
+from tests.test_pools import RecordingExecutor, Unlimited
+
+
+def test_a_turn_after_a_quiet_spell_starts_at_once_and_the_next_waits_for_the_gap() -> None:
+    spacing = Spacing(0.05)
+    started = time.monotonic()
+    spacing.wait_turn()
+    first = time.monotonic() - started
+    spacing.wait_turn()
+    second = time.monotonic() - started
+    gevent.sleep(0.06)
+    before_third = time.monotonic()
+    spacing.wait_turn()
+    third = time.monotonic() - before_third
+    assert first < 0.01
+    assert 0.045 <= second < 0.09
+    assert third < 0.01
+
+
+class CountingFetcher(Fetcher):
+    """A Fetcher whose claim records when it was asked, instead of asking a database."""
+
+    def __init__(self, wakeup: Wakeup, pool: WorkerPool) -> None:
+        super().__init__(
+            Settings(), None, None, "test-runner", {pool.name: pool},  # type: ignore[arg-type]
+            wakeup=wakeup, notified=lambda: True, stopping=Event(), health=DatabaseHealth(),
+        )
+        self.claims: list[float] = []
+
+    def claim(self, wanted: dict[WorkerPool, int]) -> None:
+        self.claims.append(time.monotonic())
+        for pool in wanted:
+            pool.maybe_more = False
+
+
+def fetcher_loop() -> tuple[Wakeup, CountingFetcher, Any]:
+    wakeup = Wakeup()
+    pool = WorkerPool(Registration(str(Unlimited.name), Unlimited, "test"),
+                      RecordingExecutor(), fetch_limit=100,  # type: ignore[arg-type]
+                      on_slot_free=wakeup.slot_freed)
+    fetcher = CountingFetcher(wakeup, pool)
+
+    def loop() -> None:
+        while True:
+            fetcher.step()
+
+    return wakeup, fetcher, gevent.spawn(loop)
+
+
+def test_a_stream_of_wake_ups_shares_claims_and_a_lone_one_is_claimed_at_once() -> None:
+    wakeup, fetcher, loop = fetcher_loop()
+    try:
+        gevent.sleep(0.05)
+        # 200 notifications in 0.2 s (1,000 a second): one claim per gap, not per job.
+        started = time.monotonic()
+        for _ in range(200):
+            wakeup.set()
+            gevent.sleep(0.001)
+        gevent.sleep(CLAIM_GAP * 2)
+        during = [at for at in fetcher.claims if at >= started]
+        elapsed = time.monotonic() - started
+        assert 2 <= len(during) <= elapsed / CLAIM_GAP + 2, len(during)
+        # The last wake-up of the stream is followed by a claim (none is left waiting).
+        assert during[-1] > started + 0.2 - 0.001
+        # After a quiet spell, a lone wake-up is claimed at once.
+        gevent.sleep(CLAIM_GAP * 3)
+        woken = time.monotonic()
+        wakeup.set()
+        gevent.sleep(CLAIM_GAP / 2)
+        assert fetcher.claims[-1] >= woken
+        assert fetcher.claims[-1] - woken < CLAIM_GAP / 2
+    finally:
+        loop.kill()
+
+
+def test_news_waits_for_the_pending_claim_to_start_and_no_longer() -> None:
+    wakeup, fetcher, loop = fetcher_loop()
+    try:
+        gevent.sleep(0.05)
+        wakeup.set()
+        gevent.sleep(0)  # the fetcher takes it at once: nothing pending now
+        started = time.monotonic()
+        wakeup.wait_taken(timeout=1.0)
+        assert time.monotonic() - started < 0.005
+        wakeup.set()  # within the gap: this one is taken only when the next claim starts
+        started = time.monotonic()
+        wakeup.wait_taken(timeout=1.0)
+        waited = time.monotonic() - started
+        assert 0 < waited <= CLAIM_GAP + 0.005
+        assert fetcher.claims[-1] >= started
+    finally:
+        loop.kill()
