@@ -74,3 +74,34 @@ def test_the_leader_vacuums_the_table_past_the_bound_of_dead_rows(
     # Under the bound again: the next round starts none.
     maintenance.step()
     assert maintenance._vacuuming.dead and maintenance.vacuums == 1
+
+
+def test_each_beat_counts_the_live_runners_that_share_a_runners_claims(
+    client: Client, db: Any, pool: ConnectionPool
+) -> None:
+    """The fetcher spaces its claims by how many live runners serve the same workers in
+    the same queues (runner.pacing): the leader's round and a plain beat both say."""
+    told: dict[str, list[int]] = {}
+
+    def runner(name: str, workers: list[str], queues: list[str]) -> Maintenance:
+        return Maintenance(pool, Queries("jobs"), name, workers=workers, queues=queues,
+                           poll_interval=1.0, health=DatabaseHealth(),
+                           on_peers=told.setdefault(name, []).append)
+
+    first = runner("r1", ["record", "sleep"], [])
+    first.step()
+    assert first.leading() and told["r1"] == [1]
+    runner("r2", ["sleep"], ["mail"]).step()  # shares "sleep", every queue of r1
+    runner("r3", ["record"], ["other"]).step()  # shares "record"
+    runner("r4", ["fail"], []).step()  # another worker: no claim of r1's
+    runner("r5", ["sleep"], ["bulk"]).step()
+    assert [told[name][-1] for name in ("r2", "r3", "r4")] == [2, 2, 1]
+    first.step()  # the leader's round
+    assert told["r1"][-1] == 4
+    second = runner("r2", ["sleep"], ["mail"])
+    second.step()
+    assert told["r2"][-1] == 2  # r1 (every queue) but not r5 (another queue)
+    query(db, "UPDATE jobs_runners SET heartbeat_at = now() - interval '1 hour'"
+              " WHERE id IN ('r3', 'r5')")
+    first.step()
+    assert told["r1"][-1] == 2  # silent runners no longer count

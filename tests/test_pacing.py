@@ -34,6 +34,18 @@ def test_a_turn_after_a_quiet_spell_starts_at_once_and_the_next_waits_for_the_ga
     assert third < 0.01
 
 
+def test_a_jittered_gap_varies_within_its_share() -> None:
+    spacing = Spacing(0.02, jitter=0.25)
+    spacing.wait_turn()
+    gaps = []
+    for _ in range(8):
+        before = time.monotonic()
+        spacing.wait_turn()
+        gaps.append(time.monotonic() - before)
+    assert all(0.015 * 0.99 <= gap < 0.04 for gap in gaps), gaps
+    assert max(gaps) - min(gaps) > 0.0005, "every gap was the same"
+
+
 class CountingFetcher(Fetcher):
     """A Fetcher whose claim records when it was asked, instead of asking a database."""
 

@@ -24,7 +24,7 @@ from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
 from backy_gevent.db.queries import Queries, Statement
 from backy_gevent.job import Job
 from backy_gevent.runner.executor import lease_seconds
-from backy_gevent.runner.pacing import CLAIM_GAP, Spacing
+from backy_gevent.runner.pacing import CLAIM_GAP, JITTER, Spacing
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
 from backy_gevent.worker import Registration, is_limited
@@ -97,7 +97,12 @@ class Fetcher:
         self.notified = notified
         self.stopping = stopping
         self.health = health
-        self.spacing = Spacing(CLAIM_GAP)
+        self.spacing = Spacing(CLAIM_GAP, JITTER)
+
+    def share_claims(self, runners: int) -> None:
+        """``runners`` live runners (this one included) claim the same jobs: space this
+        one's claims so that together they claim about once per ``CLAIM_GAP``."""
+        self.spacing.gap = CLAIM_GAP * max(1, runners)
 
     def step(self) -> None:
         """Wait for a reason to claim, then claim for every pool with free slots.
@@ -105,8 +110,8 @@ class Fetcher:
         While notifications arrive (LISTEN works), they say when there is work, delayed
         jobs included, and the poll is only a safety net, every ``IDLE_POLLS`` poll
         intervals; without them, it polls every ``poll_interval``. Under a stream of
-        wake-ups, claims are spaced ``CLAIM_GAP`` apart (``runner.pacing``): the
-        wake-ups meanwhile share the claim.
+        wake-ups, claims are spaced (``runner.pacing``): the wake-ups meanwhile share
+        the claim.
         """
         poll = self.settings.poll_interval
         self.wakeup.wait(timeout=poll * IDLE_POLLS if self.notified() else poll)

@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import gevent
 import psycopg2
@@ -37,6 +38,9 @@ log = logging.getLogger("backy_gevent.runner")
 BEAT_SECONDS = 5.0
 LEADER_LEASE_SECONDS = 4.0
 FORGET_RUNNER_SECONDS = 3600.0
+#: A runner that has not beaten for this long no longer counts as a peer that shares
+#: claims (three missed beats).
+PEER_SILENCE_SECONDS = 3 * BEAT_SECONDS
 FORGET_EVERY = 60.0
 PRUNE_EVERY = 60.0
 PRUNE_BATCH = 1000
@@ -73,6 +77,7 @@ class Maintenance:
         health: DatabaseHealth,
         retention: dict[str, float] | None = None,
         vacuum_dead_rows: int = 0,
+        on_peers: Callable[[int], None] = lambda peers: None,
     ) -> None:
         self.connections = connections
         self.queries = queries
@@ -86,6 +91,9 @@ class Maintenance:
         #: Dead row versions in the jobs table past which it VACUUMs it (0: never; see
         #: _vacuum).
         self.vacuum_dead_rows = vacuum_dead_rows
+        #: Told, at every beat, how many live runners (this one included) serve any of
+        #: this runner's workers in any of its queues (the fetcher spaces claims by it).
+        self.on_peers = on_peers
         #: Finished rows this runner deleted while it led, by state.
         self.pruned: collections.Counter[str] = collections.Counter()
         #: Jobs this runner's rescuer took back from dead runners, by (worker, queue, state).
@@ -133,18 +141,23 @@ class Maintenance:
                 "workers": self.workers,
                 "queues": self.queues,
                 "lease": LEADER_LEASE_SECONDS,
+                "alive": PEER_SILENCE_SECONDS,
             })
-            leader = cur.fetchone()["leader"]
-        self._now_leading(leader == self.runner_id, sent)
+            row = cur.fetchone()
+        self._now_leading(row["leader"] == self.runner_id, sent)
+        self.on_peers(row["peers"])
 
     def _lead(self) -> None:
         sent = time.monotonic()
         with self.connections.borrow() as conn, conn.cursor() as cur:
-            self.queries.execute(cur, "lead", {"id": self.runner_id,
-                                               "lease": LEADER_LEASE_SECONDS,
-                                               "table": self.queries.quoted_table})
+            self.queries.execute(cur, "lead", {
+                "id": self.runner_id, "lease": LEADER_LEASE_SECONDS,
+                "table": self.queries.quoted_table, "workers": self.workers,
+                "queues": self.queues, "alive": PEER_SILENCE_SECONDS,
+            })
             row = cur.fetchone()
         self._now_leading(row["leader"] == self.runner_id, sent)
+        self.on_peers(row["peers"])
         if (0 < self.vacuum_dead_rows < row["dead_rows"] and self._may_vacuum
                 and self.leading() and time.monotonic() >= self._next_vacuum
                 and (self._vacuuming is None or self._vacuuming.dead)):

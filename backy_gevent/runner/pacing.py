@@ -3,35 +3,48 @@
 Every job enqueued one per transaction sends its own notification, and every attempt
 that ends reports its own outcome. Claiming or writing at each of them costs the
 database a transaction per job per runner, which at a few thousand jobs a second costs
-more than the enqueues themselves (and with two runners, twice that). So a claim, or a
-write of outcomes, starts no sooner than ``gap`` seconds after the start of the one
-before: what arrives meanwhile waits for the next one and shares it. When the last one
-is older than ``gap`` (anything but a stream) nothing waits at all.
+more than the enqueues themselves. So a claim, or a write of outcomes, starts no sooner
+than a gap after the start of the one before: what arrives meanwhile waits for the next
+one and shares it. When the last one is older than the gap (anything but a stream)
+nothing waits at all.
+
+Runners that serve the same workers share the claims of a stream: each one's gap is
+``CLAIM_GAP`` times how many of them there are (the beat says, see ``maintenance``), so
+the fleet claims about once per ``CLAIM_GAP`` however many runners it has. The gaps
+vary by a quarter either way, so runners woken by the same notifications drift apart
+rather than claim in step.
 """
 
 from __future__ import annotations
 
+import random
 import time
 
 import gevent
 
-#: The least time between the starts of two claims of one runner, and of two writes of
-#: outcomes, in seconds: at most this much is added to a job's start under a stream of
-#: more than ``1 / CLAIM_GAP`` wake-ups a second; none below that.
+#: The least time between the starts of two claims of one runner alone, and of two
+#: writes of outcomes, in seconds: under a stream of more than ``1 / CLAIM_GAP``
+#: wake-ups a second, at most this much (times the runners sharing) is added to a job's
+#: start; below that, nothing.
 CLAIM_GAP = 0.01
 WRITE_GAP = 0.01
+#: How much each gap varies either way, as a share of it.
+JITTER = 0.25
 
 
 class Spacing:
-    """Keeps the starts of successive round trips at least ``gap`` seconds apart."""
+    """Keeps the starts of successive round trips about ``gap`` seconds apart."""
 
-    def __init__(self, gap: float) -> None:
+    def __init__(self, gap: float, jitter: float = 0.0) -> None:
         self.gap = gap
+        self.jitter = jitter
+        self._random = random.Random()
         self._last_start = -gap
 
     def wait_turn(self) -> None:
-        """Sleep until ``gap`` has passed since the last turn began; begin this one."""
-        delay = self._last_start + self.gap - time.monotonic()
+        """Sleep until the gap has passed since the last turn began; begin this one."""
+        gap = self.gap * (1 + self._random.uniform(-self.jitter, self.jitter))
+        delay = self._last_start + gap - time.monotonic()
         if delay > 0:
             gevent.sleep(delay)
         self._last_start = time.monotonic()

@@ -137,7 +137,7 @@ class Runner:
             queues=list(settings.queues), poll_interval=settings.poll_interval,
             health=self.database,
             retention=retention_of(settings.prune_completed_after, settings.prune_failed_after),
-            vacuum_dead_rows=settings.vacuum_dead_rows,
+            vacuum_dead_rows=settings.vacuum_dead_rows, on_peers=self.fetcher.share_claims,
         )
         self.periodic = Periodic(
             self.connections, self.queries, self.registry,

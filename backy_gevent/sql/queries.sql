@@ -339,7 +339,8 @@ RETURNING expires_at;
 -- by primary key; in the UPDATE, t.rescues is still the value from before it.
 --
 -- It also returns the table's dead row versions, as the statistics system counts them
--- for autovacuum (each claim and outcome leaves one): the leader vacuums past a bound.
+-- for autovacuum (each claim and outcome leaves one): the leader vacuums past a bound;
+-- and its peers, as the beat does.
 WITH renewed AS (
     UPDATE {leader} SET expires_at = now() + make_interval(secs => %(lease)s)
     WHERE name = 'maintenance' AND runner_id = %(id)s
@@ -374,7 +375,12 @@ SELECT (SELECT runner_id FROM renewed) AS leader,
        (SELECT coalesce(json_agg(json_build_object(
             'id', id, 'worker', worker, 'queue', queue, 'state', state, 'counted', counted)),
             '[]') FROM rescued) AS rescued,
-       coalesce(pg_stat_get_dead_tuples(to_regclass(%(table)s)), 0) AS dead_rows
+       coalesce(pg_stat_get_dead_tuples(to_regclass(%(table)s)), 0) AS dead_rows,
+       1 + (SELECT count(*) FROM {runners} r
+            WHERE r.id <> %(id)s AND r.workers && %(workers)s::text[]
+              AND (cardinality(r.queues) = 0 OR cardinality(%(queues)s::text[]) = 0
+                   OR r.queues && %(queues)s::text[])
+              AND r.heartbeat_at > now() - make_interval(secs => %(alive)s)) AS peers
 FROM notified;
 
 -- name: cancel
@@ -518,7 +524,8 @@ SELECT set_config('statement_timeout', %(milliseconds)s, true);
 -- name: beat
 -- A live runner announces itself or beats, and renews its lease on the leadership of
 -- maintenance, or takes it when the leader's ran out: returns the leader's id when this
--- runner leads, NULL when another does.
+-- runner leads, NULL when another does, and how many live runners (this one included)
+-- serve any of its workers in any of its queues: they share its claims (runner.pacing).
 WITH beat AS (
     INSERT INTO {runners} (id, hostname, pid, workers, queues)
     VALUES (%(id)s, %(hostname)s, %(pid)s, %(workers)s, %(queues)s)
@@ -533,7 +540,12 @@ WITH beat AS (
     WHERE l.runner_id = excluded.runner_id OR l.expires_at < now()
     RETURNING runner_id
 )
-SELECT (SELECT runner_id FROM lead) AS leader;
+SELECT (SELECT runner_id FROM lead) AS leader,
+       1 + (SELECT count(*) FROM {runners} r
+            WHERE r.id <> %(id)s AND r.workers && %(workers)s::text[]
+              AND (cardinality(r.queues) = 0 OR cardinality(%(queues)s::text[]) = 0
+                   OR r.queues && %(queues)s::text[])
+              AND r.heartbeat_at > now() - make_interval(secs => %(alive)s)) AS peers;
 
 -- name: forget_runners
 -- The leader drops the rows of runners silent for a long while (they died without
