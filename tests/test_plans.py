@@ -136,7 +136,8 @@ def test_hot_statements_keep_their_plans_when_the_statistics_are_stale(
             "fail": failure,
             "touch": lambda: {"id": touched[0], "attempt": touched[1], "lease": 300.0,
                               "runner_id": RUNNER},
-            "lead": lambda: {"id": RUNNER, "lease": 300.0, "table": '"jobs"'},
+            "lead": lambda: {"id": RUNNER, "lease": 300.0, "table": '"jobs"',
+                             "workers": ["record"], "queues": [], "alive": 15.0},
         }
         rows = {"claim": BATCH, "claim_limited": BATCH, "complete_delete": BATCH,
                 "complete_keep": BATCH, "hand_back": BATCH, "fail": 1, "touch": 1, "lead": 0}
