@@ -36,14 +36,6 @@ RELAXABLE: frozenset[str] = frozenset({
     "snooze", "give_up", "hand_back", "touch",
 })
 _RELAX = "SET LOCAL synchronous_commit TO off"
-#: The hot statements whose parameters are arrays the planner can't see into anyway:
-#: their generic plan is the plan they get, yet PostgreSQL, its cost estimates being
-#: what they are, planned each execution afresh (0.1-0.2 ms, a third of a one-job
-#: claim). Prepared, they run with their generic plan (tests/test_plans.py checks it).
-GENERIC: frozenset[str] = frozenset({
-    "claim", "complete_delete", "complete_keep", "hand_back",
-})
-_GENERIC = "SET LOCAL plan_cache_mode TO force_generic_plan"
 
 _BLOCK = re.compile(r"^-- name: (\w+)\n", re.MULTILINE)
 #: A named placeholder and the cast that follows it, if any: %(ids)s::bigint[]
@@ -175,8 +167,6 @@ class Queries:
         prepared: dict[str, tuple[str, list[str], str]],
     ) -> None:
         texts: list[str] = [_RELAX] if self._relaxed(names) else []
-        if any(name in GENERIC for name in names):
-            texts.append(_GENERIC)
         values: list[Any] = []
         for name in names:
             key = f"{self.table_name}.{name}"
