@@ -57,6 +57,9 @@ class Deadline:
     into the job's own greenlet.
     """
 
+    # One per running job: thousands may be alive at once.
+    __slots__ = ("_error", "_timer", "ends_at", "seconds", "target")
+
     def __init__(self, seconds: float, error: BaseException | Callable[[], BaseException],
                  target: Any) -> None:
         self.seconds = seconds
@@ -107,6 +110,25 @@ def new_deadline(job: Job, worker: Worker) -> Deadline:
     return Deadline(max_runtime, lambda: JobTimeout(job.id, max_runtime), getcurrent())
 
 
+class _Touch:
+    """``job.touch()`` inside an attempt: restart its clock, extend its lease
+    (``extend``), and stop the attempt if the job is no longer its own. (An object, not
+    a closure: thousands of attempts may be alive at once, each holding one.)"""
+
+    __slots__ = ("attempt", "deadline", "extend")
+
+    def __init__(self, deadline: Deadline, extend: Callable[[], bool], attempt: Any) -> None:
+        self.deadline = deadline
+        self.extend = extend
+        self.attempt = attempt  # the attempt's greenlet
+
+    def __call__(self) -> None:
+        self.deadline.restart()
+        if not self.extend() and getcurrent() is self.attempt:
+            # Going on would run the job twice: another runner may have it now.
+            raise JobRevoked("no longer this runner's (cancelled or rescued)")
+
+
 def run_in_process(
     job: Job, worker: Worker, deadline: Deadline, touch: Callable[[], bool]
 ) -> Outcome:
@@ -116,15 +138,7 @@ def run_in_process(
     lease); when it returns False the job is no longer ours and the attempt stops.
     ``GreenletExit`` (the runner ending its greenlets) is re-raised.
     """
-    current = getcurrent()
-
-    def touch_job() -> None:
-        deadline.restart()
-        if not touch() and getcurrent() is current:
-            # Going on would run the job twice: another runner may have it now.
-            raise JobRevoked("no longer this runner's (cancelled or rescued)")
-
-    job._toucher = touch_job
+    job._toucher = _Touch(deadline, touch, getcurrent())
     deadline.restart()
     started = time.monotonic()
     try:

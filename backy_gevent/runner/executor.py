@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import logging
 import time
 import traceback
@@ -80,7 +81,7 @@ def lease_seconds(worker_class: type[Worker]) -> float:
     return float(worker_class.max_runtime) + float(worker_class.requeue_delay)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Running:
     """An attempt whose ``perform`` runs now (in this process or in a child)."""
 
@@ -137,14 +138,7 @@ class Executor:
 
     def _attempt(self, job: Job, worker: Worker) -> Outcome:
         lease = lease_seconds(type(worker))
-
-        def touch() -> bool:
-            sent = time.monotonic()
-            extended = self.sink.touch(job, lease)
-            if extended:
-                job._lease_ends = sent + lease
-            return extended is not False
-
+        touch = functools.partial(self._extend_lease, job, lease)
         current = getcurrent()
         if job.quarantined:
             # The child stops the attempt itself at max_runtime when its code yields; the
@@ -161,6 +155,15 @@ class Executor:
             return run_in_process(job, worker, deadline, touch)
         finally:
             self.running.pop(current, None)
+
+    def _extend_lease(self, job: Job, lease: float) -> bool:
+        """What ``job.touch()`` asks of the database: extend the lease (False: the job
+        is no longer this attempt's; True also when the database can't be asked)."""
+        sent = time.monotonic()
+        extended = self.sink.touch(job, lease)
+        if extended:
+            job._lease_ends = sent + lease
+        return extended is not False
 
     def _hand_back_if_late(self, job: Job, when: str) -> bool:
         """Give the job back, unspent, if this runner's lease on it may have run out: by
