@@ -32,6 +32,7 @@ from backy_gevent.metrics import (
 )
 from backy_gevent.metrics.collectors import QueueCollector, RunnerCollector
 from backy_gevent.metrics.server import MetricsServer, metrics_services
+from backy_gevent.metrics.tally import TallyCounter, TallyHistogram
 from backy_gevent.runner import Runner
 from backy_gevent.runner.executor import Executor
 from backy_gevent.worker import Registration, Registry
@@ -473,3 +474,34 @@ def test_an_address_not_of_this_host_is_a_metrics_host_error() -> None:
 
 def test_port_zero_serves_nothing() -> None:
     assert metrics_services(Metrics(), Settings(metrics_port=0)) == []
+
+
+def test_the_per_job_tallies_read_as_prometheus_clients_own_metrics() -> None:
+    """The completed counter and the two histograms are plain tallies (metrics.tally):
+    a scrape must read exactly what prometheus_client's Counter and Histogram give."""
+    values = [0.0, 0.005, 0.0051, 0.7, 1.0, 3600.0, 5000.0, 0.2]
+    theirs = prometheus_client.CollectorRegistry()
+    histogram = prometheus_client.Histogram("h_seconds", "h", ("worker", "queue"),
+                                            registry=theirs, buckets=SECONDS_BUCKETS)
+    counter = prometheus_client.Counter("c", "c", ("worker", "queue"), registry=theirs)
+    ours = prometheus_client.CollectorRegistry()
+    tally = TallyHistogram("h_seconds", "h", ("worker", "queue"), SECONDS_BUCKETS)
+    tally_counter = TallyCounter("c", "c", ("worker", "queue"))
+    ours.register(tally)
+    ours.register(tally_counter)
+    for value in values:
+        histogram.labels("w", "q").observe(value)
+        tally.observe(("w", "q"), value)
+        counter.labels("w", "q").inc()
+        tally_counter.inc(("w", "q"))
+    tally_counter.labels("w", "other").inc(2)
+    counter.labels("w", "other").inc(2)
+
+    def samples(registry: prometheus_client.CollectorRegistry) -> dict[Any, float]:
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in registry.collect() for sample in family.samples
+                if not sample.name.endswith("_created")}
+
+    assert samples(ours) == samples(theirs)
+    assert ours.get_sample_value("h_seconds_bucket",
+                                 {"worker": "w", "queue": "q", "le": "0.005"}) == 2

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
 )
@@ -24,6 +23,7 @@ from backy_gevent.db.connections import ConnectionPool
 from backy_gevent.hooks import Hooks, build_plugin_manager, hookimpl
 from backy_gevent.job import Job
 from backy_gevent.metrics.collectors import QueueCollector, RunnerCollector
+from backy_gevent.metrics.tally import TallyCounter, TallyHistogram
 
 if TYPE_CHECKING:
     from backy_gevent.runner import Runner
@@ -60,9 +60,9 @@ class Metrics:
             "backy_jobs_enqueued", "Jobs written by enqueue in this process.",
             _JOB_LABELS, registry=on,
         )
-        self.completed = Counter(
-            "backy_jobs_completed", "Attempts that succeeded: completed jobs.",
-            _JOB_LABELS, registry=on,
+        # The three counted for every job are tallies (see ``metrics.tally``).
+        self.completed = TallyCounter(
+            "backy_jobs_completed", "Attempts that succeeded: completed jobs.", _JOB_LABELS,
         )
         self.retries = Counter(
             "backy_job_retries", "Failed attempts (errors and timeouts) scheduled again.",
@@ -76,17 +76,16 @@ class Metrics:
             "backy_job_timeouts", "Attempts stopped at max_runtime (also counted as a"
             " retry or a failure).", _JOB_LABELS, registry=on,
         )
-        self.duration = Histogram(
+        self.duration = TallyHistogram(
             "backy_job_duration_seconds", "Run time of perform in successful attempts.",
-            _JOB_LABELS, registry=on, buckets=SECONDS_BUCKETS,
+            _JOB_LABELS, SECONDS_BUCKETS,
         )
-        self.wait = Histogram(
+        self.wait = TallyHistogram(
             "backy_job_wait_seconds", "Time from when an attempt was due (run_at) until a"
-            " runner claimed it.", _JOB_LABELS, registry=on, buckets=SECONDS_BUCKETS,
+            " runner claimed it.", _JOB_LABELS, SECONDS_BUCKETS,
         )
-        #: The labelled children the per-job hooks use, by (metric, worker, queue):
-        #: finding one by its labels costs as much as counting, and these run per job.
-        self._per_job: dict[tuple[Any, str, str], Any] = {}
+        for tally in (self.completed, self.duration, self.wait):
+            on.register(tally)
         self.hook_errors = Counter(
             "backy_hook_errors", "Hook implementations that raised, by plugin and hook.",
             ("plugin", "hook"), registry=on,
@@ -107,21 +106,14 @@ class Metrics:
         """Observe how long the attempt waited; both times come from the database clock."""
         if job.attempted_at is not None:
             waited = (job.attempted_at - job.run_at).total_seconds()
-            self._child(self.wait, job).observe(max(0.0, waited))
+            self.wait.observe((job.worker, job.queue), max(0.0, waited))
 
     @hookimpl
     def backy_after_job(self, job: Job, duration: float) -> None:
         """Count a completed job and observe its duration."""
-        self._child(self.completed, job).inc()
-        self._child(self.duration, job).observe(duration)
-
-    def _child(self, metric: Any, job: Job) -> Any:
-        """``metric``'s child for ``job``'s worker and queue, made when first used."""
-        key = (metric, job.worker, job.queue)
-        child = self._per_job.get(key)
-        if child is None:
-            child = self._per_job[key] = metric.labels(job.worker, job.queue)
-        return child
+        labels = (job.worker, job.queue)
+        self.completed.inc(labels)
+        self.duration.observe(labels, duration)
 
     @hookimpl
     def backy_on_failure(self, job: Job, will_retry: bool, timed_out: bool) -> None:
