@@ -34,6 +34,9 @@ from backy_gevent.runner.fetcher import Wakeup
 
 log = logging.getLogger("backy_gevent.runner")
 
+#: How many distinct job notifications the listener remembers what they said.
+KNOWN_PAYLOADS = 1024
+
 
 class Listener:
     """Holds the LISTEN connection; ``step`` connects, or waits for notifications once."""
@@ -65,6 +68,8 @@ class Listener:
         self._conn: Any = None
         self._last_heard = 0.0  # time.monotonic() of the server's last sign of life
         self._behind_pooler = False
+        #: What recent job notifications said (see ``_read_news``), by payload.
+        self._due_in: dict[str, float] = {}
 
     def step(self) -> float | None:
         """Connect and LISTEN if not connected, else handle what arrives within a poll."""
@@ -137,16 +142,29 @@ class Listener:
         if not payload.startswith("{"):
             self.wakeup.set()
             return
-        news = json.loads(payload)
-        if news.get("worker") not in self.workers:
+        due_in = self._due_in.get(payload)
+        if due_in is None:
+            due_in = self._read_news(payload)
+        if due_in < 0:
             return
-        if self.queues and news.get("queue") not in self.queues:
-            return
-        due_in = float(news.get("in") or 0.0)
         if due_in > 0:
             self.wakeup.set_later(due_in)
         else:
             self.wakeup.set()
+
+    def _read_news(self, payload: str) -> float:
+        """When the jobs ``payload`` announces are due, in seconds (-1: not jobs this
+        runner serves). Under a stream the same few payloads come again and again (one
+        per job): what they say is kept, for a bounded number of them."""
+        news = json.loads(payload)
+        due_in = float(news.get("in") or 0.0)
+        if news.get("worker") not in self.workers or (
+                self.queues and news.get("queue") not in self.queues):
+            due_in = -1.0
+        if len(self._due_in) >= KNOWN_PAYLOADS:
+            self._due_in.clear()
+        self._due_in[payload] = due_in
+        return due_in
 
     def _ping_if_quiet(self) -> None:
         """A connection that only listens hears nothing from a server that went silent
