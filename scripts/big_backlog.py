@@ -14,7 +14,8 @@ autovacuum would have left it):
 The backlogs are written by one INSERT ... SELECT (the enqueue path is not what is
 measured here). The runner starts with the queue paused; the clock starts when it is
 resumed, once the runner listens, so the runner's start-up is not timed, and stops at
-the first look that finds the table drained (looks grow closer as it nears empty).
+the first look (every 10 ms, one that stops at the first unfinished row) that finds the
+table drained.
 Prints each rate, the second's ratio to the first and the fourth's to the third.
 """
 
@@ -46,9 +47,15 @@ class Noop(backy.Worker):
         return None
 
 
-def remaining(cur: Any) -> int:
-    cur.execute("SELECT count(*) FROM jobs WHERE state IN ('available', 'running')")
-    return int(cur.fetchone()[0])
+def pending(cur: Any) -> bool:
+    """Whether any job is waiting or running. Through the fetch and lease indexes, and
+    stopping at the first row: a count of them (which read the table beside a million
+    completed rows, 10 ms apart near the end) cost the server more than the drain it
+    timed, and the kept drain beside a million rows looked slower for it."""
+    cur.execute("SELECT EXISTS (SELECT FROM jobs WHERE state = 'available')"
+                " OR EXISTS (SELECT FROM jobs WHERE state = 'running'"
+                " AND expires_at IS NOT NULL)")
+    return bool(cur.fetchone()[0])
 
 
 def listening(cur: Any, schema: str) -> bool:
@@ -105,9 +112,8 @@ def drain(admin_dsn: str, jobs: int, completed: int, keep: bool,
             cur.execute("UPDATE jobs_queues SET paused = false, paused_at = NULL;"
                         " SELECT pg_notify(%s, 'resume:default')", (backy_channel(cur, schema),))
             started = time.monotonic()
-            while left := remaining(cur):
-                # A look at a million rows costs; look often only near the end.
-                time.sleep(min(0.5, max(0.01, left / 50000)))
+            while pending(cur):
+                time.sleep(0.01)
             return jobs / (time.monotonic() - started)
     finally:
         if runner is not None:

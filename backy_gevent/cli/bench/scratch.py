@@ -68,7 +68,8 @@ def any_pending(conn: Any) -> bool:
     with conn.cursor() as cur:
         cur.execute(sql.SQL(
             "SELECT EXISTS (SELECT FROM {table} WHERE state = 'available')"
-            " OR EXISTS (SELECT FROM {table} WHERE state = 'running')"
+            " OR EXISTS (SELECT FROM {table} WHERE state = 'running'"
+            " AND expires_at IS NOT NULL)"  # through the lease index
         ).format(table=sql.Identifier(TABLE)))
         return bool(cur.fetchone()[0])
 
