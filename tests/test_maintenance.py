@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg2
+import psycopg2.extensions
 import pytest
 
 from backy_gevent.client import Client
@@ -105,3 +109,36 @@ def test_each_beat_counts_the_live_runners_that_share_a_runners_claims(
               " WHERE id IN ('r3', 'r5')")
     first.step()
     assert told["r1"][-1] == 2  # silent runners no longer count
+
+
+def test_a_leader_that_may_not_vacuum_says_so_once_and_leads_on(
+    client: Client, db: Any, dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the table's owner may VACUUM it: the server warns and skips. The leader says
+    so once, stops trying, and its rounds go on."""
+    role = "backy_not_owner_" + uuid.uuid4().hex[:8]
+    [(schema,)] = query(db, "SELECT current_schema()")
+    query(db, f'CREATE ROLE "{role}" LOGIN')
+    try:
+        query(db, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}";'
+                  f' GRANT ALL ON ALL TABLES IN SCHEMA "{schema}" TO "{role}";'
+                  f' GRANT ALL ON ALL SEQUENCES IN SCHEMA "{schema}" TO "{role}"')
+        parameters = psycopg2.extensions.parse_dsn(dsn) | {"user": role}
+        pool = ConnectionPool(psycopg2.extensions.make_dsn(**parameters), size=2)
+        try:
+            maintenance = leader(pool, vacuum_dead_rows=DEAD // 2)
+            make_dead_rows(db)
+            before = vacuums(db)
+            with caplog.at_level(logging.WARNING, logger="backy_gevent.runner"):
+                for _ in range(3):
+                    maintenance.step()
+                    if maintenance._vacuuming is not None:
+                        maintenance._vacuuming.join(timeout=30)
+            refusals = [r for r in caplog.records if "may not VACUUM" in r.getMessage()]
+            assert len(refusals) == 1, caplog.text
+            assert maintenance.vacuums == 0 and vacuums(db) == before
+            assert maintenance.leading()  # its rounds went on
+        finally:
+            pool.close()
+    finally:
+        query(db, f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')

@@ -1,9 +1,9 @@
 """Writes the outcomes of attempts to the database, in batches, until they are written.
 
 Successes and hand-backs are written many per statement: while one batch is in flight the
-next one gathers, and two writes start at least ``WRITE_GAP`` apart
-(``runner.pacing``), so the batch size follows the load with no delay when it is light. Failures are
-written one per statement (each carries its own error and delay). A write that fails
+next one gathers, and two writes start at least ``WRITE_GAP`` apart (``runner.pacing``),
+so the batch size follows the load, with no delay when it is light. Failures are written
+one per statement (each carries its own error and delay). A write that fails
 because the database is away is retried with backoff; an outcome is never dropped while
 the runner lives.
 """
