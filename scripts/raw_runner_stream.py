@@ -1,0 +1,112 @@
+"""How much of a steady stream is left with runners that do nothing but claim and delete?
+
+``backy-gevent bench`` holds the steady stream (4 clients enqueueing one job per
+transaction while runners work) against the same clients with no runner. This script
+runs the same clients beside N *raw* runners instead: processes with no runner code at
+all, each one LISTENing on the table's channel and, when woken, claiming with the
+runner's claim shape (at most once per ``--gap`` seconds, so claims are shared as
+backy-gevent's are) and deleting what it claimed. What they cost the stream is what
+the database work of running jobs costs on this machine, without backy-gevent:
+
+    .venv/bin/python scripts/raw_runner_stream.py --dsn postgresql://root@127.0.0.1/test
+
+Prints the clients' rate with 0, 1 and 2 raw runners (``--runners``), each with its
+ratio to the first, in a scratch schema dropped afterwards.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from backy_gevent.cli.bench import floors, paths, scratch  # noqa: E402
+from backy_gevent.cli.bench.workers import Noop, Stamp  # noqa: E402
+from backy_gevent.client import Client  # noqa: E402
+from backy_gevent.config import Settings  # noqa: E402
+from backy_gevent.db import green  # noqa: E402
+from backy_gevent.worker import Registry  # noqa: E402
+
+green.install()
+
+#: One raw runner: LISTEN; when woken (and at most once per gap), claim up to 1,000 of
+#: the bench's no-op jobs with the runner's claim shape, then delete them.
+RAW_RUNNER = r"""
+import select, sys, time
+import psycopg2
+dsn, channel, claim, delete, worker, gap = sys.argv[1:7]
+listener = psycopg2.connect(dsn)
+listener.autocommit = True
+listener.cursor().execute(f'LISTEN "{channel}"')
+conn = psycopg2.connect(dsn)
+conn.autocommit = True
+cur = conn.cursor()
+print("ready", flush=True)
+last = 0.0
+while True:
+    select.select([listener], [], [], 1.0)
+    listener.poll()
+    listener.notifies.clear()
+    time.sleep(max(0.0, last + float(gap) - time.monotonic()))
+    last = time.monotonic()
+    listener.poll()
+    listener.notifies.clear()
+    cur.execute(claim, {"worker": worker, "limit": 1000})
+    ids = [row[0] for row in cur.fetchall()]
+    if ids:
+        cur.execute(delete, {"ids": ids})
+"""
+
+
+def stream_rate(client: Client, conn: object, dsn: str, runners: int, gap: float,
+                seconds: float) -> float:
+    """The 4 clients' jobs a second beside ``runners`` raw runners."""
+    channel = scratch.channel(conn)
+    processes = [subprocess.Popen(
+        [sys.executable, "-c", RAW_RUNNER, dsn, channel, floors.CLAIM.as_string(conn),
+         floors.COMPLETE_DELETE.as_string(conn), Noop.name, str(gap)],
+        stdout=subprocess.PIPE) for _ in range(runners)]
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            process.stdout.readline()  # "ready": listening
+        return paths.single_enqueue(client, seconds, lambda _: None, clients=4)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+        time.sleep(0.2)
+        scratch.empty(conn)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", default="postgresql://root@127.0.0.1/test")
+    parser.add_argument("--runners", default="0,1,2",
+                        help="raw runner counts, comma-separated (default 0,1,2)")
+    parser.add_argument("--gap", type=float, default=0.01,
+                        help="least seconds between two claims of one raw runner")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    arguments = parser.parse_args()
+    counts = [int(n) for n in arguments.runners.split(",")]
+    with scratch.scratch_schema(arguments.dsn) as (_, dsn), Client(
+        Settings(dsn=dsn, table_name=scratch.TABLE),
+        registry=Registry.from_classes(Noop, Stamp),
+    ) as client, contextlib.closing(scratch.connect(dsn)) as conn:
+        client.setup()
+        first = None
+        for count in counts:
+            rate = stream_rate(client, conn, dsn, count, arguments.gap, arguments.seconds)
+            first = first or rate
+            print(f"{count} raw runner(s), claims {arguments.gap * 1000:g} ms apart:"
+                  f" {rate:,.0f} jobs/s ({rate / first:.2f} of the first)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
