@@ -36,6 +36,7 @@ import psycopg2
 from psycopg2.extensions import make_dsn
 
 import backy_gevent as backy
+from backy_gevent.cli.bench.scratch import any_pending
 
 
 class Noop(backy.Worker):
@@ -45,17 +46,6 @@ class Noop(backy.Worker):
 
     def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
         return None
-
-
-def pending(cur: Any) -> bool:
-    """Whether any job is waiting or running. Through the fetch and lease indexes, and
-    stopping at the first row: a count of them (which read the table beside a million
-    completed rows, 10 ms apart near the end) cost the server more than the drain it
-    timed, and the kept drain beside a million rows looked slower for it."""
-    cur.execute("SELECT EXISTS (SELECT FROM jobs WHERE state = 'available')"
-                " OR EXISTS (SELECT FROM jobs WHERE state = 'running'"
-                " AND expires_at IS NOT NULL)")
-    return bool(cur.fetchone()[0])
 
 
 def listening(cur: Any, schema: str) -> bool:
@@ -112,7 +102,10 @@ def drain(admin_dsn: str, jobs: int, completed: int, keep: bool,
             cur.execute("UPDATE jobs_queues SET paused = false, paused_at = NULL;"
                         " SELECT pg_notify(%s, 'resume:default')", (backy_channel(cur, schema),))
             started = time.monotonic()
-            while pending(cur):
+            # An EXISTS that stops at the first unfinished row: a count of them (which
+            # read the table beside a million completed rows, 10 ms apart near the end)
+            # cost the server more than the drain it timed.
+            while any_pending(conn, "jobs"):
                 time.sleep(0.01)
             return jobs / (time.monotonic() - started)
     finally:

@@ -141,12 +141,13 @@ class Fetcher:
         """Claim up to ``wanted[pool]`` jobs for each pool; hand them out."""
         plain = {pool: n for pool, n in wanted.items() if not is_limited(pool.registration.cls)}
         limited = {pool: n for pool, n in wanted.items() if pool not in plain}
+        # Each list comes in start order, and the two hold different workers' jobs
+        # (each pool runs its own in the order it is given them).
         jobs: list[Job] = []
         if plain:
             jobs += self._claim_plain(plain)
         if limited:
             jobs += self._claim_limited(limited)
-        jobs.sort(key=_start_order)
         for job in jobs:
             self.worker_pools[job.worker].submit(job)
 
@@ -177,7 +178,8 @@ class Fetcher:
         }
         rows, sent = _claimed_rows(self.connections, self.queries,
                                    ["lock_limited", "claim_limited"], params)
-        jobs = _jobs([row for row in rows if row["id"] is not None], params, sent)
+        jobs = sorted(_jobs([row for row in rows if row["id"] is not None], params, sent),
+                      key=_start_order)
         claimed = collections.Counter(job.worker for job in jobs)
         info = {row["limited_worker"]: row for row in rows}
         for worker_pool, limit in wanted.items():

@@ -61,16 +61,17 @@ def pending(conn: Any) -> int:
         return int(cur.fetchone()[0])
 
 
-def any_pending(conn: Any) -> bool:
-    """Whether any job is not finished yet: what the bench asks every few milliseconds
-    while runners work, so it stops at the first such row (counting them all each time
-    would cost the server as much as a share of the runners' own work)."""
+def any_pending(conn: Any, table: str = TABLE) -> bool:
+    """Whether any job of ``table`` is not finished yet: what the bench asks every few
+    milliseconds while runners work, so it stops at the first such row, through the
+    fetch and lease indexes (counting them all each time would cost the server as much
+    as a share of the runners' own work, and beside many finished rows far more)."""
     with conn.cursor() as cur:
         cur.execute(sql.SQL(
             "SELECT EXISTS (SELECT FROM {table} WHERE state = 'available')"
             " OR EXISTS (SELECT FROM {table} WHERE state = 'running'"
             " AND expires_at IS NOT NULL)"  # through the lease index
-        ).format(table=sql.Identifier(TABLE)))
+        ).format(table=sql.Identifier(table)))
         return bool(cur.fetchone()[0])
 
 
