@@ -3,15 +3,19 @@
 ``backy-gevent bench`` holds the steady stream (4 clients enqueueing one job per
 transaction while runners work) against the same clients with no runner. This script
 runs the same clients beside N *raw* runners instead: processes with no runner code at
-all, each one LISTENing on the table's channel and, when woken, claiming with the
-runner's claim shape (at most once per ``--gap`` seconds, so claims are shared as
-backy-gevent's are) and deleting what it claimed. What they cost the stream is what
-the database work of running jobs costs on this machine, without backy-gevent:
+all, each one claiming with the runner's claim shape (at most once per ``--gap``
+seconds times their number, so claims are shared as backy-gevent's are) and deleting
+what it claimed. A
+raw runner either LISTENs on the table's channel and claims when woken ("listen"), or
+claims every gap without listening ("poll", as a runner following a stream does). What
+they cost the stream is what the database work of running jobs costs on this machine,
+without backy-gevent:
 
     .venv/bin/python scripts/raw_runner_stream.py --dsn postgresql://root@127.0.0.1/test
 
-Prints the clients' rate with 0, 1 and 2 raw runners (``--runners``), each with its
-ratio to the first, in a scratch schema dropped afterwards.
+Prints the clients' rate with 0, 1 and 2 raw runners (``--runners``) of each mode
+(``--modes``), each with its ratio to the rate with none, in a scratch schema dropped
+afterwards.
 """
 
 from __future__ import annotations
@@ -35,24 +39,27 @@ from backy_gevent.worker import Registry  # noqa: E402
 
 green.install()
 
-#: One raw runner: LISTEN; when woken (and at most once per gap), claim up to 1,000 of
-#: the bench's no-op jobs with the runner's claim shape, then delete them.
+#: One raw runner: with "listen", LISTEN and wait to be woken; then (and at most once
+#: per gap) claim up to 1,000 of the bench's no-op jobs with the runner's claim shape,
+#: then delete them. With "poll", claim every gap, woken by nothing.
 RAW_RUNNER = r"""
 import select, sys, time
 import psycopg2
-dsn, channel, claim, delete, worker, gap = sys.argv[1:7]
+dsn, channel, claim, delete, worker, gap, mode = sys.argv[1:8]
 listener = psycopg2.connect(dsn)
 listener.autocommit = True
-listener.cursor().execute(f'LISTEN "{channel}"')
+if mode == "listen":
+    listener.cursor().execute(f'LISTEN "{channel}"')
 conn = psycopg2.connect(dsn)
 conn.autocommit = True
 cur = conn.cursor()
 print("ready", flush=True)
 last = 0.0
 while True:
-    select.select([listener], [], [], 1.0)
-    listener.poll()
-    listener.notifies.clear()
+    if mode == "listen":
+        select.select([listener], [], [], 1.0)
+        listener.poll()
+        listener.notifies.clear()
     time.sleep(max(0.0, last + float(gap) - time.monotonic()))
     last = time.monotonic()
     listener.poll()
@@ -64,13 +71,13 @@ while True:
 """
 
 
-def stream_rate(client: Client, conn: object, dsn: str, runners: int, gap: float,
+def stream_rate(client: Client, conn: object, dsn: str, runners: int, mode: str, gap: float,
                 seconds: float) -> float:
-    """The 4 clients' jobs a second beside ``runners`` raw runners."""
+    """The 4 clients' jobs a second beside ``runners`` raw runners of ``mode``."""
     channel = scratch.channel(conn)
     processes = [subprocess.Popen(
         [sys.executable, "-c", RAW_RUNNER, dsn, channel, floors.CLAIM.as_string(conn),
-         floors.COMPLETE_DELETE.as_string(conn), Noop.name, str(gap)],
+         floors.COMPLETE_DELETE.as_string(conn), Noop.name, str(gap), mode],
         stdout=subprocess.PIPE) for _ in range(runners)]
     try:
         for process in processes:
@@ -90,8 +97,10 @@ def main() -> None:
     parser.add_argument("--dsn", default="postgresql://root@127.0.0.1/test")
     parser.add_argument("--runners", default="0,1,2",
                         help="raw runner counts, comma-separated (default 0,1,2)")
+    parser.add_argument("--modes", default="listen,poll",
+                        help="raw runner modes, comma-separated: listen, poll")
     parser.add_argument("--gap", type=float, default=0.01,
-                        help="least seconds between two claims of one raw runner")
+                        help="least seconds between two claims of one raw runner alone")
     parser.add_argument("--seconds", type=float, default=5.0)
     arguments = parser.parse_args()
     counts = [int(n) for n in arguments.runners.split(",")]
@@ -100,12 +109,16 @@ def main() -> None:
         registry=Registry.from_classes(Noop, Stamp),
     ) as client, contextlib.closing(scratch.connect(dsn)) as conn:
         client.setup()
-        first = None
-        for count in counts:
-            rate = stream_rate(client, conn, dsn, count, arguments.gap, arguments.seconds)
-            first = first or rate
-            print(f"{count} raw runner(s), claims {arguments.gap * 1000:g} ms apart:"
-                  f" {rate:,.0f} jobs/s ({rate / first:.2f} of the first)", flush=True)
+        for mode in arguments.modes.split(","):
+            first = None
+            for count in counts:
+                # Runners sharing a stream space their claims by the gap times their
+                # number, so that together they claim about once per gap.
+                gap = arguments.gap * max(1, count)
+                rate = stream_rate(client, conn, dsn, count, mode, gap, arguments.seconds)
+                first = first or rate
+                print(f"{mode}: {count} raw runner(s), each claiming {gap * 1000:g} ms apart:"
+                      f" {rate:,.0f} jobs/s ({rate / first:.2f} of the first)", flush=True)
 
 
 if __name__ == "__main__":

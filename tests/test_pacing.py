@@ -10,7 +10,7 @@ import gevent
 from gevent.event import Event
 
 from backy_gevent.config import Settings
-from backy_gevent.runner.fetcher import Fetcher, Wakeup
+from backy_gevent.runner.fetcher import STREAM_CLAIMS, Fetcher, Wakeup
 from backy_gevent.runner.pacing import CLAIM_GAP, Spacing
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
@@ -50,16 +50,21 @@ class CountingFetcher(Fetcher):
     """A Fetcher whose claim records when it was asked, instead of asking a database."""
 
     def __init__(self, wakeup: Wakeup, pool: WorkerPool) -> None:
+        self.streams: list[bool] = []  # what on_stream was told, in order
         super().__init__(
             Settings(), None, None, "test-runner", {pool.name: pool},  # type: ignore[arg-type]
             wakeup=wakeup, notified=lambda: True, stopping=Event(), health=DatabaseHealth(),
+            on_stream=self.streams.append,
         )
         self.claims: list[float] = []
+        #: How many jobs each claim finds (never a full batch).
+        self.finds = 0
 
-    def claim(self, wanted: dict[WorkerPool, int]) -> None:
+    def claim(self, wanted: dict[WorkerPool, int]) -> int:
         self.claims.append(time.monotonic())
         for pool in wanted:
             pool.maybe_more = False
+        return self.finds
 
 
 def fetcher_loop() -> tuple[Wakeup, CountingFetcher, Any]:
@@ -117,5 +122,41 @@ def test_news_waits_for_the_pending_claim_to_start_and_no_longer() -> None:
         waited = time.monotonic() - started
         assert 0 < waited <= CLAIM_GAP + 0.005
         assert fetcher.claims[-1] >= started
+    finally:
+        loop.kill()
+
+
+def test_a_stream_of_found_jobs_is_followed_without_wake_ups_until_claims_find_none() -> None:
+    wakeup, fetcher, loop = fetcher_loop()
+    try:
+        gevent.sleep(0.05)
+        fetcher.finds = 1
+        # Lone wake-ups whose claims find jobs are no stream: nothing changes.
+        for _ in range(STREAM_CLAIMS + 1):
+            wakeup.set()
+            gevent.sleep(CLAIM_GAP * 2)
+        assert fetcher.streams == []
+        # Wake-ups faster than the claims may start, claims finding jobs: a stream.
+        for _ in range(int(STREAM_CLAIMS * CLAIM_GAP * 2 / 0.001)):
+            wakeup.set()
+            gevent.sleep(0.001)
+        assert fetcher.streams == [True]
+        # Followed with no wake-up at all: a claim about every gap.
+        before = len(fetcher.claims)
+        gevent.sleep(CLAIM_GAP * 10)
+        assert 4 <= len(fetcher.claims) - before <= 12
+        # One claim that finds nothing does not end it (a runner sharing the stream with
+        # others finds nothing now and then); as many in a row as it took to start do.
+        fetcher.finds = 0
+        gevent.sleep(CLAIM_GAP * 1.5)
+        fetcher.finds = 1
+        gevent.sleep(CLAIM_GAP * 3)
+        assert fetcher.streams == [True]
+        fetcher.finds = 0
+        gevent.sleep(CLAIM_GAP * 1.25 * (STREAM_CLAIMS + 1))
+        assert fetcher.streams == [True, False]
+        before = len(fetcher.claims)
+        gevent.sleep(CLAIM_GAP * 5)
+        assert len(fetcher.claims) == before
     finally:
         loop.kill()

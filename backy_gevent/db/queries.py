@@ -17,7 +17,7 @@ from psycopg2 import sql
 Statement = Literal[
     "insert_jobs", "insert_job", "insert_unique_jobs", "get_unique", "claim", "lock_limited",
     "claim_limited", "complete_delete", "complete_keep", "fail", "snooze", "give_up",
-    "hand_back", "touch", "lead", "cancel", "retry", "retry_failed", "table_oid",
+    "hand_back", "touch", "catch_up", "lead", "cancel", "retry", "retry_failed", "table_oid",
     "get_job", "prune", "count_prunable", "prune_batch", "stats", "queue_stats",
     "set_statement_timeout", "beat", "forget_runners", "vacuum",
     "unregister_runner", "list_runners",

@@ -62,6 +62,12 @@ class RunnerCollector:
             value=1.0 if runner.maintenance.leading() else 0.0,
         )
         yield GaugeMetricFamily(
+            "backy_runner_listening",
+            "1 while notifications wake this runner's claims; 0 while it follows a stream"
+            " of enqueues on its own, or polls (LISTEN can't reach the database).",
+            value=1.0 if runner.listener.listening else 0.0,
+        )
+        yield GaugeMetricFamily(
             "backy_job_outcomes_pending",
             "Outcomes of finished attempts not yet written to the database.",
             value=runner.completer.pending,

@@ -32,6 +32,12 @@ from backy_gevent.worker import Registration, is_limited
 #: How many poll intervals an idle fetcher sleeps while notifications arrive: for jobs
 #: that became due without one (rows written by hand, a retry whose runner died).
 IDLE_POLLS = 10
+#: How many claims in a row must find jobs, each woken before its claim gap was up, for
+#: the fetcher to call it a stream: it then claims on its own, every gap, until as many
+#: claims in a row find nothing (runners that share a stream each find nothing now and
+#: then), and the notifications, which would say nothing new, are not listened to
+#: (``on_stream``; see ``runner.listener``).
+STREAM_CLAIMS = 3
 
 
 class Wakeup:
@@ -87,6 +93,7 @@ class Fetcher:
         notified: Callable[[], bool],
         stopping: Event,
         health: DatabaseHealth,
+        on_stream: Callable[[bool], None] = lambda streaming: None,
     ) -> None:
         self.settings = settings
         self.connections = connections
@@ -98,6 +105,12 @@ class Fetcher:
         self.stopping = stopping
         self.health = health
         self.spacing = Spacing(CLAIM_GAP, JITTER)
+        self.on_stream = on_stream
+        #: True while following a stream: claiming every gap, not woken by notifications.
+        self.streaming = False
+        #: Claims in a row that found jobs and had to wait their turn; while streaming,
+        #: less those in a row that found nothing.
+        self._streak = 0
 
     def share_claims(self, runners: int) -> None:
         """``runners`` live runners (this one included) claim the same jobs: space this
@@ -111,11 +124,12 @@ class Fetcher:
         jobs included, and the poll is only a safety net, every ``IDLE_POLLS`` poll
         intervals; without them, it polls every ``poll_interval``. Under a stream of
         wake-ups, claims are spaced (``runner.pacing``): the wake-ups meanwhile share
-        the claim.
+        the claim; and once that has gone on for ``STREAM_CLAIMS`` claims, the fetcher
+        follows the stream on its own.
         """
         poll = self.settings.poll_interval
         self.wakeup.wait(timeout=poll * IDLE_POLLS if self.notified() else poll)
-        self.spacing.wait_turn()
+        pressed = self.spacing.wait_turn()
         self.wakeup.clear()
         if self.stopping.is_set():
             return
@@ -129,16 +143,33 @@ class Fetcher:
         if not wanted:
             return
         try:
-            self.claim(wanted)
+            claimed = self.claim(wanted)
         except CONNECTION_ERRORS:
             self.wakeup.set()  # try again as soon as the pause is over
             raise
         self.health.ok()
-        if any(worker_pool.maybe_more and not worker_pool.capped for worker_pool in wanted):
+        self._follow_stream(claimed > 0, pressed)
+        if self.streaming or any(
+                worker_pool.maybe_more and not worker_pool.capped for worker_pool in wanted):
             self.wakeup.set()
 
-    def claim(self, wanted: dict[WorkerPool, int]) -> None:
-        """Claim up to ``wanted[pool]`` jobs for each pool; hand them out."""
+    def _follow_stream(self, found: bool, pressed: bool) -> None:
+        """Count the claims of a stream; start or stop following it."""
+        if self.streaming:
+            self._streak = STREAM_CLAIMS if found else self._streak - 1
+            if self._streak <= 0:
+                self.streaming = False
+                self.on_stream(False)
+        elif found and pressed:
+            self._streak += 1
+            if self._streak >= STREAM_CLAIMS:
+                self.streaming = True
+                self.on_stream(True)
+        else:
+            self._streak = 0
+
+    def claim(self, wanted: dict[WorkerPool, int]) -> int:
+        """Claim up to ``wanted[pool]`` jobs for each pool; hand them out; how many."""
         plain = {pool: n for pool, n in wanted.items() if not is_limited(pool.registration.cls)}
         limited = {pool: n for pool, n in wanted.items() if pool not in plain}
         # Each list comes in start order, and the two hold different workers' jobs
@@ -150,6 +181,26 @@ class Fetcher:
             jobs += self._claim_limited(limited)
         for job in jobs:
             self.worker_pools[job.worker].submit(job)
+        return len(jobs)
+
+    def catch_up(self, running: Sequence[Job], *, next_due: bool) -> list[int]:
+        """What notifications would have said while they were not heard: which of the
+        ``running`` attempts are no longer this runner's (their ids; they were cancelled
+        or rescued), and, with ``next_due``, when the next job not due yet falls due
+        (the fetcher is woken then)."""
+        params = {
+            "ids": [job.id for job in running],
+            "attempts": [job.attempt for job in running],
+            "runner_id": self.runner_id,
+            "workers": list(self.worker_pools) if next_due else [],
+            "queues": list(self.settings.queues),
+        }
+        with self.connections.borrow() as conn, conn.cursor() as cur:
+            self.queries.execute(cur, "catch_up", params)
+            row = cur.fetchone()
+        if row["next_in"] is not None:
+            self.wakeup.set_later(row["next_in"])
+        return list(row["lost"])
 
     def _claim_plain(self, wanted: dict[WorkerPool, int]) -> list[Job]:
         jobs = claim_jobs(

@@ -10,8 +10,19 @@ What the notifications say (``queries.sql`` sends them):
 - ``pause:<queue>``, ``resume:<queue>``: a queue was paused (the claims skip it: nothing
   to do) or resumed (a runner that serves it wakes its fetcher, for the jobs that waited).
 
-After a reconnection the fetcher is woken too, since notifications may have been missed
-while the connection was down. LISTEN can't work through a transaction pooler (the
+Under a stream of enqueues the notifications say nothing new: the fetcher then claims on
+its own, every claim gap, while its claims find jobs (``Fetcher``: a stream). Listening
+would still cost: PostgreSQL wakes every session that listens in the database, on any
+channel, at every commit that notifies, and at a few thousand commits a second one
+listening session costs the enqueuers about a twentieth of their rate (measured with
+raw processes, ``scripts/raw_runner_stream.py``). So while the fetcher follows a stream
+the listener stops listening (UNLISTEN *), and it listens again when the stream ends.
+
+Whenever it starts listening (at start, after a reconnection, after a stream) the fetcher
+is woken, since work may have come meanwhile, and the runner catches up on the rest that
+notifications would have said (``catch_up``: the attempts running here that were
+cancelled, the next job not yet due); while it does not listen, it catches up on the
+cancellations every ``poll_interval``. LISTEN can't work through a transaction pooler (the
 session that listens is not the client's for long): behind one, the runner says so once
 and relies on polling every ``poll_interval`` (``listen_dsn`` points the listener at
 PostgreSQL itself instead).
@@ -26,6 +37,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 import gevent.socket
+from gevent.event import Event
 from psycopg2 import sql
 
 from backy_gevent.db.connections import CONNECTION_ERRORS, connect
@@ -53,6 +65,7 @@ class Listener:
         timeout: float,
         wakeup: Wakeup,
         cancelled: Callable[[int], None],
+        catch_up: Callable[[bool], None],
     ) -> None:
         self.dsn = dsn
         self.runner_id = runner_id
@@ -63,8 +76,13 @@ class Listener:
         self.timeout = timeout
         self.wakeup = wakeup
         self.cancelled = cancelled
+        #: Called with True when listening starts, with False every poll while hushed.
+        self.catch_up = catch_up
         #: True while notifications arrive: the fetcher may then poll less often.
         self.listening = False
+        #: Set while notifications are wanted; cleared by ``hush`` (a stream flows).
+        self._wanted = Event()
+        self._wanted.set()
         self._conn: Any = None
         self._last_heard = 0.0  # time.monotonic() of the server's last sign of life
         self._behind_pooler = False
@@ -77,7 +95,9 @@ class Listener:
             return self.poll_interval * 60  # nothing to listen to: polling it is
         try:
             if self._conn is None:
-                self._listen()
+                self._connect()
+            elif not self.listening:
+                self._wait_hushed()
             else:
                 self._receive()
         except CONNECTION_ERRORS:
@@ -85,7 +105,15 @@ class Listener:
             raise
         return None
 
-    def _listen(self) -> None:
+    def hush(self) -> None:
+        """Stop listening, at the next notification: the fetcher follows a stream."""
+        self._wanted.clear()
+
+    def rouse(self) -> None:
+        """Listen again, now: the stream ended."""
+        self._wanted.set()
+
+    def _connect(self) -> None:
         conn = connect(
             self.dsn, application_name=f"backy-gevent listener {self.runner_id}",
             timeout=self.timeout,
@@ -100,12 +128,32 @@ class Listener:
             )
             return
         self._conn = conn
-        with conn.cursor() as cur:
+        self._listen()
+
+    def _listen(self) -> None:
+        with self._conn.cursor() as cur:
             channel = sql.Identifier(channel_name(self.table_oid()))
             cur.execute(sql.SQL("LISTEN {}").format(channel))
         self._last_heard = time.monotonic()
         self.listening = True
-        self.wakeup.set()  # notifications may have been missed while away
+        # Notifications may have been missed while away: claim, and catch up.
+        self.wakeup.set()
+        self.catch_up(True)
+
+    def _unlisten(self) -> None:
+        with self._conn.cursor() as cur:
+            cur.execute("UNLISTEN *")
+        self.listening = False
+        self._read_notifies()  # what came before the UNLISTEN took effect
+
+    def _wait_hushed(self) -> None:
+        """Not listening (a stream flows): wait to be roused, catching up on
+        cancellations every poll interval meanwhile."""
+        if self._wanted.wait(timeout=self.poll_interval):
+            self._listen()
+            return
+        self._ping_if_quiet()
+        self.catch_up(False)
 
     def _receive(self) -> None:
         conn = self._conn
@@ -116,15 +164,21 @@ class Listener:
         else:
             conn.poll()
             self._last_heard = time.monotonic()
-        # Also what arrived during a ping: psycopg2 keeps it in notifies.
-        for notify in conn.notifies:
-            self._handle(notify.payload)
-        conn.notifies.clear()
+        self._read_notifies()  # also what arrived during a ping: psycopg2 keeps it
+        if not self._wanted.is_set():
+            self._unlisten()
+            return
         # Under a stream of enqueues, a notification arrives for every job. Once one has
         # woken the fetcher, the next ones can wait for its claim to start (they would
         # only wake it again for what that claim sees anyway): read them all then, in
         # one go, rather than waking for each.
         self.wakeup.wait_taken(timeout=self.poll_interval)
+
+    def _read_notifies(self) -> None:
+        notifies = self._conn.notifies
+        for notify in notifies:
+            self._handle(notify.payload)
+        notifies.clear()
 
     def _handle(self, payload: str) -> None:
         if payload.startswith("cancel:"):

@@ -41,10 +41,12 @@ class Spacing:
         self._random = random.Random()
         self._last_start = -gap
 
-    def wait_turn(self) -> None:
-        """Sleep until the gap has passed since the last turn began; begin this one."""
+    def wait_turn(self) -> bool:
+        """Sleep until the gap has passed since the last turn began; begin this one.
+        Whether it had to wait (the turns come faster than the gap)."""
         gap = self.gap * (1 + self._random.uniform(-self.jitter, self.jitter))
         delay = self._last_start + gap - time.monotonic()
         if delay > 0:
             gevent.sleep(delay)
         self._last_start = time.monotonic()
+        return delay > 0

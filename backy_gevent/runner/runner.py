@@ -125,12 +125,14 @@ class Runner:
             settings.listen_dsn or self.dsn, self.id, table_oid=lambda: int(self.table_oid or 0),
             workers=list(self.worker_pools), queues=settings.queues,
             poll_interval=settings.poll_interval, timeout=settings.database_timeout,
-            wakeup=self.wakeup, cancelled=self._stop_if_running,
+            wakeup=self.wakeup, cancelled=self._stop_if_running, catch_up=self._catch_up,
         )
         self.fetcher = Fetcher(
             settings, self.connections, self.queries, self.id, self.worker_pools,
             wakeup=self.wakeup, notified=lambda: self.listener.listening,
             stopping=self.stopping, health=self.database,
+            on_stream=lambda streaming: (self.listener.hush if streaming
+                                         else self.listener.rouse)(),
         )
         self.maintenance = Maintenance(
             self.connections, self.queries, self.id, workers=list(self.worker_pools),
@@ -338,3 +340,11 @@ class Runner:
     def _stop_if_running(self, job_id: int) -> None:
         """Stop the attempt of a job cancelled while it runs here, if it does."""
         self.executor.interrupt(JobRevoked("cancelled while running"), job_id=job_id)
+
+    def _catch_up(self, next_due: bool) -> None:
+        """What the notifications the listener did not hear would have said (see
+        ``Fetcher.catch_up``): stop the attempts no longer this runner's."""
+        running = [entry.job for entry in list(self.executor.running.values())]
+        for job_id in self.fetcher.catch_up(running, next_due=next_due):
+            self.executor.interrupt(
+                JobRevoked("no longer this runner's (cancelled or rescued)"), job_id=job_id)

@@ -442,6 +442,32 @@ WITH candidates AS (
 )
 SELECT retried.id FROM retried LEFT JOIN notified ON true ORDER BY retried.id;
 
+-- name: catch_up
+-- What a runner that did not hear the table's notifications for a while (it had just
+-- connected, or it claimed on its own under a stream: see runner.listener) may have
+-- missed. "lost": which of the attempts running here (ids and attempts, in step) are no
+-- longer this runner's (cancelled, or rescued): their notifications said stop. "next_in":
+-- in how many seconds the earliest job of the given workers (and queues; all when empty)
+-- that is not due yet falls due (NULL: none), as its notification would have said; an
+-- empty "workers" skips it. Whatever the statistics say, it looks up each attempt by
+-- primary key (a subquery per id: no join to weigh against a read of the table), and
+-- walks the fetch index per worker (LATERAL), over the jobs not due yet.
+SELECT
+    ARRAY(
+        SELECT r.id FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS r(id, attempt)
+        WHERE (SELECT t.attempt = r.attempt AND t.state = 'running'
+                      AND t.runner_id = %(runner_id)s
+               FROM {table} t WHERE t.id = r.id) IS NOT TRUE
+    ) AS lost,
+    (SELECT extract(epoch FROM min(n.run_at) - now())::float8
+     FROM unnest(%(workers)s::text[]) AS w(worker)
+     CROSS JOIN LATERAL (
+         SELECT min(run_at) AS run_at FROM {table}
+         WHERE state = 'available' AND worker = w.worker AND run_at > now()
+           AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+     ) n
+    ) AS next_in;
+
 -- name: table_oid
 -- The oid of the jobs table the search path finds: it names the table's channel.
 SELECT to_regclass(%(table)s)::oid AS oid;
