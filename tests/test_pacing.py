@@ -1,5 +1,6 @@
 """Pacing: under a stream of wake-ups a runner claims (and writes outcomes) once per gap,
-not once per job; an isolated wake-up is claimed at once."""
+not once per job; an isolated wake-up is claimed at once; a wake-up claims for the
+workers it names."""
 
 from __future__ import annotations
 
@@ -49,10 +50,12 @@ def test_a_jittered_gap_varies_within_its_share() -> None:
 class CountingFetcher(Fetcher):
     """A Fetcher whose claim records when it was asked, instead of asking a database."""
 
-    def __init__(self, wakeup: Wakeup, pool: WorkerPool) -> None:
+    def __init__(self, wakeup: Wakeup, *pools: WorkerPool) -> None:
         self.streams: list[bool] = []  # what on_stream was told, in order
+        self.wanted: list[set[str]] = []  # the workers each claim was for
         super().__init__(
-            Settings(), None, None, "test-runner", {pool.name: pool},  # type: ignore[arg-type]
+            Settings(), None, None, "test-runner",  # type: ignore[arg-type]
+            {pool.name: pool for pool in pools},
             wakeup=wakeup, notified=lambda: True, stopping=Event(), health=DatabaseHealth(),
             on_stream=self.streams.append,
         )
@@ -62,17 +65,19 @@ class CountingFetcher(Fetcher):
 
     def claim(self, wanted: dict[WorkerPool, int]) -> int:
         self.claims.append(time.monotonic())
+        self.wanted.append({pool.name for pool in wanted})
         for pool in wanted:
             pool.maybe_more = False
         return self.finds
 
 
-def fetcher_loop() -> tuple[Wakeup, CountingFetcher, Any]:
+def fetcher_loop(*names: str) -> tuple[Wakeup, CountingFetcher, Any]:
     wakeup = Wakeup()
-    pool = WorkerPool(Registration(str(Unlimited.name), Unlimited, "test"),
-                      RecordingExecutor(), fetch_limit=100,  # type: ignore[arg-type]
-                      on_slot_free=wakeup.slot_freed)
-    fetcher = CountingFetcher(wakeup, pool)
+    pools = [WorkerPool(Registration(name, Unlimited, "test"),
+                        RecordingExecutor(), fetch_limit=100,  # type: ignore[arg-type]
+                        on_slot_free=wakeup.slot_freed)
+             for name in names or [str(Unlimited.name)]]
+    fetcher = CountingFetcher(wakeup, *pools)
 
     def loop() -> None:
         while True:
@@ -160,3 +165,31 @@ def test_a_stream_of_found_jobs_is_followed_without_wake_ups_until_claims_find_n
         assert len(fetcher.claims) == before
     finally:
         loop.kill()
+
+
+def test_a_wake_up_claims_for_the_workers_it_names_and_an_unnamed_one_for_all() -> None:
+    wakeup, fetcher, loop = fetcher_loop("mail", "report", "resize")
+    try:
+        gevent.sleep(0.05)
+        del fetcher.wanted[:]
+        wakeup.set("mail")
+        gevent.sleep(CLAIM_GAP * 2)
+        # Two notifications before the claim: one claim, for both.
+        wakeup.set("report")
+        wakeup.set("resize")
+        gevent.sleep(CLAIM_GAP * 2)
+        wakeup.set("report")
+        wakeup.set()  # a rescue, a reconnection: any worker's jobs may be due
+        gevent.sleep(CLAIM_GAP * 2)
+        wakeup.set_later(CLAIM_GAP, "resize")
+        gevent.sleep(CLAIM_GAP * 3)
+        assert fetcher.wanted == [
+            {"mail"}, {"report", "resize"}, {"mail", "report", "resize"}, {"resize"}]
+    finally:
+        loop.kill()
+    # A poll (a wait that nothing woke) is for every worker.
+    wakeup = Wakeup()
+    wakeup.set("mail")
+    assert wakeup.clear() == {"mail"}
+    wakeup.wait(timeout=0.001)
+    assert wakeup.clear() is None

@@ -37,6 +37,7 @@ PRIMARY_KEY = {"jobs_pkey"}
 ALLOWED_INDEXES: dict[Statement, set[str]] = {
     # The queues table's key: is the job's queue paused?
     "claim": PRIMARY_KEY | {"jobs_fetch_idx", "jobs_queues_pkey"},
+    "claim_one": PRIMARY_KEY | {"jobs_fetch_idx", "jobs_queues_pkey"},
     # Also counts the worker's running jobs whose lease is current, for its cap.
     "claim_limited": PRIMARY_KEY | {"jobs_fetch_idx", "jobs_queues_pkey", "jobs_lease_idx",
                                     "jobs_starts_idx"},
@@ -98,7 +99,8 @@ def test_hot_statements_keep_their_plans_when_the_statistics_are_stale(
     make_statistics_stale(db)
     with contextlib.closing(connect(dsn, prepare=True)) as conn, conn.cursor() as cur:
         queries = Queries("jobs")
-        batches = 4 * (RUNS + 1)  # claim_limited, complete_delete, complete_keep, hand_back
+        batches = 5 * (RUNS + 1)  # claim_one, claim_limited, complete_delete, complete_keep,
+        # hand_back
         query(db, "INSERT INTO jobs (worker) SELECT 'record' FROM generate_series(1, %s)",
               RUNNING + (batches + RUNS + 1) * BATCH + RUNS + 2)
 
@@ -129,6 +131,7 @@ def test_hot_statements_keep_their_plans_when_the_statistics_are_stale(
 
         params: dict[Statement, Callable[[], dict[str, Any]]] = {
             "claim": lambda: claim_params(BATCH),
+            "claim_one": lambda: claim_params(BATCH),
             "claim_limited": lambda: claim_params(BATCH) | {
                 "caps": [10**6], "rate_counts": [10**6], "rate_seconds": [3600.0]},
             "complete_delete": batch,
@@ -143,9 +146,9 @@ def test_hot_statements_keep_their_plans_when_the_statistics_are_stale(
                                  "attempts": [a for _, a in running[:BATCH]],
                                  "runner_id": RUNNER, "workers": ["record"], "queues": []},
         }
-        rows = {"claim": BATCH, "claim_limited": BATCH, "complete_delete": BATCH,
-                "complete_keep": BATCH, "hand_back": BATCH, "fail": 1, "touch": 1, "lead": 0,
-                "catch_up": 0}
+        rows = {"claim": BATCH, "claim_one": BATCH, "claim_limited": BATCH,
+                "complete_delete": BATCH, "complete_keep": BATCH, "hand_back": BATCH, "fail": 1,
+                "touch": 1, "lead": 0, "catch_up": 0}
         # The runner leads: its round rescues (nothing has expired).
         query(db, "INSERT INTO jobs_leader (name, runner_id, expires_at)"
                   " VALUES ('maintenance', %s, now() + interval '1 hour')", RUNNER)
@@ -195,9 +198,10 @@ def test_hot_statements_keep_their_plans_when_the_statistics_are_stale(
 BACKLOG = 20_000
 
 
+@pytest.mark.parametrize("statement", ["claim", "claim_one"])
 @pytest.mark.parametrize("queues_row", ["none", "resumed since", "paused"])
 def test_the_claim_walks_the_fetch_index_when_the_statistics_saw_a_backlog(
-    client: Client, db: Any, dsn: str, queues_row: str
+    client: Client, db: Any, dsn: str, queues_row: str, statement: Statement
 ) -> None:
     """Statistics taken while a backlog of one worker and one queue waited: the claim
     reads the first rows of the fetch index, not the whole table and a sort (which made
@@ -216,14 +220,14 @@ def test_the_claim_walks_the_fetch_index_when_the_statistics_saw_a_backlog(
               "runner_id": RUNNER}
     with contextlib.closing(connect(dsn, prepare=True)) as conn, conn.cursor() as cur:
         queries = Queries("jobs")
-        queries.execute(cur, "claim", params)
+        queries.execute(cur, statement, params)
         claimed = len(cur.fetchall())
-        statement, names, arguments = conn.prepared["jobs.claim"]
+        prepared, names, arguments = conn.prepared[f"jobs.{statement}"]
         for mode in ["auto"] * RUNS + ["force_generic_plan"]:
             cur.execute(f"SET plan_cache_mode = {mode}")
-            cur.execute(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) EXECUTE {statement}"
+            cur.execute(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) EXECUTE {prepared}"
                         f"{arguments}", [params[n] for n in names])
             plan = cur.fetchone()["QUERY PLAN"][0]["Plan"]
-            check_plan("claim", plan)
+            check_plan(statement, plan)
             claimed += modified_rows(plan)
     assert claimed == (0 if queues_row == "paused" else 100 * (RUNS + 2))

@@ -15,7 +15,8 @@ from psycopg2 import sql
 #: The name of every block of queries.sql, so that mypy checks each name a caller uses
 #: (a test checks that this list and the file agree).
 Statement = Literal[
-    "insert_jobs", "insert_job", "insert_unique_jobs", "get_unique", "claim", "lock_limited",
+    "insert_jobs", "insert_job", "insert_unique_jobs", "get_unique", "claim", "claim_one",
+    "lock_limited",
     "claim_limited", "complete_delete", "complete_keep", "fail", "snooze", "give_up",
     "hand_back", "touch", "catch_up", "lead", "cancel", "retry", "retry_failed", "table_oid",
     "get_job", "prune", "count_prunable", "prune_batch", "stats", "queue_stats",
@@ -32,8 +33,8 @@ STATEMENTS: tuple[str, ...] = get_args(Statement)
 #: least once), so with ``relaxed_commits`` they commit without waiting for the WAL flush.
 #: Enqueues, cancels, retries and the rest stay durable.
 RELAXABLE: frozenset[str] = frozenset({
-    "claim", "lock_limited", "claim_limited", "complete_delete", "complete_keep", "fail",
-    "snooze", "give_up", "hand_back", "touch",
+    "claim", "claim_one", "lock_limited", "claim_limited", "complete_delete", "complete_keep",
+    "fail", "snooze", "give_up", "hand_back", "touch",
 })
 _RELAX = "SET LOCAL synchronous_commit TO off"
 

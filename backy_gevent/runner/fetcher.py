@@ -10,6 +10,7 @@ more: when the rate's window frees a start, or every poll interval while capped.
 
 from __future__ import annotations
 
+import builtins
 import collections
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,27 +42,40 @@ STREAM_CLAIMS = 3
 
 
 class Wakeup:
-    """What wakes the fetcher before its poll interval is up."""
+    """What wakes the fetcher before its poll interval is up, and for which workers.
+
+    A wake-up names the worker it is for (its notification said so, or a slot of its
+    pool came free) or none (anything may have become due: a poll, a rescue, a
+    reconnection). The claim that follows claims for the workers named since the last
+    one, or for all when any wake-up named none: a claim for one worker costs much less
+    than one for several (the ``claim_one`` statement).
+    """
 
     def __init__(self) -> None:
         self._event = Event()
         #: Set while no wake-up is pending (the fetcher took the last one).
         self._taken = Event()
         self._taken.set()
+        #: Workers named since the last claim; None: every worker.
+        self._workers: builtins.set[str] | None = set()
 
-    def set(self) -> None:
-        """Wake the fetcher now."""
+    def set(self, worker: str | None = None) -> None:
+        """Wake the fetcher now, for ``worker``'s jobs (None: for any worker's)."""
+        if worker is None:
+            self._workers = None
+        elif self._workers is not None:
+            self._workers.add(worker)
         self._taken.clear()
         self._event.set()
 
-    def set_later(self, delay: float) -> None:
+    def set_later(self, delay: float, worker: str | None = None) -> None:
         """Wake the fetcher in ``delay`` seconds (a retry falls due then)."""
-        gevent.get_hub().loop.timer(max(delay, 0.0)).start(self.set)
+        gevent.get_hub().loop.timer(max(delay, 0.0)).start(self.set, worker)
 
     def slot_freed(self, worker_pool: WorkerPool) -> None:
         """A slot came free in ``worker_pool``: claim again if more may be waiting."""
         if worker_pool.maybe_more:
-            self.set()
+            self.set(worker_pool.name)
 
     def wait_taken(self, timeout: float) -> None:
         """Sleep until the fetcher takes the pending wake-up (or ``timeout``): news that
@@ -69,13 +83,17 @@ class Wakeup:
         self._taken.wait(timeout=timeout)
 
     def wait(self, timeout: float) -> None:
-        """Sleep until woken or ``timeout``."""
-        self._event.wait(timeout=timeout)
+        """Sleep until woken or ``timeout`` (which is a wake-up for every worker)."""
+        if not self._event.wait(timeout=timeout):
+            self._workers = None
 
-    def clear(self) -> None:
-        """Forget the reasons to wake so far (a claim starting now covers them)."""
+    def clear(self) -> builtins.set[str] | None:
+        """Forget the reasons to wake so far (a claim starting now covers them); the
+        workers they named (None: every worker)."""
+        workers, self._workers = self._workers, set()
         self._event.clear()
         self._taken.set()
+        return workers
 
 
 class Fetcher:
@@ -130,11 +148,13 @@ class Fetcher:
         poll = self.settings.poll_interval
         self.wakeup.wait(timeout=poll * IDLE_POLLS if self.notified() else poll)
         pressed = self.spacing.wait_turn()
-        self.wakeup.clear()
+        named = self.wakeup.clear()
         if self.stopping.is_set():
             return
         wanted = {}  # pool -> how many jobs to claim for it
-        for worker_pool in self.worker_pools.values():
+        for name, worker_pool in self.worker_pools.items():
+            if named is not None and name not in named:
+                continue
             free = worker_pool.free_slots()
             if free:
                 wanted[worker_pool] = free
@@ -145,13 +165,16 @@ class Fetcher:
         try:
             claimed = self.claim(wanted)
         except CONNECTION_ERRORS:
-            self.wakeup.set()  # try again as soon as the pause is over
+            self.wakeup.set()  # try again, for every worker, as soon as the pause is over
             raise
         self.health.ok()
         self._follow_stream(claimed > 0, pressed)
-        if self.streaming or any(
-                worker_pool.maybe_more and not worker_pool.capped for worker_pool in wanted):
-            self.wakeup.set()
+        if self.streaming:
+            self.wakeup.set()  # following a stream: no notification names its workers
+            return
+        for worker_pool in wanted:
+            if worker_pool.maybe_more and not worker_pool.capped:
+                self.wakeup.set(worker_pool.name)
 
     def _follow_stream(self, found: bool, pressed: bool) -> None:
         """Count the claims of a stream; start or stop following it."""
@@ -247,7 +270,7 @@ class Fetcher:
             waits = [self.settings.poll_interval] if cls.global_concurrency else []
             if row["next_start_in"] is not None:
                 waits.append(row["next_start_in"])
-            self.wakeup.set_later(max(min(waits), 0.001))
+            self.wakeup.set_later(max(min(waits), 0.001), worker_pool.name)
         return jobs
 
 
@@ -265,7 +288,8 @@ def claim_jobs(
     workers without limits with it, and ``backy_gevent.testing.drain`` every worker.
     """
     params = _claim_params(runner_id, wanted, queues)
-    rows, sent = _claimed_rows(connections, queries, ["claim"], params)
+    statement: Statement = "claim_one" if len(params["workers"]) == 1 else "claim"
+    rows, sent = _claimed_rows(connections, queries, [statement], params)
     return sorted(_jobs(rows, params, sent), key=_start_order)
 
 

@@ -87,7 +87,7 @@ class Listener:
         self._last_heard = 0.0  # time.monotonic() of the server's last sign of life
         self._behind_pooler = False
         #: What recent job notifications said (see ``_read_news``), by payload.
-        self._due_in: dict[str, float] = {}
+        self._news: dict[str, tuple[str | None, float]] = {}
 
     def step(self) -> float | None:
         """Connect and LISTEN if not connected, else handle what arrives within a poll."""
@@ -196,29 +196,30 @@ class Listener:
         if not payload.startswith("{"):
             self.wakeup.set()
             return
-        due_in = self._due_in.get(payload)
-        if due_in is None:
-            due_in = self._read_news(payload)
-        if due_in < 0:
+        news = self._news.get(payload)
+        if news is None:
+            news = self._read_news(payload)
+        worker, due_in = news
+        if worker is None:
             return
         if due_in > 0:
-            self.wakeup.set_later(due_in)
+            self.wakeup.set_later(due_in, worker)
         else:
-            self.wakeup.set()
+            self.wakeup.set(worker)
 
-    def _read_news(self, payload: str) -> float:
-        """When the jobs ``payload`` announces are due, in seconds (-1: not jobs this
-        runner serves). Under a stream the same few payloads come again and again (one
-        per job): what they say is kept, for a bounded number of them."""
-        news = json.loads(payload)
-        due_in = float(news.get("in") or 0.0)
-        if news.get("worker") not in self.workers or (
-                self.queues and news.get("queue") not in self.queues):
-            due_in = -1.0
-        if len(self._due_in) >= KNOWN_PAYLOADS:
-            self._due_in.clear()
-        self._due_in[payload] = due_in
-        return due_in
+    def _read_news(self, payload: str) -> tuple[str | None, float]:
+        """Which worker's jobs ``payload`` announces (None: not jobs this runner serves),
+        and in how many seconds they are due. Under a stream the same few payloads come
+        again and again (one per job): what they say is kept, for a bounded number."""
+        message = json.loads(payload)
+        worker = message.get("worker")
+        news = (worker, float(message.get("in") or 0.0))
+        if worker not in self.workers or (self.queues and message.get("queue") not in self.queues):
+            news = (None, 0.0)
+        if len(self._news) >= KNOWN_PAYLOADS:
+            self._news.clear()
+        self._news[payload] = news
+        return news
 
     def _ping_if_quiet(self) -> None:
         """A connection that only listens hears nothing from a server that went silent

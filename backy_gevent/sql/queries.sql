@@ -8,9 +8,9 @@
 --
 -- Plans. The table's statistics are usually stale: autovacuum analyzes it while it is
 -- idle, so they say that almost nothing waits or runs just when a burst arrives. The hot
--- statements (claim, complete_delete, complete_keep, fail, hand_back, touch) therefore
--- leave no choice of plan to a row estimate, prepared or not: they reach the table by
--- primary key, one lookup per id, so their cost follows the batch.
+-- statements (claim, claim_one, complete_delete, complete_keep, fail, hand_back, touch)
+-- therefore leave no choice of plan to a row estimate, prepared or not: they reach the
+-- table by primary key, one lookup per id, so their cost follows the batch.
 -- - A batch write is "WHERE id = ANY(ARRAY(subquery))". The subquery walks the caller's
 --   ids, looks each row up by primary key (LATERAL), checks its lease token and locks it
 --   (the claim picks its rows through the fetch index, SKIP LOCKED); the write then finds
@@ -137,6 +137,27 @@ WHERE t.id = ANY(ARRAY(
         LIMIT wanted.lim
         FOR UPDATE SKIP LOCKED
     ) j
+))
+RETURNING t.*;
+
+-- name: claim_one
+-- The claim of one worker, its usual case (woken by that worker's notifications, or by
+-- a slot of its pool coming free): the same parameters, arrays of one element, and the
+-- same rows as "claim", without the LATERAL over the workers, which costs as much to plan
+-- and run as the claim itself (0.72 ms against 0.47 ms from a busy client here). The
+-- rows are picked in the fetch index's order and the LIMIT stops the walk, as there.
+UPDATE {table} t
+SET state = 'running', attempt = t.attempt + 1, runner_id = %(runner_id)s,
+    attempted_at = now(),
+    expires_at = now() + make_interval(secs => (%(leases)s::float8[])[1])
+WHERE t.id = ANY(ARRAY(
+    SELECT id FROM {table} a
+    WHERE state = 'available' AND worker = (%(workers)s::text[])[1] AND run_at <= now()
+      AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+      AND NOT EXISTS (SELECT FROM {queues} p WHERE p.queue = a.queue AND p.paused)
+    ORDER BY priority, run_at, id
+    LIMIT (%(limits)s::int[])[1]
+    FOR UPDATE SKIP LOCKED
 ))
 RETURNING t.*;
 
