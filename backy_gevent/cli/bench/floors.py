@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -213,6 +215,65 @@ def wake_and_claim(dsn: str, channel: str, rate: float, samples: int,
         finally:
             claiming.kill()
     return [claimed[job_id] - started for job_id, started in sent.items()]
+
+
+#: The claimer of ``wake_and_claim_apart``, a process of its own: LISTEN; when woken,
+#: claim (the floor's claim), print each claimed id with the time, delete them.
+_CLAIMER = r"""
+import select, sys, time
+import psycopg2
+dsn, channel, claim, delete, worker = sys.argv[1:6]
+listener = psycopg2.connect(dsn)
+listener.autocommit = True
+listener.cursor().execute(f'LISTEN "{channel}"')
+conn = psycopg2.connect(dsn)
+conn.autocommit = True
+cur = conn.cursor()
+print("ready", flush=True)
+while True:
+    select.select([listener], [], [])
+    listener.poll()
+    listener.notifies.clear()
+    cur.execute(claim, {"worker": worker, "limit": 100})
+    ids = [row[0] for row in cur.fetchall()]
+    now = time.time()
+    for job_id in ids:
+        print(job_id, f"{now:.6f}", flush=True)
+    if ids:
+        cur.execute(delete, {"ids": ids})
+"""
+
+
+def wake_and_claim_apart(dsn: str, channel: str, rate: float, samples: int,
+                         tick: Tick) -> list[float]:
+    """``wake_and_claim`` with the LISTEN and the claim in a process of their own, as a
+    runner's are: asleep until the notification comes, where the bench's floor process
+    has just inserted (``scripts/latency_floor_split.py`` compares the two)."""
+    with contextlib.closing(scratch.connect(dsn)) as inserter:
+        claimer = subprocess.Popen(
+            [sys.executable, "-c", _CLAIMER, dsn, channel, CLAIM.as_string(inserter),
+             COMPLETE_DELETE.as_string(inserter), Noop.name],
+            stdout=subprocess.PIPE, text=True)
+        sent: dict[int, float] = {}
+        try:
+            assert claimer.stdout is not None
+            claimer.stdout.readline()  # "ready": listening
+            params = _notify_params(channel)
+            with inserter.cursor() as cur:
+                _prepared(cur, _INSERT_NOTIFY)
+
+                def insert() -> None:
+                    started = time.time()
+                    _INSERT_NOTIFY.execute(cur, params)
+                    sent[cur.fetchone()[0]] = started
+
+                paced(rate, samples, insert, tick)
+            time.sleep(0.5)  # the last claims
+        finally:
+            claimer.kill()
+            output, _ = claimer.communicate()
+    claimed = {int(job): float(at) for job, at in (line.split() for line in output.splitlines())}
+    return [claimed[job] - started for job, started in sent.items() if job in claimed]
 
 
 def _raise_if_failed(greenlet: Any) -> None:
