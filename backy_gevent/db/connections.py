@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import json.scanner
 import logging
 import math
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg2
@@ -93,10 +95,31 @@ def connect(
         # bound is then the client's alone (its silence_timeout).
         conn = psycopg2.connect(dsn, **options)
     conn.autocommit = autocommit
+    psycopg2.extras.register_default_jsonb(conn, loads=read_json)
     conn.behind_pooler = _behind_pooler(conn)
     if conn.behind_pooler and prepare:
         conn.prepared = None
     return conn
+
+
+#: json's scanner (C), called directly by ``read_json``. (typeshed types make_scanner's
+#: argument as itself, not as the decoder it takes.)
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
+    json.JSONDecoder())  # type: ignore[arg-type]
+
+
+def read_json(text: str) -> Any:
+    """A ``jsonb`` value as PostgreSQL writes it, decoded: what ``json.loads`` returns,
+    in half the time. Every claimed job brings two (its args and its errors); the
+    server's text has no whitespace around the value, so json's scanner alone reads it,
+    without ``json.loads``'s checks for any (anything else goes to ``json.loads``)."""
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    if end != len(text):
+        return json.loads(text)
+    return value
 
 
 #: How PgBouncer refuses a startup parameter it does not pass on (``options`` above all).

@@ -250,10 +250,11 @@ class Fetcher:
             "rate_counts": [cls.rate_limit and cls.rate_limit[0] for cls in classes],
             "rate_seconds": [cls.rate_limit and float(cls.rate_limit[1]) for cls in classes],
         }
-        rows, sent = _claimed_rows(self.connections, self.queries,
-                                   ["lock_limited", "claim_limited"], params)
-        jobs = sorted(_jobs([row for row in rows if row["id"] is not None], params, sent),
-                      key=_start_order)
+        columns, tuples, sent = _claimed_rows(self.connections, self.queries,
+                                              ["lock_limited", "claim_limited"], params)
+        rows = [dict(zip(columns, row, strict=True)) for row in tuples]
+        jobs = sorted(_leased([Job.from_row(row) for row in rows if row["id"] is not None],
+                              params, sent), key=_start_order)
         claimed = collections.Counter(job.worker for job in jobs)
         info = {row["limited_worker"]: row for row in rows}
         for worker_pool, limit in wanted.items():
@@ -289,8 +290,8 @@ def claim_jobs(
     """
     params = _claim_params(runner_id, wanted, queues)
     statement: Statement = "claim_one" if len(params["workers"]) == 1 else "claim"
-    rows, sent = _claimed_rows(connections, queries, [statement], params)
-    return sorted(_jobs(rows, params, sent), key=_start_order)
+    columns, rows, sent = _claimed_rows(connections, queries, [statement], params)
+    return sorted(_leased(Job.from_tuples(columns, rows), params, sent), key=_start_order)
 
 
 def _start_order(job: Job) -> tuple[Any, ...]:
@@ -309,12 +310,11 @@ def _claim_params(
     }
 
 
-def _jobs(rows: list[dict[str, Any]], params: dict[str, Any], sent: float) -> list[Job]:
-    """Jobs from claimed rows, each knowing when its lease ends by this process's clock
-    from before the claim was sent (``sent``): a reply held up on the way must not
-    start an attempt another runner may have."""
+def _leased(jobs: list[Job], params: dict[str, Any], sent: float) -> list[Job]:
+    """Claimed jobs, each told when its lease ends by this process's clock from before
+    the claim was sent (``sent``): a reply held up on the way must not start an attempt
+    another runner may have."""
     lease_of = dict(zip(params["workers"], params["leases"], strict=True))
-    jobs = [Job.from_row(row) for row in rows]
     for job in jobs:
         job._lease_ends = sent + lease_of[job.worker]
     return jobs
@@ -323,13 +323,12 @@ def _jobs(rows: list[dict[str, Any]], params: dict[str, Any], sent: float) -> li
 def _claimed_rows(
     connections: ConnectionPool, queries: Queries, names: list[Statement],
     params: dict[str, Any],
-) -> tuple[list[dict[str, Any]], float]:
-    """The rows statements ``names`` return (run together), and when they were sent."""
+) -> tuple[list[str], list[tuple[Any, ...]], float]:
+    """The columns and rows (plain tuples: no dict is built per job) that statements
+    ``names`` return (run together), and when they were sent."""
     sent = time.monotonic()
-    # Plain tuples: building a dict per row by zip is cheaper than RealDictCursor's,
-    # and this runs for every job.
     with connections.borrow() as conn, conn.cursor(cursor_factory=plain_cursor) as cur:
         queries.execute_together(cur, names, params)
         columns = [column.name for column in cur.description]
         rows = cur.fetchall()
-    return [dict(zip(columns, row, strict=True)) for row in rows], sent
+    return columns, rows, sent
