@@ -146,24 +146,13 @@ class Job:
 
     @classmethod
     def from_tuples(cls, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[Job]:
-        """Jobs from rows as tuples in the order of ``columns`` (a cursor's description;
-        columns that are no Job field are left out). The runner builds every job it
-        claims this way: with no dict per row and no ``__init__`` (each Job's attributes
-        are its row's columns, the class's defaults stand for the rest), in half the
-        time of ``from_row``."""
-        if not _NEEDED.issubset(columns):
-            return [cls.from_row(dict(zip(columns, row, strict=True))) for row in rows]
-        if not _COLUMNS.issuperset(columns):
-            kept = [i for i, name in enumerate(columns) if name in _COLUMNS]
-            columns = [columns[i] for i in kept]
-            rows = ([row[i] for i in kept] for row in rows)
-        new = object.__new__
-        jobs = []
-        for row in rows:
-            job = new(cls)
-            job.__dict__.update(zip(columns, row, strict=True))
-            jobs.append(job)
-        return jobs
+        """Jobs from rows as tuples in the order of ``columns`` (a cursor's description).
+        The runner's claims return the columns in the order of Job's fields
+        (``ROW_ORDER``): each Job is then built from its tuple by position, with no dict
+        per row (a sixth of the time of ``from_row``). Any other order is read by name."""
+        if list(columns) == ROW_ORDER:
+            return [cls(*row) for row in rows]
+        return [cls.from_row(dict(zip(columns, row, strict=True))) for row in rows]
 
     @property
     def retries_left(self) -> int:
@@ -183,8 +172,9 @@ class Job:
 
 #: The Job fields that are columns of the jobs table (a row may carry more).
 _COLUMNS = frozenset(f.name for f in dataclasses.fields(Job) if not f.name.startswith("_"))
-#: The fields with no default on the class: ``from_tuples`` needs them in every row.
-_NEEDED = frozenset(f.name for f in dataclasses.fields(Job) if f.default is dataclasses.MISSING)
+#: The columns of a job's row in the order of Job's fields: the order the runner's claims
+#: return them in (``queries.sql``), for ``Job.from_tuples``.
+ROW_ORDER = [f.name for f in dataclasses.fields(Job) if f.name in _COLUMNS and f.name != "inserted"]
 
 
 def touch(job: Job) -> None:

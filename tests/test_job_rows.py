@@ -1,8 +1,9 @@
 """How rows become Jobs: the runner's fast paths give what the plain ones give.
 
-A claimed job is built by ``Job.from_tuples`` (no dict per row, no ``__init__``) and its
-``jsonb`` columns are read by ``read_json`` (json's scanner alone): both exist for speed
-(README, Speed), so both are held here against ``Job.from_row`` and ``json.loads``.
+A claimed job is built by ``Job.from_tuples`` (by position: the claims return their
+columns in the order of Job's fields) and its ``jsonb`` columns are read by
+``read_json`` (json's scanner alone): both exist for speed (README, Speed), so both are
+held here against ``Job.from_row`` and ``json.loads``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 
 from backy_gevent.client import Client
 from backy_gevent.db.connections import ConnectionPool, connect, read_json
-from backy_gevent.job import Job
+from backy_gevent.db.queries import Statement
+from backy_gevent.job import ROW_ORDER, Job
 from backy_gevent.runner.fetcher import claim_jobs
 from tests import workers
 from tests.conftest import query
@@ -61,6 +63,23 @@ def test_a_claimed_job_is_the_job_its_row_reads_as(client: Client, db: Any, dsn:
         assert repr(dataclasses.replace(job, _lease_ends=None)) == repr(row)
     assert claimed[0].errors == [{"attempt": 1, "error": "boom"}]
     assert claimed[1].errors == [] and claimed[1].errors is not claimed[2].errors
+
+
+@pytest.mark.parametrize("statement", ["claim", "claim_one"])
+def test_the_claims_return_the_columns_in_the_order_of_the_job_fields(
+    client: Client, dsn: str, statement: Statement
+) -> None:
+    """Else every claimed job would be built by name, the slow way."""
+    with contextlib.closing(connect(dsn)) as conn, conn.cursor() as cur:
+        client.queries.execute(cur, statement, {
+            "workers": ["record"], "limits": [1], "leases": [30.0], "queues": [],
+            "runner_id": "runner-1"})
+        assert [column.name for column in cur.description] == ROW_ORDER
+    # And every column of the table that is a Job field is among them.
+    with contextlib.closing(connect(dsn)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT * FROM jobs LIMIT 0")
+        table = {column.name for column in cur.description}
+    assert table & {field.name for field in dataclasses.fields(Job)} == set(ROW_ORDER)
 
 
 def test_from_tuples_leaves_out_unknown_columns_and_defaults_missing_ones() -> None:
