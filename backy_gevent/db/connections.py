@@ -15,15 +15,14 @@ import json.scanner
 import logging
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import gevent.lock
 import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
-from gevent import monkey
 
 log = logging.getLogger("backy_gevent.db")
 
@@ -185,10 +184,7 @@ class ConnectionPool:
         self.size = size
         self.application_name = application_name
         self._idle: list[Any] = []  # the last given back is borrowed first
-        self._slots: Any = (
-            gevent.lock.BoundedSemaphore(size) if monkey.is_module_patched("threading")
-            else threading.BoundedSemaphore(size)
-        )
+        self._slots = _semaphore(size)
         self._closed = False
         #: Learnt from the first connection: a pooler (PgBouncer) stands in between.
         self.behind_pooler: bool | None = None
@@ -242,6 +238,17 @@ class ConnectionPool:
                 self._idle.pop().close()
             except IndexError:
                 break
+
+
+def _semaphore(size: int) -> Any:
+    """gevent's bounded semaphore when gevent has patched threading, else the standard
+    one (without importing gevent: one-shot commands start without it)."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        import gevent.lock
+
+        return gevent.lock.BoundedSemaphore(size)
+    return threading.BoundedSemaphore(size)
 
 
 def _is_idle(conn: Any) -> bool:
