@@ -131,8 +131,7 @@ class Runner:
             settings, self.connections, self.queries, self.id, self.worker_pools,
             wakeup=self.wakeup, notified=lambda: self.listener.listening,
             stopping=self.stopping, health=self.database,
-            on_stream=lambda streaming: (self.listener.hush if streaming
-                                         else self.listener.rouse)(),
+            on_stream=self._on_stream,
         )
         self.maintenance = Maintenance(
             self.connections, self.queries, self.id, workers=list(self.worker_pools),
@@ -340,6 +339,14 @@ class Runner:
     def _stop_if_running(self, job_id: int) -> None:
         """Stop the attempt of a job cancelled while it runs here, if it does."""
         self.executor.interrupt(JobRevoked("cancelled while running"), job_id=job_id)
+
+    def _on_stream(self, streaming: bool) -> None:
+        """The fetcher starts (or stops) following a stream: the listener stops (or
+        starts) listening."""
+        if streaming:
+            self.listener.hush()
+        else:
+            self.listener.rouse()
 
     def _catch_up(self, next_due: bool) -> None:
         """What the notifications the listener did not hear would have said (see
