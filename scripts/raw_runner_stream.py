@@ -26,8 +26,6 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 from backy_gevent.cli.bench import floors, paths, scratch  # noqa: E402
@@ -39,50 +37,13 @@ from backy_gevent.worker import Registry  # noqa: E402
 
 green.install()
 
-#: One raw runner: with "listen", LISTEN and wait to be woken; then (and at most once
-#: per gap) claim up to 1,000 of the bench's no-op jobs with the runner's claim shape,
-#: then delete them. With "poll", claim every gap, woken by nothing.
-RAW_RUNNER = r"""
-import select, sys, time
-import psycopg2
-dsn, channel, claim, delete, worker, gap, mode = sys.argv[1:8]
-listener = psycopg2.connect(dsn)
-listener.autocommit = True
-if mode == "listen":
-    listener.cursor().execute(f'LISTEN "{channel}"')
-conn = psycopg2.connect(dsn)
-conn.autocommit = True
-cur = conn.cursor()
-print("ready", flush=True)
-last = 0.0
-while True:
-    if mode == "listen":
-        select.select([listener], [], [], 1.0)
-        listener.poll()
-        listener.notifies.clear()
-    time.sleep(max(0.0, last + float(gap) - time.monotonic()))
-    last = time.monotonic()
-    listener.poll()
-    listener.notifies.clear()
-    cur.execute(claim, {"worker": worker, "limit": 1000})
-    ids = [row[0] for row in cur.fetchall()]
-    if ids:
-        cur.execute(delete, {"ids": ids})
-"""
-
-
 def stream_rate(client: Client, conn: object, dsn: str, runners: int, mode: str, gap: float,
                 seconds: float) -> float:
     """The 4 clients' jobs a second beside ``runners`` raw runners of ``mode``."""
     channel = scratch.channel(conn)
-    processes = [subprocess.Popen(
-        [sys.executable, "-c", RAW_RUNNER, dsn, channel, floors.CLAIM.as_string(conn),
-         floors.COMPLETE_DELETE.as_string(conn), Noop.name, str(gap), mode],
-        stdout=subprocess.PIPE) for _ in range(runners)]
+    processes = [floors.raw_claimer(dsn, channel, mode=mode, gap=gap, limit=1000)
+                 for _ in range(runners)]
     try:
-        for process in processes:
-            assert process.stdout is not None
-            process.stdout.readline()  # "ready": listening
         return paths.single_enqueue(client, seconds, lambda _: None, clients=4)
     finally:
         for process in processes:

@@ -211,6 +211,8 @@ class Fetcher:
         ``running`` attempts are no longer this runner's (their ids; they were cancelled
         or rescued), and, with ``next_due``, when the next job not due yet falls due
         (the fetcher is woken then)."""
+        if not running and not next_due:
+            return []  # nothing to ask
         params = {
             "ids": [job.id for job in running],
             "attempts": [job.attempt for job in running],

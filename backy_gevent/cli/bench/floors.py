@@ -217,31 +217,56 @@ def wake_and_claim(dsn: str, channel: str, rate: float, samples: int,
     return [claimed[job_id] - started for job_id, started in sent.items()]
 
 
-#: The claimer of ``wake_and_claim_apart``, a process of its own: LISTEN; when woken,
-#: claim (the floor's claim), print each claimed id with the time, delete them.
-_CLAIMER = r"""
+#: A raw claimer, a process with no backy-gevent code: with "listen" it LISTENs and
+#: waits to be woken, with "poll" nothing wakes it; then, at most once per ``gap``
+#: seconds, it claims up to ``limit`` of the bench's no-op jobs (the floor's claim),
+#: prints each claimed id and the time when ``stamp`` is "stamp", and deletes them.
+_RAW_CLAIMER = r"""
 import select, sys, time
 import psycopg2
-dsn, channel, claim, delete, worker = sys.argv[1:6]
+dsn, channel, claim, delete, worker, mode, gap, limit, stamp = sys.argv[1:10]
 listener = psycopg2.connect(dsn)
 listener.autocommit = True
-listener.cursor().execute(f'LISTEN "{channel}"')
+if mode == "listen":
+    listener.cursor().execute(f'LISTEN "{channel}"')
 conn = psycopg2.connect(dsn)
 conn.autocommit = True
 cur = conn.cursor()
 print("ready", flush=True)
+last = 0.0
 while True:
-    select.select([listener], [], [])
+    if mode == "listen":
+        select.select([listener], [], [], 1.0)
+        listener.poll()
+        listener.notifies.clear()
+    time.sleep(max(0.0, last + float(gap) - time.monotonic()))
+    last = time.monotonic()
     listener.poll()
     listener.notifies.clear()
-    cur.execute(claim, {"worker": worker, "limit": 100})
+    cur.execute(claim, {"worker": worker, "limit": int(limit)})
     ids = [row[0] for row in cur.fetchall()]
     now = time.time()
-    for job_id in ids:
-        print(job_id, f"{now:.6f}", flush=True)
+    if stamp == "stamp":
+        for job_id in ids:
+            print(job_id, f"{now:.6f}", flush=True)
     if ids:
         cur.execute(delete, {"ids": ids})
 """
+
+
+def raw_claimer(dsn: str, channel: str, *, mode: str, gap: float, limit: int,
+                stamp: bool = False) -> subprocess.Popen[str]:
+    """Start a raw claimer (``_RAW_CLAIMER``) and wait until it is ready (listening,
+    with "listen"); the caller kills it. Its stdout holds what it stamped."""
+    with contextlib.closing(scratch.connect(dsn)) as conn:
+        claim, delete = CLAIM.as_string(conn), COMPLETE_DELETE.as_string(conn)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _RAW_CLAIMER, dsn, channel, claim, delete, Noop.name, mode,
+         str(gap), str(limit), "stamp" if stamp else "-"],
+        stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    process.stdout.readline()  # "ready"
+    return process
 
 
 def wake_and_claim_apart(dsn: str, channel: str, rate: float, samples: int,
@@ -249,29 +274,24 @@ def wake_and_claim_apart(dsn: str, channel: str, rate: float, samples: int,
     """``wake_and_claim`` with the LISTEN and the claim in a process of their own, as a
     runner's are: asleep until the notification comes, where the bench's floor process
     has just inserted (``scripts/latency_floor_split.py`` compares the two)."""
-    with contextlib.closing(scratch.connect(dsn)) as inserter:
-        claimer = subprocess.Popen(
-            [sys.executable, "-c", _CLAIMER, dsn, channel, CLAIM.as_string(inserter),
-             COMPLETE_DELETE.as_string(inserter), Noop.name],
-            stdout=subprocess.PIPE, text=True)
-        sent: dict[int, float] = {}
-        try:
-            assert claimer.stdout is not None
-            claimer.stdout.readline()  # "ready": listening
-            params = _notify_params(channel)
-            with inserter.cursor() as cur:
-                _prepared(cur, _INSERT_NOTIFY)
+    claimer = raw_claimer(dsn, channel, mode="listen", gap=0.0, limit=CLAIM_BATCH,
+                          stamp=True)
+    sent: dict[int, float] = {}
+    params = _notify_params(channel)
+    try:
+        with contextlib.closing(scratch.connect(dsn)) as inserter, inserter.cursor() as cur:
+            _prepared(cur, _INSERT_NOTIFY)
 
-                def insert() -> None:
-                    started = time.time()
-                    _INSERT_NOTIFY.execute(cur, params)
-                    sent[cur.fetchone()[0]] = started
+            def insert() -> None:
+                started = time.time()
+                _INSERT_NOTIFY.execute(cur, params)
+                sent[cur.fetchone()[0]] = started
 
-                paced(rate, samples, insert, tick)
-            time.sleep(0.5)  # the last claims
-        finally:
-            claimer.kill()
-            output, _ = claimer.communicate()
+            paced(rate, samples, insert, tick)
+        time.sleep(0.5)  # the last claims
+    finally:
+        claimer.kill()
+        output, _ = claimer.communicate()
     claimed = {int(job): float(at) for job, at in (line.split() for line in output.splitlines())}
     return [claimed[job] - started for job, started in sent.items() if job in claimed]
 
