@@ -12,6 +12,8 @@ from typing import Any, Literal, get_args
 import psycopg2.errors
 from psycopg2 import sql
 
+from backy_gevent.db.arrays import with_array_literals
+
 #: The name of every block of queries.sql, so that mypy checks each name a caller uses
 #: (a test checks that this list and the file agree).
 Statement = Literal[
@@ -129,7 +131,9 @@ class Queries:
         """Run statements ``names`` in one message, so in one transaction on an
         autocommit connection (its locks held to the end, behind a transaction pooler
         too); the cursor holds the last one's rows. Each sees what committed before it
-        started: a lock the first waits for orders what the next one reads."""
+        started: a lock the first waits for orders what the next one reads. Lists go as
+        array literals (``db.arrays``)."""
+        params = with_array_literals(params)
         prepared = getattr(cur.connection, "prepared", None)
         if prepared is None:
             parts = [self._composed[name] for name in names]
