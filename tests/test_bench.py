@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from collections.abc import Callable
 
 import pytest
 
-from backy_gevent.cli.bench.loops import percentile
+from backy_gevent.cli.bench.loops import alternate, percentile
 from backy_gevent.cli.bench.progress import Progress
 from backy_gevent.cli.bench.report import Row, as_json, table
 from backy_gevent.cli.parser import build_parser
@@ -57,6 +59,25 @@ def test_percentiles_are_nearest_rank() -> None:
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
+
+
+def test_alternate_runs_each_step_in_turns_for_its_share_of_the_time() -> None:
+    order: list[str] = []
+
+    def step(name: str, seconds: float) -> Callable[[], None]:
+        def run() -> None:
+            if not order or order[-1] != name:
+                order.append(name)
+            time.sleep(seconds)
+        return run
+
+    ticks: list[str] = []
+    fast, slow = alternate(0.4, [step("fast", 0.001), step("slow", 0.004)], ticks.append,
+                           turns=4)
+    assert order == ["fast", "slow"] * 4  # in rotation, each turn in one piece
+    assert ticks == [f"turn {n}/4" for n in range(1, 5)]
+    assert 500 < fast < 1000 and 125 < slow < 250  # steps a second of each, apart
+    assert fast / slow > 2.5
 
 
 def test_progress_is_one_line_per_phase_off_a_terminal() -> None:

@@ -60,7 +60,7 @@ def test_bench_json_has_every_path_with_its_floor(server_dsn: str, db: Any, keep
     # Not a terminal: the schema, then one line per phase on stderr, nothing else (no
     # runner warning).
     schema_line, *phases = done.stderr.splitlines()
-    assert len(phases) == 12 and all(re.match(r"bench: \[\d+/12\] ", p) for p in phases), (
+    assert len(phases) == 11 and all(re.match(r"bench: \[\d+/11\] ", p) for p in phases), (
         done.stderr)
     schema = SCHEMA_LINE.match(schema_line)
     assert schema and not _schema_exists(db, schema[1])  # its scratch schema is dropped

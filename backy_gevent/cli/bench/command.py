@@ -18,7 +18,7 @@ import gevent
 import greenlet
 
 from backy_gevent.cli.bench import floors, paths, scratch
-from backy_gevent.cli.bench.loops import percentile
+from backy_gevent.cli.bench.loops import TURNS, alternate, percentile
 from backy_gevent.cli.bench.progress import Progress
 from backy_gevent.cli.bench.report import Row, as_json, table
 from backy_gevent.cli.bench.runners import runner_environment, runners
@@ -108,7 +108,7 @@ def command_bench(arguments: argparse.Namespace, settings: Settings) -> int:
 
 def _phases(sizes: Sizes) -> int:
     latency_apart = 1 not in sizes.runners
-    return 8 + 2 * len(sizes.runners) + (1 if latency_apart else 0)
+    return 7 + 2 * len(sizes.runners) + (1 if latency_apart else 0)
 
 
 @contextlib.contextmanager
@@ -189,12 +189,12 @@ def _without_runners(bench: Bench) -> None:
                           "1,000-row unnest INSERT into the same table, one per transaction"))
     scratch.empty(bench.conn)
 
-    progress.start(f"single enqueue floor: INSERT + NOTIFY for {sizes.seconds:g}s")
-    single_floor = floors.insert_notify(dsn, channel, sizes.seconds, tick)
-    scratch.empty(bench.conn)
-    progress.start(f"single enqueue: enqueue for {sizes.seconds:g}s")
-    bench.rows.append(Row("single enqueue (enqueue, 1 job a transaction)", "jobs/s",
-                          paths.single_enqueue(bench.client, sizes.seconds, tick),
+    progress.start(f"single enqueue and its floor (INSERT + NOTIFY), {sizes.seconds:g}s each,"
+                   f" in {TURNS} turns")
+    with floors.insert_notify(dsn, channel) as insert:
+        single_floor, single = alternate(sizes.seconds, [insert, paths.enqueue_step(bench.client)],
+                                         tick)
+    bench.rows.append(Row("single enqueue (enqueue, 1 job a transaction)", "jobs/s", single,
                           single_floor, "INSERT + NOTIFY, one transaction, one connection"))
     scratch.empty(bench.conn)
 

@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
@@ -24,7 +25,7 @@ import gevent.socket
 from psycopg2 import sql
 
 from backy_gevent.cli.bench import scratch
-from backy_gevent.cli.bench.loops import Tick, paced, repeat_for, wait_until
+from backy_gevent.cli.bench.loops import Tick, paced, wait_until
 from backy_gevent.cli.bench.workers import Noop
 
 _TABLE = sql.Identifier(scratch.TABLE)
@@ -138,13 +139,14 @@ def _notify_params(channel: str) -> dict[str, Any]:
     return {"worker": Noop.name, "args": "{}", "channel": channel, "payload": payload}
 
 
-def insert_notify(dsn: str, channel: str, seconds: float, tick: Tick) -> float:
-    """Transactions a second, each one INSERT and its NOTIFY, from one connection."""
+@contextlib.contextmanager
+def insert_notify(dsn: str, channel: str) -> Iterator[Callable[[], None]]:
+    """The single enqueue floor's step: one INSERT and its NOTIFY in one transaction (one
+    statement, one round trip), on a connection of its own."""
     params = _notify_params(channel)
     with contextlib.closing(scratch.connect(dsn)) as conn, conn.cursor() as cur:
         _prepared(cur, _INSERT_NOTIFY)
-        count, elapsed = repeat_for(seconds, lambda: _INSERT_NOTIFY.execute(cur, params), tick)
-    return count / elapsed
+        yield lambda: _INSERT_NOTIFY.execute(cur, params)
 
 
 def claim_and_complete(dsn: str, jobs: int, keep: bool, tick: Tick) -> float:

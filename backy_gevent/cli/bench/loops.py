@@ -14,6 +14,8 @@ Tick = Callable[[str], None]
 #: How often a waiting phase looks again, and tells how it is going.
 LOOK_EVERY = 0.01
 TICK_EVERY = 0.25
+#: In how many turns ``alternate`` runs each of its steps.
+TURNS = 10
 
 
 def repeat_for(seconds: float, step: Callable[[], object], tick: Tick,
@@ -40,6 +42,23 @@ def repeat_for(seconds: float, step: Callable[[], object], tick: Tick,
     finally:
         gevent.killall(greenlets)
     return done[0], time.monotonic() - started
+
+
+def alternate(seconds: float, steps: Sequence[Callable[[], object]], tick: Tick,
+              turns: int = TURNS) -> list[float]:
+    """Steps a second of each of ``steps``, each run for ``seconds`` in all, in ``turns``
+    turns taken in rotation. On a shared machine whose speed drifts within seconds (the
+    disk's flush time above all), a figure and its floor measured one after the other
+    can each catch a different spell; in turns, both see the same ones."""
+    counts = [0] * len(steps)
+    elapsed = [0.0] * len(steps)
+    for turn in range(turns):
+        for n, step in enumerate(steps):
+            done, took = repeat_for(seconds / turns, step, lambda _: None)
+            counts[n] += done
+            elapsed[n] += took
+        tick(f"turn {turn + 1}/{turns}")
+    return [count / took for count, took in zip(counts, elapsed, strict=True)]
 
 
 def paced(rate: float, count: int, step: Callable[[], object], tick: Tick) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from backy_gevent.cli.bench import scratch
@@ -28,10 +29,15 @@ def bulk_enqueue(client: Client, jobs: int, tick: Tick) -> float:
     return jobs / (time.monotonic() - started)
 
 
+def enqueue_step(client: Client) -> Callable[[], object]:
+    """One ``Client.enqueue`` of a no-op job: the single enqueue's step."""
+    return lambda: client.enqueue(Noop, {})
+
+
 def single_enqueue(client: Client, seconds: float, tick: Tick, clients: int = 1) -> float:
     """Jobs a second through ``Client.enqueue``, one job per transaction, from
     ``clients`` greenlets (with no runner, this is also the steady stream's floor)."""
-    count, elapsed = repeat_for(seconds, lambda: client.enqueue(Noop, {}), tick, clients)
+    count, elapsed = repeat_for(seconds, enqueue_step(client), tick, clients)
     return count / elapsed
 
 
