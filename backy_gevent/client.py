@@ -281,9 +281,7 @@ class Client:
         count, args_text = encode_args_list(list_of_args)
         if not count:
             return []
-        if unique_keys is None:
-            unique_keys = [None] * count
-        elif len(unique_keys) != count:
+        if unique_keys is not None and len(unique_keys) != count:
             raise BadOption("unique_keys must hold one key (or None) per job")
         check_enqueue_options(run_at=run_at, delay=delay, queue=queue, priority=priority)
         if unique_for is None:
@@ -291,7 +289,7 @@ class Client:
         if unique_for is not None and not _seconds_in_range(unique_for):
             raise BadOption(f"unique_for must be a number of seconds from 0 to {MAX_SECONDS},"
                             f" not {unique_for!r}")
-        for key in unique_keys:
+        for key in unique_keys or ():
             check_text_option("unique_key", key)
         per_job = {
             "queue": queue or worker_class.queue,
@@ -300,13 +298,20 @@ class Client:
             "run_at": run_at,
             "delay": float(delay or 0),
         }
+        # Each Job's args as the row holds them, read from the JSON sent, not back from it.
+        decoded = decode_args_list(args_text)
+        if unique_keys is None or not any(key is not None for key in unique_keys):
+            # Every job is written, in input order: one statement, nothing more to read.
+            jobs = self._insert(name, args_text, decoded, [None] * count, per_job, 0.0,
+                                connection)
+            if self.hooks is not None:
+                self.hooks.call("backy_job_enqueued", jobs=jobs)
+            return jobs
         window = float(unique_for or 0)
         # The job holding a key may finish (and its row go) between the insert that
         # found it and the read of it; those jobs are written again, a few times at most.
         written: list[Job] = []
         holders: dict[str, Job] = {}
-        # Each Job's args as the row holds them, read from the JSON sent, not back from it.
-        decoded = decode_args_list(args_text)
         pending = list(range(count))
         for _ in range(_UNIQUE_ROUNDS):
             if len(pending) < count:
