@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -373,7 +374,12 @@ class Client:
         elif len(args) == 1:
             statement = "insert_job"
             params["args"] = args_text[1:-1]  # the one object of the array "[{...}]"
+            if per_job["run_at"] is None and not per_job["delay"]:
+                statement = "insert_job_now"
+                params["payload"] = _due_now_payload(name, per_job["queue"])
         rows = self._fetch_tuples(statement, params, connection)
+        if statement == "insert_job_now":
+            rows = [(job_id, at, at) for job_id, at, _ in rows]  # run_at is enqueued_at
         if keyed:
             # Rows written, in input order (ids are drawn in that order); each row's key
             # (or None) tells which input it is, the keyless ones coming in order.
@@ -595,6 +601,13 @@ class DefaultClient:
         if self._client is None:
             self._client = Client(**self._options)
         return self._client
+
+
+@functools.lru_cache(maxsize=256)
+def _due_now_payload(worker: str, queue: str) -> str:
+    """The notification of a job of ``worker`` in ``queue`` due now, as the listener
+    reads it (``runner.listener``) and as insert_job would have built it."""
+    return json.dumps({"worker": worker, "queue": queue, "in": 0})
 
 
 def _in_input_order(

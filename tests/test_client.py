@@ -285,6 +285,16 @@ def test_delay_counts_from_the_call_not_the_transaction_start(
     assert job.run_at - called_at < datetime.timedelta(seconds=10.5)
 
 
+def test_a_job_due_now_is_due_from_its_enqueue_time(client: Client, db: Any) -> None:
+    # Neither run_at nor a delay (or a delay of 0): run_at is the row's enqueued_at, the
+    # transaction's start (insert_job_now), and the job is due at once.
+    jobs = [client.enqueue(workers.Record, {"n": 1}),
+            client.enqueue(workers.Record, {"n": 2}, delay=0)]
+    rows = query(db, "SELECT id, run_at, enqueued_at, run_at <= now() FROM jobs ORDER BY id")
+    assert rows == [(job.id, job.enqueued_at, job.enqueued_at, True) for job in jobs]
+    assert all(job.run_at == job.enqueued_at for job in jobs)
+
+
 def test_enqueue_many_is_one_statement(client: Client, db: Any, caller_conn: Any) -> None:
     batch = [{"n": n, "name": f"job {n}"} for n in range(50)]
     jobs = client.enqueue_many(workers.Record, batch, connection=caller_conn)

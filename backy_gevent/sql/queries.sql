@@ -73,6 +73,22 @@ SELECT id, run_at, enqueued_at, pg_notify('backy_' || tableoid, json_build_objec
 )::text)
 FROM inserted;
 
+-- name: insert_job_now
+-- insert_job for a job due now (neither run_at nor a delay given), enqueue's commonest
+-- case: run_at is the column default, the transaction's start, as enqueued_at is (so the
+-- two are equal and only one is returned), and the notification's payload comes from
+-- the client (its "in" is 0). Measured in turns against insert_job, raw psycopg2 on one
+-- connection: 0.94 of the raw INSERT + NOTIFY floor's rate against 0.87 (building the
+-- payload and writing two timestamps out cost the server that much).
+WITH inserted AS (
+    INSERT INTO {table} (worker, args, queue, priority, max_attempts)
+    VALUES (%(worker)s::text, %(args)s::jsonb, %(queue)s::text, (%(priority)s)::int,
+            %(max_attempts)s::int)
+    RETURNING id, enqueued_at, tableoid
+)
+SELECT id, enqueued_at, pg_notify('backy_' || tableoid, %(payload)s::text)
+FROM inserted;
+
 -- name: insert_unique_jobs
 -- insert_jobs for jobs of which some carry a unique_key (unique_keys: one key or NULL
 -- per element of args). A job whose unique_key is already taken by a waiting or running
