@@ -606,7 +606,7 @@ class DefaultClient:
 @functools.lru_cache(maxsize=256)
 def _due_now_payload(worker: str, queue: str) -> str:
     """The notification of a job of ``worker`` in ``queue`` due now, as the listener
-    reads it (``runner.listener``) and as insert_job would have built it."""
+    reads it (``runner.listener``): what insert_job's says, built here once."""
     return json.dumps({"worker": worker, "queue": queue, "in": 0})
 
 

@@ -74,7 +74,7 @@ SELECT id, run_at, enqueued_at, pg_notify('backy_' || tableoid, json_build_objec
 FROM inserted;
 
 -- name: insert_job_now
--- insert_job for a job due now (neither run_at nor a delay given), enqueue's commonest
+-- insert_job for a job due now (no run_at, no delay or a delay of 0), enqueue's commonest
 -- case: run_at is the column default, the transaction's start, as enqueued_at is (so the
 -- two are equal and only one is returned), and the notification's payload comes from
 -- the client (its "in" is 0). Measured in turns against insert_job, raw psycopg2 on one
