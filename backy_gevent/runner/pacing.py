@@ -22,12 +22,16 @@ import time
 
 import gevent
 
-#: The least time between the starts of two claims of one runner alone, and of two
-#: writes of outcomes, in seconds: under a stream of more than ``1 / CLAIM_GAP``
-#: wake-ups a second, at most this much (times the runners sharing) is added to a job's
-#: start; below that, nothing.
+#: The least time between the starts of two claims of one runner alone, in seconds:
+#: under a stream of more than ``1 / CLAIM_GAP`` wake-ups a second, at most this much
+#: (times the runners sharing) is added to a job's start; below that, nothing. It stays
+#: below the 20 ms between the jobs of a 50 jobs/s trickle, which must not wait.
 CLAIM_GAP = 0.01
-WRITE_GAP = 0.01
+#: The least time between the starts of two writes of outcomes, in seconds. Longer than
+#: the claim gap: an outcome written later delays nothing but its row's update, while
+#: each write is a round trip and a commit (under a steady stream, 25 ms instead of 10
+#: cut the runner's CPU per job by about a sixth: 53-68 us against 67-85).
+WRITE_GAP = 0.025
 #: How much each gap varies either way, as a share of it.
 JITTER = 0.25
 
