@@ -60,19 +60,24 @@ def test_bench_json_has_every_path_with_its_floor(server_dsn: str, db: Any, keep
     # Not a terminal: the schema, then one line per phase on stderr, nothing else (no
     # runner warning).
     schema_line, *phases = done.stderr.splitlines()
-    assert len(phases) == 11 and all(re.match(r"bench: \[\d+/11\] ", p) for p in phases), (
+    assert len(phases) == 12 and all(re.match(r"bench: \[\d+/12\] ", p) for p in phases), (
         done.stderr)
     schema = SCHEMA_LINE.match(schema_line)
     assert schema and not _schema_exists(db, schema[1])  # its scratch schema is dropped
 
 
 def test_bench_prints_a_table_of_figure_floor_and_ratio(server_dsn: str, db: Any) -> None:
-    done = run_cli("bench", *TINY, "--dsn", server_dsn, dsn=server_dsn, timeout=120)
+    # Without 1 among the runner counts, the latency has a runner started for it alone.
+    done = run_cli("bench", *TINY, "--runners", "2", "--dsn", server_dsn, dsn=server_dsn,
+                   timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "| path | backy-gevent | floor | ratio |"
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:] if line.startswith("|")}
-    assert list(rows) == [path for path, runners in PATHS if runners in (None, 1)]
+    assert list(rows) == [path for path, runners in PATHS if runners in (None, 2)]
+    phases = done.stderr.splitlines()[1:]
+    assert len(phases) == 9 and all(re.match(r"bench: \[\d+/9\] ", p) for p in phases), (
+        done.stderr)
     for line in rows.values():
         assert re.fullmatch(
             r"\| [^|]+ \| [\d,.]+ (jobs/s|ms) \| [\d,.]+ (jobs/s|ms) \| \d+\.\d\d \|", line), line

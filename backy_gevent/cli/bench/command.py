@@ -73,7 +73,6 @@ class Bench:
     progress: Progress
     stamps: str
     rows: list[Row] = dataclasses.field(default_factory=list)
-    stream_floor: float = 0.0
     drain_floor: float = 0.0
     latency_floor: list[float] = dataclasses.field(default_factory=list)
 
@@ -107,8 +106,10 @@ def command_bench(arguments: argparse.Namespace, settings: Settings) -> int:
 
 
 def _phases(sizes: Sizes) -> int:
-    latency_apart = 1 not in sizes.runners
-    return 7 + 2 * len(sizes.runners) + (1 if latency_apart else 0)
+    """Five phases without runners, the latency (with one runner, started for it alone
+    when 1 is not among the counts), and per runner count the stream's floor, the
+    stream and the drain."""
+    return 6 + 3 * len(sizes.runners)
 
 
 @contextlib.contextmanager
@@ -198,11 +199,6 @@ def _without_runners(bench: Bench) -> None:
                           single_floor, "INSERT + NOTIFY, one transaction, one connection"))
     scratch.empty(bench.conn)
 
-    progress.start(f"steady stream floor: {sizes.clients} clients enqueue, no runner,"
-                   f" for {sizes.seconds:g}s")
-    bench.stream_floor = paths.single_enqueue(bench.client, sizes.seconds, tick, sizes.clients)
-    scratch.empty(bench.conn)
-
     progress.start(f"drain floor: {sizes.jobs:,} jobs, claim 100 and complete, one connection")
     bench.drain_floor = floors.claim_and_complete(dsn, sizes.jobs, keep, tick)
     scratch.empty(bench.conn)
@@ -214,10 +210,19 @@ def _without_runners(bench: Bench) -> None:
 
 
 def _with_runners(bench: Bench, count: int, latency_only: bool = False) -> None:
-    """Start ``count`` runners; with one, measure the latency first (while it is idle);
-    then, unless ``latency_only``, the drain and the steady stream."""
+    """Unless ``latency_only``, measure the steady stream's floor (the clients with no
+    runner) right before its runners start: measured once at the start, it was minutes
+    older than the last stream, and this machine's commit time drifts within minutes.
+    Then start ``count`` runners; with one, measure the latency first (while it is
+    idle); then, unless ``latency_only``, the steady stream and the drain."""
     sizes, progress, tick = bench.sizes, bench.progress, bench.progress.tick
     plural = "runner" if count == 1 else "runners"
+    stream_floor = 0.0
+    if not latency_only:
+        progress.start(f"steady stream floor: {sizes.clients} clients enqueue, no runner,"
+                       f" for {sizes.seconds:g}s")
+        stream_floor = paths.single_enqueue(bench.client, sizes.seconds, tick, sizes.clients)
+        scratch.empty(bench.conn)
     with runners(bench.dsn, count, bench.env) as processes:
         if count == 1:
             progress.start(f"latency: {sizes.samples:,} enqueues at {sizes.rate:g}/s,"
@@ -234,6 +239,15 @@ def _with_runners(bench: Bench, count: int, latency_only: bool = False) -> None:
             scratch.empty(bench.conn)
         if latency_only:
             return
+        progress.start(f"steady stream: {sizes.clients} clients for {sizes.seconds:g}s,"
+                       f" {count} {plural} working")
+        bench.rows.append(Row(
+            f"steady stream, {sizes.clients} clients, {count} {plural}", "jobs/s",
+            paths.stream(bench.client, bench.conn, processes, sizes.clients, sizes.seconds,
+                         tick),
+            stream_floor, f"the same {sizes.clients} clients' enqueue with no runner",
+            count))
+        scratch.empty(bench.conn)
         progress.start(f"drain: {sizes.jobs:,} jobs, {count} {plural}")
         bench.rows.append(Row(
             f"backlog drain, {count} {plural}", "jobs/s",
@@ -241,15 +255,6 @@ def _with_runners(bench: Bench, count: int, latency_only: bool = False) -> None:
             bench.drain_floor, f"claim {floors.CLAIM_BATCH} (runner's claim) and"
             f" {'mark completed' if not bench.settings.delete_finished_jobs else 'delete'},"
             " one connection", count))
-        scratch.empty(bench.conn)
-        progress.start(f"steady stream: {sizes.clients} clients for {sizes.seconds:g}s,"
-                       f" {count} {plural} working")
-        bench.rows.append(Row(
-            f"steady stream, {sizes.clients} clients, {count} {plural}", "jobs/s",
-            paths.stream(bench.client, bench.conn, processes, sizes.clients, sizes.seconds,
-                         tick),
-            bench.stream_floor, f"the same {sizes.clients} clients' enqueue with no runner",
-            count))
         scratch.empty(bench.conn)
 
 
