@@ -12,7 +12,7 @@ from gevent.event import Event
 
 from backy_gevent.config import Settings
 from backy_gevent.runner.fetcher import STREAM_CLAIMS, Fetcher, Wakeup
-from backy_gevent.runner.pacing import CLAIM_GAP, Spacing
+from backy_gevent.runner.pacing import CLAIM_GAP, JITTER, STREAM_CLAIM_GAP, Spacing
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
 from backy_gevent.worker import Registration
@@ -146,20 +146,25 @@ def test_a_stream_of_found_jobs_is_followed_without_wake_ups_until_claims_find_n
             wakeup.set()
             gevent.sleep(0.001)
         assert fetcher.streams == [True]
-        # Followed with no wake-up at all: a claim about every gap.
+        # Followed with no wake-up at all: a claim about every stream gap, which is
+        # longer than the gap of claims woken by notifications.
         before = len(fetcher.claims)
-        gevent.sleep(CLAIM_GAP * 10)
-        assert 4 <= len(fetcher.claims) - before <= 12
+        gevent.sleep(STREAM_CLAIM_GAP * 10)
+        followed = fetcher.claims[before:]
+        assert 4 <= len(followed) <= 14
+        assert min(b - a for a, b in zip(followed, followed[1:])) >= (
+            STREAM_CLAIM_GAP * (1 - JITTER) - 0.002)
         # One claim that finds nothing does not end it (a runner sharing the stream with
         # others finds nothing now and then); as many in a row as it took to start do.
         fetcher.finds = 0
-        gevent.sleep(CLAIM_GAP * 1.5)
+        gevent.sleep(STREAM_CLAIM_GAP * 1.5)
         fetcher.finds = 1
-        gevent.sleep(CLAIM_GAP * 3)
+        gevent.sleep(STREAM_CLAIM_GAP * 3)
         assert fetcher.streams == [True]
         fetcher.finds = 0
-        gevent.sleep(CLAIM_GAP * 1.25 * (STREAM_CLAIMS + 1))
+        gevent.sleep(STREAM_CLAIM_GAP * 1.25 * (STREAM_CLAIMS + 1))
         assert fetcher.streams == [True, False]
+        assert fetcher.spacing.gap == CLAIM_GAP  # woken claims are spaced as before
         before = len(fetcher.claims)
         gevent.sleep(CLAIM_GAP * 5)
         assert len(fetcher.claims) == before

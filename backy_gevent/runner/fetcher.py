@@ -25,7 +25,7 @@ from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
 from backy_gevent.db.queries import Queries, Statement
 from backy_gevent.job import Job
 from backy_gevent.runner.executor import lease_seconds
-from backy_gevent.runner.pacing import CLAIM_GAP, JITTER, Spacing
+from backy_gevent.runner.pacing import CLAIM_GAP, JITTER, STREAM_CLAIM_GAP, Spacing
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
 from backy_gevent.worker import Registration, is_limited
@@ -129,11 +129,19 @@ class Fetcher:
         #: Claims in a row that found jobs and had to wait their turn; while streaming,
         #: less those in a row that found nothing.
         self._streak = 0
+        #: Live runners sharing the claims (this one included), as the beat says.
+        self._runners = 1
 
     def share_claims(self, runners: int) -> None:
         """``runners`` live runners (this one included) claim the same jobs: space this
-        one's claims so that together they claim about once per ``CLAIM_GAP``."""
-        self.spacing.gap = CLAIM_GAP * max(1, runners)
+        one's claims so that together they claim about once per ``CLAIM_GAP`` (once per
+        ``STREAM_CLAIM_GAP`` while following a stream)."""
+        self._runners = max(1, runners)
+        self._space()
+
+    def _space(self) -> None:
+        gap = STREAM_CLAIM_GAP if self.streaming else CLAIM_GAP
+        self.spacing.gap = gap * self._runners
 
     def step(self) -> None:
         """Wait for a reason to claim, then claim for every pool with free slots.
@@ -182,11 +190,13 @@ class Fetcher:
             self._streak = STREAM_CLAIMS if found else self._streak - 1
             if self._streak <= 0:
                 self.streaming = False
+                self._space()
                 self.on_stream(False)
         elif found and pressed:
             self._streak += 1
             if self._streak >= STREAM_CLAIMS:
                 self.streaming = True
+                self._space()
                 self.on_stream(True)
         else:
             self._streak = 0

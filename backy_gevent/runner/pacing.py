@@ -27,6 +27,11 @@ import gevent
 #: (times the runners sharing) is added to a job's start; below that, nothing. It stays
 #: below the 20 ms between the jobs of a 50 jobs/s trickle, which must not wait.
 CLAIM_GAP = 0.01
+#: The claim gap while a runner follows a stream (claims on its own, not woken by
+#: notifications: ``runner.fetcher``). No trickle gets there, so nothing that arrives
+#: alone waits for it; under a stream, each claim is a round trip and a commit for the
+#: runner and the server whatever it brings, and twice the gap halves them.
+STREAM_CLAIM_GAP = 0.02
 #: The least time between the starts of two writes of outcomes, in seconds. Longer than
 #: the claim gap: an outcome written later delays nothing but its row's update, while
 #: each write is a round trip and a commit (under a steady stream, 25 ms instead of 10
