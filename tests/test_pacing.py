@@ -4,6 +4,7 @@ workers it names."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -152,7 +153,7 @@ def test_a_stream_of_found_jobs_is_followed_without_wake_ups_until_claims_find_n
         gevent.sleep(STREAM_CLAIM_GAP * 10)
         followed = fetcher.claims[before:]
         assert 4 <= len(followed) <= 14
-        assert min(b - a for a, b in zip(followed, followed[1:])) >= (
+        assert min(b - a for a, b in itertools.pairwise(followed)) >= (
             STREAM_CLAIM_GAP * (1 - JITTER) - 0.002)
         # One claim that finds nothing does not end it (a runner sharing the stream with
         # others finds nothing now and then); as many in a row as it took to start do.
