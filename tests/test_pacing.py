@@ -126,7 +126,8 @@ def test_news_waits_for_the_pending_claim_to_start_and_no_longer() -> None:
         started = time.monotonic()
         wakeup.wait_taken(timeout=1.0)
         waited = time.monotonic() - started
-        assert 0 < waited <= CLAIM_GAP + 0.005
+        # No longer than the gap (varied by up to a quarter), with room for a busy machine.
+        assert 0 < waited <= CLAIM_GAP * (1 + JITTER) + 0.01
         assert fetcher.claims[-1] >= started
     finally:
         loop.kill()
