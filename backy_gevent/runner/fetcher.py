@@ -189,17 +189,19 @@ class Fetcher:
         if self.streaming:
             self._streak = STREAM_CLAIMS if found else self._streak - 1
             if self._streak <= 0:
-                self.streaming = False
-                self._space()
-                self.on_stream(False)
+                self._set_streaming(False)
         elif found and pressed:
             self._streak += 1
             if self._streak >= STREAM_CLAIMS:
-                self.streaming = True
-                self._space()
-                self.on_stream(True)
+                self._set_streaming(True)
         else:
             self._streak = 0
+
+    def _set_streaming(self, streaming: bool) -> None:
+        """Start or stop following a stream: its claim gap, and the listener told."""
+        self.streaming = streaming
+        self._space()
+        self.on_stream(streaming)
 
     def claim(self, wanted: dict[WorkerPool, int]) -> int:
         """Claim up to ``wanted[pool]`` jobs for each pool; hand them out; how many."""
