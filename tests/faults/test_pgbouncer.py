@@ -69,6 +69,10 @@ def test_runners_and_enqueues_through_pgbouncer_leave_nothing_on_pooled_sessions
         jobs += client.enqueue_many(workers.FleetCapped, [{"seconds": 0.05}] * 4)
         jobs += client.enqueue_many(workers.RateLimited, [{}] * 4)
     wait_until(lambda: done(private_cluster), 30, what="every job to run")
+    twice = private_cluster.execute(
+        "SELECT job_id, attempt, worker, started_at, finished_at FROM runs WHERE job_id IN"
+        " (SELECT job_id FROM runs GROUP BY job_id HAVING count(*) > 1) ORDER BY 1, 4")
+    assert not twice, f"jobs ran more than once: {twice}\n{runner.output}"
     assert private_cluster.execute("SELECT count(*) FROM runs")[0][0] == len(jobs) + 1
     assert "pooler" in runner.output and "LISTEN can't work" not in runner.output
     # What the pool's one server session holds now, seen through the pooler itself.
