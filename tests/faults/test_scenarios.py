@@ -235,7 +235,10 @@ def test_kill_9_a_runner_again_and_again(
     report.print(summary)
     runner_on.assert_no_tracebacks()
     assert summary.ran_twice > 0, "no kill interrupted a job: the scenario tested nothing"
-    assert restarted_after and max(restarted_after) <= 0, sorted(restarted_after)
+    # Kills come faster than leases run out, so most cut jobs are caught again by the next
+    # kill before they can restart; the last kill's always count, unless (seen once on a
+    # busy machine) it cut no run that had begun recording. Then there is nothing to time.
+    assert max(restarted_after, default=0) <= 0, sorted(restarted_after)
 
 
 # -- (b) the server restarts ------------------------------------------------------------
