@@ -106,6 +106,11 @@ class Queries:
         self._composed = {
             name: sql.SQL(body).format(**names) for name, body in _read_blocks().items()
         }
+        # The EXECUTE text of each statement list (one string, made once: a string built
+        # per call cost more than building it) and the parameters it takes, in order.
+        # Statement names and casts derive from the statements alone, so one text serves
+        # every connection on which its statements are prepared.
+        self._executes: dict[tuple[Statement, ...], tuple[str, list[str]]] = {}
 
     @property
     def quoted_table(self) -> str:
@@ -171,16 +176,23 @@ class Queries:
         self, cur: Any, names: Sequence[Statement], params: Mapping[str, Any],
         prepared: dict[str, tuple[str, list[str], str]],
     ) -> None:
-        texts: list[str] = [_RELAX] if self._relaxed(names) else []
-        values: list[Any] = []
-        for name in names:
+        together = tuple(names)
+        execute = self._executes.get(together)
+        for name in together:
             key = f"{self.table_name}.{name}"
             if key not in prepared:
                 prepared[key] = self._prepare(cur, name, key)
-            statement, arguments, casts = prepared[key]
-            texts.append(f"EXECUTE {statement}{casts}")
-            values.extend(params[n] for n in arguments)
-        cur.execute("; ".join(texts), values)
+                execute = None
+        if execute is None:
+            texts: list[str] = [_RELAX] if self._relaxed(names) else []
+            arguments: list[str] = []
+            for name in together:
+                statement, taken, casts = prepared[f"{self.table_name}.{name}"]
+                texts.append(f"EXECUTE {statement}{casts}")
+                arguments.extend(taken)
+            execute = self._executes[together] = ("; ".join(texts), arguments)
+        text, arguments = execute
+        cur.execute(text, [params[n] for n in arguments])
 
     def _prepare(self, cur: Any, name: str, key: str) -> tuple[str, list[str], str]:
         """PREPARE statement ``name``; return its name, its parameters' order, and the

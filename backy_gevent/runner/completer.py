@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 from gevent.event import Event
-from psycopg2.extensions import cursor as plain_cursor
 
 from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
 from backy_gevent.db.queries import Queries, Statement
@@ -156,8 +155,8 @@ class Completer:
     def flush(self) -> None:
         """Write everything pending now; what fails to write stays pending."""
         # The batches' rows are only counted: plain tuples, not a dict per row.
-        with self.pool.borrow() as conn, conn.cursor() as cur, \
-                conn.cursor(cursor_factory=plain_cursor) as counted:
+        with self.pool.borrow() as conn, conn.cursor() as cur:
+            counted = conn.tuple_cursor()
             if self._completed:
                 completed, self._completed = self._completed, []
                 try:

@@ -18,7 +18,6 @@ from typing import Any
 
 import gevent
 from gevent.event import Event
-from psycopg2.extensions import cursor as plain_cursor
 
 from backy_gevent.config import Settings
 from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
@@ -341,7 +340,8 @@ def _claimed_rows(
     """The columns and rows (plain tuples: no dict is built per job) that statements
     ``names`` return (run together), and when they were sent."""
     sent = time.monotonic()
-    with connections.borrow() as conn, conn.cursor(cursor_factory=plain_cursor) as cur:
+    with connections.borrow() as conn:
+        cur = conn.tuple_cursor()
         queries.execute_together(cur, names, params)
         columns = [column.name for column in cur.description]
         rows = cur.fetchall()
