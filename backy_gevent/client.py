@@ -23,7 +23,7 @@ import psycopg2.extras
 from backy_gevent import cron
 
 # encode_args: where it lived before backy_gevent.args, importable from here too.
-from backy_gevent.args import decode_args_list, encode_args_list, text_problem
+from backy_gevent.args import decode_args, decode_args_list, encode_args_list, text_problem
 from backy_gevent.args import encode_args as encode_args
 from backy_gevent.config import Settings, load_settings
 from backy_gevent.db import schema
@@ -244,17 +244,21 @@ class Client:
         if args is not None and type(args) is not dict and not isinstance(args, Mapping):
             raise BadJobArgs(f"job args must be a dict, not {type(args).__name__}")
         merged = {**args, **kwargs} if args else kwargs
-        return self.enqueue_many(
-            worker,
-            [merged],
-            run_at=run_at,
-            delay=delay,
-            priority=priority,
-            queue=queue,
-            unique_keys=None if unique_key is None else [unique_key],
-            unique_for=unique_for,
-            connection=connection,
-        )[0]
+        if unique_key is not None:
+            return self.enqueue_many(
+                worker, [merged], run_at=run_at, delay=delay, priority=priority,
+                queue=queue, unique_keys=[unique_key], unique_for=unique_for,
+                connection=connection,
+            )[0]
+        # The commonest call has a path of its own: no list to build, encode and take
+        # apart (a third of a single enqueue's client instructions went to that).
+        name, worker_class = self._worker_of(worker)
+        args_text = encode_args(merged)
+        per_job, _ = self._job_options(worker_class, run_at, delay, priority, queue, unique_for)
+        job = self._insert_one(name, args_text, decode_args(args_text), per_job, connection)
+        if self.hooks is not None:
+            self.hooks.call("backy_job_enqueued", jobs=[job])
+        return job
 
     def enqueue_many(
         self,
@@ -275,40 +279,29 @@ class Client:
         held (by another job, or an earlier one of the same list) comes back as the job
         that holds it, with ``inserted`` false.
         """
-        name = self.registry.name_of(worker)
-        # A class with a name attribute may be enqueued without an entry point here (the
-        # runner that runs it must still register it).
-        worker_class = worker if isinstance(worker, type) else self.registry.get(name).cls
+        name, worker_class = self._worker_of(worker)
         count, args_text = encode_args_list(list_of_args)
         if not count:
             return []
         if unique_keys is not None and len(unique_keys) != count:
             raise BadOption("unique_keys must hold one key (or None) per job")
-        check_enqueue_options(run_at=run_at, delay=delay, queue=queue, priority=priority)
-        if unique_for is None:
-            unique_for = worker_class.unique_for
-        if unique_for is not None and not _seconds_in_range(unique_for):
-            raise BadOption(f"unique_for must be a number of seconds from 0 to {MAX_SECONDS},"
-                            f" not {unique_for!r}")
+        per_job, window = self._job_options(worker_class, run_at, delay, priority, queue,
+                                            unique_for)
         for key in unique_keys or ():
             check_text_option("unique_key", key)
-        per_job = {
-            "queue": queue or worker_class.queue,
-            "priority": worker_class.priority if priority is None else priority,
-            "max_attempts": retry_count_of(worker_class, self.settings.retry_count) + 1,
-            "run_at": run_at,
-            "delay": float(delay or 0),
-        }
         # Each Job's args as the row holds them, read from the JSON sent, not back from it.
         decoded = decode_args_list(args_text)
         if unique_keys is None or not any(key is not None for key in unique_keys):
             # Every job is written, in input order: one statement, nothing more to read.
-            jobs = self._insert(name, args_text, decoded, [None] * count, per_job, 0.0,
-                                connection)
+            if count == 1:
+                jobs = [self._insert_one(name, args_text[1:-1], decoded[0], per_job,
+                                         connection)]
+            else:
+                jobs = self._insert(name, args_text, decoded, [None] * count, per_job, 0.0,
+                                    connection)
             if self.hooks is not None:
                 self.hooks.call("backy_job_enqueued", jobs=jobs)
             return jobs
-        window = float(unique_for or 0)
         # The job holding a key may finish (and its row go) between the insert that
         # found it and the read of it; those jobs are written again, a few times at most.
         written: list[Job] = []
@@ -339,6 +332,63 @@ class Client:
         if written and self.hooks is not None:
             self.hooks.call("backy_job_enqueued", jobs=written)
         return _in_input_order(written, unique_keys, holders)
+
+    def _worker_of(self, worker: str | type[Worker]) -> tuple[str, type[Worker]]:
+        """The registered name and the class of ``worker`` (a name or a class)."""
+        name = self.registry.name_of(worker)
+        # A class with a name attribute may be enqueued without an entry point here (the
+        # runner that runs it must still register it).
+        return name, worker if isinstance(worker, type) else self.registry.get(name).cls
+
+    def _job_options(
+        self, worker_class: type[Worker], run_at: datetime.datetime | None,
+        delay: float | None, priority: int | None, queue: str | None,
+        unique_for: float | None,
+    ) -> tuple[dict[str, Any], float]:
+        """The options every job of one enqueue call shares, checked (``BadOption``), with
+        the worker's defaults filled in; and the ``unique_for`` window in seconds."""
+        check_enqueue_options(run_at=run_at, delay=delay, queue=queue, priority=priority)
+        if unique_for is None:
+            unique_for = worker_class.unique_for
+        if unique_for is not None and not _seconds_in_range(unique_for):
+            raise BadOption(f"unique_for must be a number of seconds from 0 to {MAX_SECONDS},"
+                            f" not {unique_for!r}")
+        per_job = {
+            "queue": queue or worker_class.queue,
+            "priority": worker_class.priority if priority is None else priority,
+            "max_attempts": retry_count_of(worker_class, self.settings.retry_count) + 1,
+            "run_at": run_at,
+            "delay": float(delay or 0),
+        }
+        return per_job, float(unique_for or 0)
+
+    def _insert_one(
+        self, name: str, args_text: str, args: dict[str, Any], per_job: dict[str, Any],
+        connection: Any,
+    ) -> Job:
+        """Write one job (``args_text``: its ``args`` as one JSON object) with no unique
+        key; the Job written. A job due now (no ``run_at``, no delay) is written by the
+        cheaper ``insert_job_now``, whose run_at is its enqueued_at."""
+        queue = per_job["queue"]
+        params = {
+            "worker": name,
+            "args": args_text,
+            "queue": queue,
+            "priority": per_job["priority"],
+            "max_attempts": per_job["max_attempts"],
+        }
+        if per_job["run_at"] is None and not per_job["delay"]:
+            params["payload"] = _due_now_payload(name, queue)
+            [(job_id, enqueued_at, _)] = self._fetch_tuples("insert_job_now", params, connection)
+            run_at = enqueued_at
+        else:
+            params.update(run_at=per_job["run_at"], delay=per_job["delay"])
+            [(job_id, run_at, enqueued_at, _)] = self._fetch_tuples("insert_job", params,
+                                                                    connection)
+        return Job(id=job_id, worker=name, args=args, queue=queue,
+                   priority=params["priority"], state=AVAILABLE, attempt=0,
+                   max_attempts=params["max_attempts"], run_at=run_at,
+                   enqueued_at=enqueued_at)
 
     def _insert(
         self,
@@ -371,15 +421,7 @@ class Client:
         if keyed:
             statement = "insert_unique_jobs"
             params.update(unique_keys=unique_keys, unique_for=unique_for)
-        elif len(args) == 1:
-            statement = "insert_job"
-            params["args"] = args_text[1:-1]  # the one object of the array "[{...}]"
-            if per_job["run_at"] is None and not per_job["delay"]:
-                statement = "insert_job_now"
-                params["payload"] = _due_now_payload(name, per_job["queue"])
         rows = self._fetch_tuples(statement, params, connection)
-        if statement == "insert_job_now":
-            rows = [(job_id, at, at) for job_id, at, _ in rows]  # run_at is enqueued_at
         if keyed:
             # Rows written, in input order (ids are drawn in that order); each row's key
             # (or None) tells which input it is, the keyless ones coming in order.
@@ -408,9 +450,8 @@ class Client:
             with connection.cursor(cursor_factory=psycopg2.extensions.cursor) as cur:
                 self.queries.execute(cur, name, params)
                 return cur.fetchall()
-        with self.pool.borrow() as conn, conn.cursor(
-            cursor_factory=psycopg2.extensions.cursor
-        ) as cur:
+        with self.pool.borrow() as conn:
+            cur = conn.tuple_cursor()
             self.queries.execute(cur, name, params)
             return cur.fetchall()
 
