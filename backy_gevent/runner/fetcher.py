@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -28,6 +29,8 @@ from backy_gevent.runner.pacing import CLAIM_GAP, JITTER, STREAM_CLAIM_GAP, Spac
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
 from backy_gevent.worker import Registration, is_limited
+
+log = logging.getLogger("backy_gevent.runner")
 
 #: How many poll intervals an idle fetcher sleeps while notifications arrive: for jobs
 #: that became due without one (rows written by hand, a retry whose runner died).
@@ -200,6 +203,7 @@ class Fetcher:
         """Start or stop following a stream: its claim gap, and the listener told."""
         self.streaming = streaming
         self._space()
+        log.debug("%s following a stream of jobs", "started" if streaming else "stopped")
         self.on_stream(streaming)
 
     def claim(self, wanted: dict[WorkerPool, int]) -> int:

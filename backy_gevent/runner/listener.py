@@ -141,6 +141,7 @@ class Listener:
         self.catch_up(True)
 
     def _unlisten(self) -> None:
+        log.debug("not listening while a stream flows")
         with self._conn.cursor() as cur:
             cur.execute("UNLISTEN *")
         self.listening = False
