@@ -33,6 +33,14 @@ def test_read_json_reads_what_json_loads_reads(text: str) -> None:
     assert type(read_json(text)) is type(json.loads(text))
 
 
+def test_connections_read_jsonb_values_and_arrays_with_read_json(dsn: str) -> None:
+    with contextlib.closing(connect(dsn)) as conn, conn.cursor() as cur:
+        cur.execute("""SELECT NULL::jsonb AS null_, '{"b": [1, 2.5], "a": "x"}'::jsonb AS obj,"""
+                    """ ARRAY['{}'::jsonb, '[1]'::jsonb, NULL] AS arr""")
+        assert cur.fetchone() == {"null_": None, "obj": {"a": "x", "b": [1, 2.5]},
+                                  "arr": [{}, [1], None]}
+
+
 @pytest.mark.parametrize("text", ["", "{", '{"a": 1} x', "[1,]"])
 def test_read_json_refuses_what_json_loads_refuses(text: str) -> None:
     with pytest.raises(json.JSONDecodeError):

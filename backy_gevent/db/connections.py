@@ -25,6 +25,9 @@ import psycopg2.extras
 
 log = logging.getLogger("backy_gevent.db")
 
+#: PostgreSQL's fixed type oids of jsonb and jsonb[].
+JSONB_OID, JSONB_ARRAY_OID = 3802, 3807
+
 #: Errors after which a connection is not trusted again.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
@@ -105,7 +108,8 @@ def connect(
         # bound is then the client's alone (its silence_timeout).
         conn = psycopg2.connect(dsn, **options)
     conn.autocommit = autocommit
-    psycopg2.extras.register_default_jsonb(conn, loads=read_json)
+    psycopg2.extensions.register_type(JSONB, conn)
+    psycopg2.extensions.register_type(JSONB_ARRAY, conn)
     conn.behind_pooler = _behind_pooler(conn)
     if conn.behind_pooler and prepare:
         conn.prepared = None
@@ -118,11 +122,15 @@ _scan_json: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
     json.JSONDecoder())  # type: ignore[arg-type]
 
 
-def read_json(text: str) -> Any:
+def read_json(text: str | None, cursor: Any = None) -> Any:
     """A ``jsonb`` value as PostgreSQL writes it, decoded: what ``json.loads`` returns,
-    in half the time. Every claimed job brings two (its args and its errors); the
-    server's text has no whitespace around the value, so json's scanner alone reads it,
-    without ``json.loads``'s checks for any (anything else goes to ``json.loads``)."""
+    in half the time (None for NULL). Every claimed job brings three (its args, errors
+    and result); the server's text has no whitespace around the value, so json's
+    scanner alone reads it, without ``json.loads``'s checks for any (anything else goes
+    to ``json.loads``). It is the connections' jsonb typecaster itself (``JSONB``), not
+    called through psycopg2's wrapper: a Python call less per value."""
+    if text is None:
+        return None
     try:
         value, end = _scan_json(text, 0)
     except StopIteration:
@@ -131,6 +139,10 @@ def read_json(text: str) -> Any:
         return json.loads(text)
     return value
 
+
+#: jsonb (and jsonb[]) read by ``read_json`` on every connection ``connect`` makes.
+JSONB = psycopg2.extensions.new_type((JSONB_OID,), "JSONB", read_json)
+JSONB_ARRAY = psycopg2.extensions.new_array_type((JSONB_ARRAY_OID,), "JSONBARRAY", JSONB)
 
 #: How PgBouncer refuses a startup parameter it does not pass on (``options`` above all).
 UNSUPPORTED_STARTUP = "unsupported startup parameter"
