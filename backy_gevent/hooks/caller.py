@@ -15,12 +15,21 @@ import pluggy
 log = logging.getLogger("backy_gevent.plugins")
 
 
+#: One implementation of a hook, ready to call: its function, the names of the
+#: arguments it takes (a subset of the spec's), and its plugin's name.
+_Implementation = tuple[Callable[..., Any], tuple[str, ...], str]
+
+
 class Hooks:
     """Calls the hooks of one plugin manager, one implementation at a time.
 
     An implementation that raises is logged with its plugin's name and reported to
     ``on_error(plugin_name, hook_name)`` (the metrics count it); the others still run
     and the caller carries on as if nothing happened.
+
+    Each hook's implementations are looked up once, at its first call (hooks run twice
+    per job; the lookup cost more than a plugin's own work): register every plugin
+    before the first call, as ``build_plugin_manager`` does.
     """
 
     def __init__(
@@ -30,14 +39,20 @@ class Hooks:
     ) -> None:
         self.plugin_manager = plugin_manager
         self.on_error = on_error
-        #: The argument names of each hook's spec, once looked up (hooks run per job).
-        self._argnames: dict[str, frozenset[str]] = {}
+        #: Per hook: its implementations in pluggy's order, and its spec's argument
+        #: names (None: a hook with no spec).
+        self._known: dict[str, tuple[list[_Implementation], frozenset[str] | None]] = {}
 
-    def _implementations(self, hook_name: str, kwargs: dict[str, Any]) -> list[pluggy.HookImpl]:
-        caller = getattr(self.plugin_manager.hook, hook_name)
-        argnames = self._argnames.get(hook_name)
-        if argnames is None and caller.spec is not None:
-            argnames = self._argnames[hook_name] = frozenset(caller.spec.argnames)
+    def _implementations(self, hook_name: str, kwargs: dict[str, Any]) -> list[_Implementation]:
+        known = self._known.get(hook_name)
+        if known is None:
+            caller = getattr(self.plugin_manager.hook, hook_name)
+            argnames = None if caller.spec is None else frozenset(caller.spec.argnames)
+            # pluggy's own order: last registered first.
+            implementations = [(impl.function, tuple(impl.argnames), impl.plugin_name)
+                               for impl in reversed(caller.get_hookimpls())]
+            known = self._known[hook_name] = (implementations, argnames)
+        implementations, argnames = known
         # A call without exactly the spec's arguments is backy's bug, not a plugin's:
         # fail here rather than blame the plugin for a KeyError.
         if argnames is not None and kwargs.keys() != argnames:
@@ -45,14 +60,13 @@ class Hooks:
                 f"{hook_name} called with {', '.join(sorted(kwargs))}; its spec takes"
                 f" {', '.join(sorted(argnames))}"
             )
-        # pluggy's own order: last registered first.
-        return list(reversed(caller.get_hookimpls()))
+        return implementations
 
     def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
         """Call every implementation; return the results that were not None."""
         results = []
-        for impl in self._implementations(hook_name, kwargs):
-            result = self._call_one(hook_name, impl, kwargs)
+        for implementation in self._implementations(hook_name, kwargs):
+            result = self._call_one(hook_name, implementation, kwargs)
             if result is not None:
                 results.append(result)
         return results
@@ -61,8 +75,8 @@ class Hooks:
         self, hook_name: str, accept: Callable[[Any], bool] = lambda _: True, **kwargs: Any
     ) -> Any:
         """Call implementations until one returns a result ``accept`` takes; else None."""
-        for impl in self._implementations(hook_name, kwargs):
-            result = self._call_one(hook_name, impl, kwargs)
+        for implementation in self._implementations(hook_name, kwargs):
+            result = self._call_one(hook_name, implementation, kwargs)
             if result is None:
                 continue
             try:
@@ -71,16 +85,18 @@ class Hooks:
                 usable = False
             if usable:
                 return result
-            self._report(
-                hook_name, impl.plugin_name, ValueError(f"returned an unusable value {result!r}")
-            )
+            self._report(hook_name, implementation[2],
+                         ValueError(f"returned an unusable value {result!r}"))
         return None
 
-    def _call_one(self, hook_name: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+    def _call_one(
+        self, hook_name: str, implementation: _Implementation, kwargs: dict[str, Any]
+    ) -> Any:
+        function, argnames, plugin_name = implementation
         try:
-            return impl.function(*[kwargs[name] for name in impl.argnames])
+            return function(*[kwargs[name] for name in argnames])
         except Exception as exc:
-            self._report(hook_name, impl.plugin_name, exc)
+            self._report(hook_name, plugin_name, exc)
             return None
 
     def _report(self, hook_name: str, plugin_name: str, exc: BaseException) -> None:
