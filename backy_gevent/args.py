@@ -11,12 +11,12 @@ from __future__ import annotations
 import decimal
 import json
 import json.encoder
-import json.scanner
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from backy_gevent.errors import BadJobArgs
+from backy_gevent.jsontext import whole_value_reader
 
 #: One encoder for every call: ``json.dumps`` with an option builds a new one each time.
 _ENCODER = json.JSONEncoder(allow_nan=False)
@@ -171,16 +171,5 @@ def _jsonb_number(text: str) -> float | int:
 
 #: Built once: ``json.loads`` with hooks builds a decoder on every call.
 _DECODER = json.JSONDecoder(parse_float=_jsonb_number, object_pairs_hook=_jsonb_object)
-#: ``_DECODER``'s scanner (typeshed types make_scanner's argument as itself).
-_scan: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
-    _DECODER)  # type: ignore[arg-type]
-
-
-def _decode(text: str) -> Any:
-    """``_DECODER.decode(text)`` for JSON with no whitespace around it, as ``_encode``
-    writes it: the scanner alone, without ``decode``'s two whitespace matches."""
-    try:
-        value, end = _scan(text, 0)
-    except StopIteration:
-        return _DECODER.decode(text)  # raises json's own error
-    return value if end == len(text) else _DECODER.decode(text)
+#: ``_DECODER.decode`` for JSON written by ``_encode`` (no whitespace around it).
+_decode = whole_value_reader(_DECODER)

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import functools
 import json
-import json.scanner
 import logging
 import math
 import os
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
+
+from backy_gevent.jsontext import whole_value_reader
 
 log = logging.getLogger("backy_gevent.db")
 
@@ -116,29 +116,11 @@ def connect(
     return conn
 
 
-#: json's scanner (C), called directly by ``read_json``. (typeshed types make_scanner's
-#: argument as itself, not as the decoder it takes.)
-_scan_json: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
-    json.JSONDecoder())  # type: ignore[arg-type]
-
-
-def read_json(text: str | None, cursor: Any = None) -> Any:
-    """A ``jsonb`` value as PostgreSQL writes it, decoded: what ``json.loads`` returns,
-    in half the time (None for NULL). Every claimed job brings three (its args, errors
-    and result); the server's text has no whitespace around the value, so json's
-    scanner alone reads it, without ``json.loads``'s checks for any (anything else goes
-    to ``json.loads``). It is the connections' jsonb typecaster itself (``JSONB``), not
-    called through psycopg2's wrapper: a Python call less per value."""
-    if text is None:
-        return None
-    try:
-        value, end = _scan_json(text, 0)
-    except StopIteration:
-        return json.loads(text)
-    if end != len(text):
-        return json.loads(text)
-    return value
-
+#: A ``jsonb`` value as PostgreSQL writes it, decoded: what ``json.loads`` returns, in
+#: half the time (None for NULL), read by json's scanner alone (``jsontext``). Every
+#: claimed job brings three (its args, errors and result). It is the connections' jsonb
+#: typecaster itself (``JSONB``), not called through psycopg2's wrapper.
+read_json = whole_value_reader(json.JSONDecoder())
 
 #: jsonb (and jsonb[]) read by ``read_json`` on every connection ``connect`` makes.
 JSONB = psycopg2.extensions.new_type((JSONB_OID,), "JSONB", read_json)
