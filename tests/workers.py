@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -39,9 +40,25 @@ def runner_pid() -> tuple[int, bool]:
     return os.getpid(), False
 
 
+#: How many ``record`` calls of one process may hold a connection at once: each opens
+#: one, and two runners running a few hundred Record jobs at once went past the test
+#: server's 100 connections ("too many clients already"), failing attempts that then
+#: ran again.
+RECORDS_AT_ONCE = 32
+_record_slots: threading.BoundedSemaphore | None = None
+
+
 def record(job: backy.Job, *, finished: bool = False, at: float | None = None) -> None:
     """Write one row into ``runs`` for this attempt (or mark it finished); ``at`` (a
     ``time.time()``) is when it started, if not now: connecting takes a moment."""
+    global _record_slots
+    if _record_slots is None:  # made at first use: after gevent, if any, has patched
+        _record_slots = threading.BoundedSemaphore(RECORDS_AT_ONCE)
+    with _record_slots:
+        _record(job, finished=finished, at=at)
+
+
+def _record(job: backy.Job, *, finished: bool, at: float | None) -> None:
     pid, isolated = runner_pid()
     conn = psycopg2.connect(os.environ["BACKY_TEST_RECORD_DSN"])
     try:
