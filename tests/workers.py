@@ -40,45 +40,92 @@ def runner_pid() -> tuple[int, bool]:
     return os.getpid(), False
 
 
-#: How many ``record`` calls of one process may hold a connection at once: each opens
-#: one, and two runners running a few hundred Record jobs at once went past the test
-#: server's 100 connections ("too many clients already"), failing attempts that then
-#: ran again.
+class _RecordConnections:
+    """Connections of one process for the workers' records, kept open for the next one
+    (autocommit), at most ``size`` in use at once.
+
+    Connecting costs the server a forked backend, about 5 ms of CPU: a test that ran a
+    few hundred Record jobs spent more of the machine connecting than running the jobs
+    and enqueuing them, and its timing bounds measured that. A connection that fails is
+    dropped. One that sat idle here may have been ended meanwhile (a fault test
+    terminates every backend): a statement that fails on it is sent again, on another
+    one. With ``ride_out_faults`` a statement is retried through database faults until
+    it succeeds (or the attempt is stopped at ``max_runtime``): it must be idempotent,
+    since one whose connection broke at its commit may have been written already.
+    """
+
+    def __init__(self, size: int, *, connect_timeout: int | None = None) -> None:
+        self.size = size
+        self.connect_timeout = connect_timeout
+        self._idle: list[Any] = []
+        self._pid = os.getpid()
+        self._slots: threading.BoundedSemaphore | None = None
+
+    def execute(self, sql: str, params: tuple[Any, ...], *, ride_out_faults: bool = False
+                ) -> None:
+        """Run one statement, committed."""
+        if self._slots is None:  # made at first use: after gevent, if any, has patched
+            self._slots = threading.BoundedSemaphore(self.size)
+        if self._pid != os.getpid():  # a forked child must not use (or close) these
+            self._idle, self._pid = [], os.getpid()
+        pause = 0.05
+        while True:
+            with self._slots:
+                reused = bool(self._idle)
+                conn = self._idle.pop() if reused else None
+                try:
+                    if conn is None:
+                        conn = self._connect()
+                    with conn.cursor() as cur:
+                        cur.execute(sql, params)
+                except BaseException as exc:
+                    if conn is not None:
+                        conn.close()
+                    if not isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+                        raise
+                    if reused:
+                        continue  # ended while idle: try the next one, or a new one
+                    if not ride_out_faults:
+                        raise
+                else:
+                    self._idle.append(conn)
+                    return
+            gevent.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    def _connect(self) -> Any:
+        conn = psycopg2.connect(
+            os.environ["BACKY_TEST_RECORD_DSN"], connect_timeout=self.connect_timeout
+        )
+        conn.autocommit = True
+        return conn
+
+
+#: How many ``record`` calls of one process may hold a connection at once: two runners
+#: running a few hundred Record jobs at once went past the test server's 100
+#: connections ("too many clients already"), failing attempts that then ran again.
 RECORDS_AT_ONCE = 32
-_record_slots: threading.BoundedSemaphore | None = None
+_records = _RecordConnections(RECORDS_AT_ONCE)
 
 
 def record(job: backy.Job, *, finished: bool = False, at: float | None = None) -> None:
     """Write one row into ``runs`` for this attempt (or mark it finished); ``at`` (a
-    ``time.time()``) is when it started, if not now: connecting takes a moment."""
-    global _record_slots
-    if _record_slots is None:  # made at first use: after gevent, if any, has patched
-        _record_slots = threading.BoundedSemaphore(RECORDS_AT_ONCE)
-    with _record_slots:
-        _record(job, finished=finished, at=at)
-
-
-def _record(job: backy.Job, *, finished: bool, at: float | None) -> None:
+    ``time.time()``) is when it started, if not now: connecting may take a moment."""
     pid, isolated = runner_pid()
-    conn = psycopg2.connect(os.environ["BACKY_TEST_RECORD_DSN"])
-    try:
-        with conn, conn.cursor() as cur:
-            if finished:
-                cur.execute(
-                    "UPDATE runs SET finished_at = clock_timestamp()"
-                    " WHERE job_id = %s AND attempt = %s AND pid = %s",
-                    (job.id, job.attempt, pid),
-                )
-            else:
-                cur.execute(
-                    "INSERT INTO runs (job_id, attempt, worker, pid, isolated, args, started_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s::jsonb,"
-                    " coalesce(to_timestamp(%s), clock_timestamp()))",
-                    (job.id, job.attempt, job.worker, pid, isolated,
-                     psycopg2.extras.Json(job.args), at),
-                )
-    finally:
-        conn.close()
+    if finished:
+        _records.execute(
+            "UPDATE runs SET finished_at = clock_timestamp()"
+            " WHERE job_id = %s AND attempt = %s AND pid = %s",
+            (job.id, job.attempt, pid),
+        )
+    else:
+        _records.execute(
+            "INSERT INTO runs (job_id, attempt, worker, pid, isolated, args, started_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s::jsonb,"
+            " coalesce(to_timestamp(%s), clock_timestamp()))",
+            (job.id, job.attempt, job.worker, pid, isolated,
+             psycopg2.extras.Json(job.args), at),
+        )
 
 
 import psycopg2.extras  # noqa: E402
@@ -291,46 +338,9 @@ class SnoozeOnce(backy.Worker):
 ALL = (*ALL, SnoozeOnce)
 
 
-import gevent.lock  # noqa: E402
 
-
-class _RecordConnections:
-    """A few connections per process for ``Steady``'s records, reused from job to job
-    (thousands of jobs would otherwise open thousands of connections), at most
-    ``size`` at once; a broken one is dropped and the record tried again."""
-
-    def __init__(self, size: int = 4) -> None:
-        self._idle: list[Any] = []
-        self._slots = gevent.lock.BoundedSemaphore(size)
-
-    def execute(self, sql: str, params: tuple[Any, ...]) -> None:
-        """Run one statement, retrying through database faults until it succeeds (or the
-        attempt is stopped at ``max_runtime``)."""
-        pause = 0.05
-        while True:
-            with self._slots:
-                conn = self._idle.pop() if self._idle else None
-                try:
-                    if conn is None:
-                        conn = psycopg2.connect(
-                            os.environ["BACKY_TEST_RECORD_DSN"], connect_timeout=2
-                        )
-                        conn.autocommit = True
-                    with conn.cursor() as cur:
-                        cur.execute(sql, params)
-                except BaseException as exc:  # a broken or interrupted connection goes
-                    if conn is not None:
-                        conn.close()
-                    if not isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-                        raise
-                else:
-                    self._idle.append(conn)
-                    return
-            gevent.sleep(pause)
-            pause = min(pause * 2, 0.5)
-
-
-_record_connections: _RecordConnections | None = None
+#: ``Steady``'s records: a few connections, each given up on after 2 s of connecting.
+_steady_records = _RecordConnections(4, connect_timeout=2)
 
 #: ``Steady`` also records when its attempt was claimed (the claim's ``attempted_at``), so
 #: that a fault test can tell work claimed after a fault from work already under way.
@@ -338,25 +348,22 @@ STEADY_RUNS_COLUMNS = "ALTER TABLE runs ADD COLUMN IF NOT EXISTS claimed_at time
 
 
 def steady_record(job: backy.Job, *, finished: bool = False) -> None:
-    """``record`` over this process's ``_RecordConnections``, idempotent, so that a
+    """``record`` riding out database faults (``_steady_records``), idempotent, so that a
     statement retried after its connection broke at commit writes nothing twice."""
-    global _record_connections
-    if _record_connections is None:
-        _record_connections = _RecordConnections()
     pid, isolated = runner_pid()
     if finished:
-        _record_connections.execute(
+        _steady_records.execute(
             "UPDATE runs SET finished_at = clock_timestamp()"
             " WHERE job_id = %s AND attempt = %s AND pid = %s AND finished_at IS NULL",
-            (job.id, job.attempt, pid),
+            (job.id, job.attempt, pid), ride_out_faults=True,
         )
     else:
-        _record_connections.execute(
+        _steady_records.execute(
             "INSERT INTO runs (job_id, attempt, worker, pid, isolated, args, claimed_at)"
             " SELECT %s, %s, %s, %s, %s, %s::jsonb, %s WHERE NOT EXISTS ("
             "SELECT FROM runs WHERE job_id = %s AND attempt = %s AND pid = %s)",
             (job.id, job.attempt, job.worker, pid, isolated, psycopg2.extras.Json(job.args),
-             job.attempted_at, job.id, job.attempt, pid),
+             job.attempted_at, job.id, job.attempt, pid), ride_out_faults=True,
         )
 
 
