@@ -1,0 +1,125 @@
+"""What do real runners cost a steady stream, and what does a change to them cost it?
+
+``backy-gevent bench`` measures the steady stream (4 clients enqueueing one job per
+transaction while runners work) once per runner count. On a noisy machine one stream
+says little, so this script takes many short ones in turns: each round the clients
+alone (the floor), then for every variant and runner count a stream beside freshly
+started runners. A variant is a checkout of backy-gevent the runners import
+(``NAME=PATH``: PATH goes first on their PYTHONPATH), optionally with runner settings
+(``NAME=PATH:relaxed_commits=true``), so two versions of the runner can be held against
+each other in the same minutes:
+
+    .venv/bin/python scripts/stream_turns.py --dsn postgresql://root@127.0.0.1/test \\
+        --variants before=/path/to/old/checkout,after=. --runners 1,2 --rounds 6
+
+For each stream it prints the rate as a share of the round's floor, the runners' CPU
+per job (from /proc), the WAL bytes per job (``pg_current_wal_insert_lsn``) and the
+WAL range, for ``pg_waldump --stats=record -s START -e END`` on the server's host (its
+``Transaction/COMMIT`` count is the stream's commits); then each variant's ratios,
+sorted.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+from backy_gevent.cli.bench import paths, scratch  # noqa: E402
+from backy_gevent.cli.bench.runners import runner_environment, runners  # noqa: E402
+from backy_gevent.cli.bench.workers import Noop, Stamp  # noqa: E402
+from backy_gevent.client import Client  # noqa: E402
+from backy_gevent.config import Settings  # noqa: E402
+from backy_gevent.worker import Registry  # noqa: E402
+
+CLIENTS = 4
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU the processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wal_position(conn: Any) -> tuple[float, str]:
+    """The server's WAL insert position: in bytes, and as PostgreSQL writes it."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_insert_lsn() - '0/0',"
+                    " pg_current_wal_insert_lsn()::text")
+        wal, lsn = cur.fetchone()
+    return float(wal), lsn
+
+
+def variant_environment(spec: str) -> dict[str, str]:
+    """The runners' environment for ``PATH[:setting=value,...]``."""
+    path, _, settings = spec.partition(":")
+    forwarded = {}
+    for setting in filter(None, settings.split(";")):
+        name, _, value = setting.partition("=")
+        forwarded[f"BACKY_{name.upper()}"] = value
+    env = runner_environment(forwarded, plugins=False)
+    env["PYTHONPATH"] = os.path.abspath(path)
+    return env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dsn", default="postgresql://root@127.0.0.1/test")
+    parser.add_argument("--variants", default="this=.",
+                        help="NAME=PATH[:setting=value;...],... (default: this=.)")
+    parser.add_argument("--runners", default="1,2", help="runner counts (default: 1,2)")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=3.0, help="each stream's length")
+    arguments = parser.parse_args()
+    variants = dict(v.split("=", 1) for v in arguments.variants.split(","))
+    counts = [int(count) for count in arguments.runners.split(",")]
+    ratios: dict[tuple[str, int], list[float]] = {}
+    with scratch.scratch_schema(arguments.dsn) as (_, dsn):
+        settings = Settings(dsn=dsn, table_name=scratch.TABLE)
+        with Client(settings, registry=Registry.from_classes(Noop, Stamp)) as client, \
+                contextlib.closing(scratch.connect(dsn)) as conn:
+            client.setup()
+            for round_ in range(arguments.rounds):
+                wal, start = wal_position(conn)
+                started = time.monotonic()
+                floor = paths.single_enqueue(client, arguments.seconds, lambda _: None, CLIENTS)
+                jobs = floor * (time.monotonic() - started)
+                wal_after, end = wal_position(conn)
+                scratch.empty(conn)
+                line = [f"floor {floor:,.0f}/s ({(wal_after - wal) / jobs:.0f} B of WAL a job;"
+                        f" WAL {start}-{end})"]
+                for count in counts:
+                    for name, spec in variants.items():
+                        with runners(dsn, count, variant_environment(spec)) as processes:
+                            pids = [process.pid for process in processes]
+                            wal, start = wal_position(conn)
+                            used = cpu_seconds(pids)
+                            started = time.monotonic()
+                            rate = paths.stream(client, conn, processes, CLIENTS,
+                                                arguments.seconds, lambda _: None)
+                            jobs = rate * (time.monotonic() - started)
+                            used = cpu_seconds(pids) - used
+                            wal_after, end = wal_position(conn)
+                        scratch.empty(conn)
+                        ratios.setdefault((name, count), []).append(rate / floor)
+                        line.append(
+                            f"{name}/{count} {rate / floor:.2f} ({used / jobs * 1e6:.0f} us"
+                            f" of runner CPU and {(wal_after - wal) / jobs:.0f} B of WAL a"
+                            f" job; WAL {start}-{end})")
+                print(f"round {round_ + 1}: " + "  ".join(line), flush=True)
+    for (name, count), shares in ratios.items():
+        print(f"{name}, {count} runner(s): " + " ".join(f"{r:.2f}" for r in sorted(shares)))
+
+
+if __name__ == "__main__":
+    main()
