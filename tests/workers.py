@@ -338,7 +338,6 @@ class SnoozeOnce(backy.Worker):
 ALL = (*ALL, SnoozeOnce)
 
 
-
 #: ``Steady``'s records: a few connections, each given up on after 2 s of connecting.
 _steady_records = _RecordConnections(4, connect_timeout=2)
 
