@@ -45,13 +45,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rates(text: str) -> list[float]:
+    """``--rates``: jobs a second, comma-separated, each above 0."""
+    try:
+        values = [float(rate) for rate in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of rates above 0")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dsn", default="postgresql://root@127.0.0.1/test")
-    parser.add_argument("--rates", default="100,200,500,1000,1500",
+    parser.add_argument("--rates", type=rates, default="100,200,500,1000,1500",
                         help="jobs a second, comma-separated")
     parser.add_argument("--seconds", type=float, default=5.0)
     arguments = parser.parse_args()
+    if arguments.seconds <= 0:
+        parser.error("--seconds must be above 0")
     with scratch.scratch_schema(arguments.dsn) as (_, dsn):
         settings = Settings(dsn=dsn, table_name=scratch.TABLE)
         pool = ConnectionPool(dsn, size=8, application_name="backy-gevent runner_cpu",
@@ -65,7 +78,7 @@ def main() -> None:
                 time.sleep(arguments.seconds)
                 idle = (cpu_seconds(pid) - used) / arguments.seconds
                 print(f"idle: {idle * 1000:.1f} ms of CPU a second", flush=True)
-                for rate in (float(r) for r in arguments.rates.split(",")):
+                for rate in arguments.rates:
                     clients = max(1, round(rate / PER_CLIENT))
                     each = int(rate / clients * arguments.seconds)
                     used, started = cpu_seconds(pid), time.monotonic()

@@ -81,7 +81,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=3.0, help="each stream's length")
     arguments = parser.parse_args()
-    variants = dict(v.split("=", 1) for v in arguments.variants.split(","))
+    if arguments.seconds <= 0 or arguments.rounds < 1:
+        parser.error("--seconds must be above 0 and --rounds at least 1")
+    variants = {}
+    for variant in arguments.variants.split(","):
+        name, _, spec = variant.partition("=")
+        if not name or not os.path.isdir(spec.partition(":")[0]):
+            parser.error(f"--variants: {variant!r} is not NAME=PATH[:setting=value;...]"
+                         " with PATH a checkout of backy-gevent")
+        variants[name] = spec
     counts = [int(count) for count in arguments.runners.split(",")]
     ratios: dict[tuple[str, int], list[float]] = {}
     with scratch.scratch_schema(arguments.dsn) as (_, dsn):
