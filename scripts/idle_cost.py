@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+from proc_cpu import cpu_seconds
 from psycopg2.extensions import make_dsn, parse_dsn
 
 import backy_gevent as backy
@@ -37,19 +38,6 @@ class Idle(backy.Worker):
 
     def perform(self, job: backy.Job, args: dict[str, Any]) -> None:
         return None
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU of a process and its children (/proc, in seconds)."""
-    total = 0.0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    for each in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def commits(dsn: str) -> int:
@@ -80,12 +68,12 @@ def main() -> None:
                    "--metrics-port", "0", "--log-level", "warning"]
         runners = [subprocess.Popen(command, env=env) for _ in range(args.runners)]
         time.sleep(SETTLE_SECONDS)
-        before, cpu_before = commits(dsn), sum(cpu_seconds(r.pid) for r in runners)
+        before, cpu_before = commits(dsn), cpu_seconds((r.pid for r in runners), children=True)
         started = time.monotonic()
         time.sleep(args.seconds)
         elapsed = time.monotonic() - started
         spent = commits(dsn) - before - 1
-        cpu = sum(cpu_seconds(r.pid) for r in runners) - cpu_before
+        cpu = cpu_seconds((r.pid for r in runners), children=True) - cpu_before
         print(f"{args.runners} idle runners over {elapsed:.0f}s: {spent / elapsed:.2f}"
               f" transactions/s in all; CPU {cpu / elapsed * 100:.2f}% of one core in all,"
               f" {cpu / elapsed * 100 / args.runners:.2f}% each")

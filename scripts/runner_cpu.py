@@ -20,10 +20,10 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import os  # noqa: E402
 import time  # noqa: E402
 
 import gevent  # noqa: E402
+from proc_cpu import cpu_seconds  # noqa: E402
 
 from backy_gevent.cli.bench import paths, scratch  # noqa: E402
 from backy_gevent.cli.bench.loops import paced  # noqa: E402
@@ -36,13 +36,6 @@ from backy_gevent.worker import Registry  # noqa: E402
 
 #: Jobs a second one paced client enqueues at most (a commit takes about 1 ms here).
 PER_CLIENT = 400
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU the process has used so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rates(text: str) -> list[float]:
@@ -74,20 +67,20 @@ def main() -> None:
             client.setup()
             with runners(dsn, 1, runner_environment({}, plugins=False)) as processes:
                 pid = processes[0].pid
-                used = cpu_seconds(pid)
+                used = cpu_seconds([pid])
                 time.sleep(arguments.seconds)
-                idle = (cpu_seconds(pid) - used) / arguments.seconds
+                idle = (cpu_seconds([pid]) - used) / arguments.seconds
                 print(f"idle: {idle * 1000:.1f} ms of CPU a second", flush=True)
                 for rate in arguments.rates:
                     clients = max(1, round(rate / PER_CLIENT))
                     each = int(rate / clients * arguments.seconds)
-                    used, started = cpu_seconds(pid), time.monotonic()
+                    used, started = cpu_seconds([pid]), time.monotonic()
                     gevent.joinall([
                         gevent.spawn(paced, rate / clients, each,
                                      lambda: client.enqueue(Noop, {}), lambda _: None)
                         for _ in range(clients)])
                     paths.finished(conn, processes, lambda _: None)
-                    elapsed, used = time.monotonic() - started, cpu_seconds(pid) - used
+                    elapsed, used = time.monotonic() - started, cpu_seconds([pid]) - used
                     jobs = clients * each
                     print(f"{rate:,.0f} jobs/s (ran {jobs / elapsed:,.0f}/s): runner"
                           f" {used / elapsed * 1000:.0f} ms of CPU a second,"

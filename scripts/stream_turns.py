@@ -29,7 +29,10 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
+
+from proc_cpu import cpu_seconds  # noqa: E402
 
 from backy_gevent.cli.bench import paths, scratch  # noqa: E402
 from backy_gevent.cli.bench.runners import runner_environment, runners  # noqa: E402
@@ -41,16 +44,6 @@ from backy_gevent.worker import Registry  # noqa: E402
 CLIENTS = 4
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU the processes have used so far."""
-    ticks = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def wal_position(conn: Any) -> tuple[float, str]:
     """The server's WAL insert position: in bytes, and as PostgreSQL writes it."""
     with conn.cursor() as cur:
@@ -58,6 +51,17 @@ def wal_position(conn: Any) -> tuple[float, str]:
                     " pg_current_wal_insert_lsn()::text")
         wal, lsn = cur.fetchone()
     return float(wal), lsn
+
+
+def measured(conn: Any, measure: Callable[[], float]) -> tuple[float, float, str]:
+    """Run ``measure`` (a rate, jobs a second); the rate, about how many jobs that was,
+    and the WAL they wrote: bytes a job, and the range for ``pg_waldump``."""
+    wal, start = wal_position(conn)
+    started = time.monotonic()
+    rate = measure()
+    jobs = rate * (time.monotonic() - started)
+    wal_after, end = wal_position(conn)
+    return rate, jobs, f"{(wal_after - wal) / jobs:.0f} B of WAL a job; WAL {start}-{end}"
 
 
 def variant_environment(spec: str) -> dict[str, str]:
@@ -98,32 +102,23 @@ def main() -> None:
                 contextlib.closing(scratch.connect(dsn)) as conn:
             client.setup()
             for round_ in range(arguments.rounds):
-                wal, start = wal_position(conn)
-                started = time.monotonic()
-                floor = paths.single_enqueue(client, arguments.seconds, lambda _: None, CLIENTS)
-                jobs = floor * (time.monotonic() - started)
-                wal_after, end = wal_position(conn)
+                floor, _, wal = measured(conn, lambda: paths.single_enqueue(
+                    client, arguments.seconds, lambda _: None, CLIENTS))
                 scratch.empty(conn)
-                line = [f"floor {floor:,.0f}/s ({(wal_after - wal) / jobs:.0f} B of WAL a job;"
-                        f" WAL {start}-{end})"]
+                line = [f"floor {floor:,.0f}/s ({wal})"]
                 for count in counts:
                     for name, spec in variants.items():
                         with runners(dsn, count, variant_environment(spec)) as processes:
                             pids = [process.pid for process in processes]
-                            wal, start = wal_position(conn)
                             used = cpu_seconds(pids)
-                            started = time.monotonic()
-                            rate = paths.stream(client, conn, processes, CLIENTS,
-                                                arguments.seconds, lambda _: None)
-                            jobs = rate * (time.monotonic() - started)
+                            rate, jobs, wal = measured(conn, lambda: paths.stream(
+                                client, conn, processes, CLIENTS, arguments.seconds,
+                                lambda _: None))
                             used = cpu_seconds(pids) - used
-                            wal_after, end = wal_position(conn)
                         scratch.empty(conn)
                         ratios.setdefault((name, count), []).append(rate / floor)
-                        line.append(
-                            f"{name}/{count} {rate / floor:.2f} ({used / jobs * 1e6:.0f} us"
-                            f" of runner CPU and {(wal_after - wal) / jobs:.0f} B of WAL a"
-                            f" job; WAL {start}-{end})")
+                        line.append(f"{name}/{count} {rate / floor:.2f}"
+                                    f" ({used / jobs * 1e6:.0f} us of runner CPU a job, {wal})")
                 print(f"round {round_ + 1}: " + "  ".join(line), flush=True)
     for (name, count), shares in ratios.items():
         print(f"{name}, {count} runner(s): " + " ".join(f"{r:.2f}" for r in sorted(shares)))
