@@ -52,6 +52,8 @@ class _RecordConnections:
     one. With ``ride_out_faults`` a statement is retried through database faults until
     it succeeds (or the attempt is stopped at ``max_runtime``): it must be idempotent,
     since one whose connection broke at its commit may have been written already.
+    Plain psycopg2, not backy_gevent's ``ConnectionPool``: what records the runs must
+    not depend on the code under test.
     """
 
     def __init__(self, size: int, *, connect_timeout: int | None = None) -> None:
