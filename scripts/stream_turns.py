@@ -73,6 +73,9 @@ def variant_environment(spec: str) -> dict[str, str]:
         forwarded[f"BACKY_{name.upper()}"] = value
     env = runner_environment(forwarded, plugins=False)
     env["PYTHONPATH"] = os.path.abspath(path)
+    # ``python -m`` puts the working directory first on sys.path, ahead of PYTHONPATH:
+    # run from a checkout, every variant would import that checkout's backy_gevent.
+    env["PYTHONSAFEPATH"] = "1"
     return env
 
 
