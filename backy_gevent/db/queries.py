@@ -18,7 +18,7 @@ from backy_gevent.db.arrays import with_array_literals
 #: (a test checks that this list and the file agree).
 Statement = Literal[
     "insert_jobs", "insert_job", "insert_job_now", "insert_unique_jobs", "get_unique", "claim",
-    "claim_one", "complete_claim_one", "complete_claim", "lock_limited",
+    "claim_one", "lock_limited",
     "claim_limited", "complete_delete", "complete_keep", "fail", "snooze", "give_up",
     "hand_back", "touch", "catch_up", "lead", "cancel", "retry", "retry_failed", "table_oid",
     "get_job", "prune", "count_prunable", "prune_batch", "stats", "queue_stats",
@@ -35,16 +35,13 @@ STATEMENTS: tuple[str, ...] = get_args(Statement)
 #: least once), so with ``relaxed_commits`` they commit without waiting for the WAL flush.
 #: Enqueues, cancels, retries and the rest stay durable.
 RELAXABLE: frozenset[str] = frozenset({
-    "claim", "claim_one", "complete_claim_one", "complete_claim", "lock_limited",
-    "claim_limited", "complete_delete", "complete_keep",
+    "claim", "claim_one", "lock_limited", "claim_limited", "complete_delete", "complete_keep",
     "fail", "snooze", "give_up", "hand_back", "touch",
 })
 _RELAX = "SET LOCAL synchronous_commit TO off"
 
 _BLOCK = re.compile(r"^-- name: (\w+)\n", re.MULTILINE)
 #: A named placeholder and the cast that follows it, if any: %(ids)s::bigint[]
-#: Where a block holds another block: {claim_one}
-_INNER = re.compile(r"\{(\w+)\}")
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s(::\w+(?:\[\])?)?")
 
 
@@ -59,18 +56,7 @@ def _read_blocks() -> dict[str, str]:
         text = file.read()
     parts = _BLOCK.split(text)
     # parts: [preamble, name1, body1, name2, body2, ...]
-    blocks = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
-    # A block may hold another ("{claim_one}"): its statement, less the comments and the
-    # closing semicolon.
-    statements = {
-        name: "\n".join(line for line in body.splitlines()
-                        if not line.startswith("--")).rstrip(";")
-        for name, body in blocks.items()
-    }
-    return {
-        name: _INNER.sub(lambda m: statements.get(m[1], m[0]), body)
-        for name, body in blocks.items()
-    }
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
 def object_names(table_name: str) -> dict[str, sql.Identifier]:

@@ -2,11 +2,10 @@
 
 Successes and hand-backs are written many per statement: while one batch is in flight the
 next one gathers, and two writes start at least ``WRITE_GAP`` apart (``runner.pacing``),
-so the batch size follows the load, with no delay when it is light. While the runner
-follows a stream, its claims carry the successes instead (``carry``): one commit for
-both. Failures are written one per statement (each carries its own error and delay).
-A write that fails because the database is away is retried with backoff; an outcome is
-never dropped while the runner lives.
+so the batch size follows the load, with no delay when it is light. Failures are written
+one per statement (each carries its own error and delay). A write that fails
+because the database is away is retried with backoff; an outcome is never dropped while
+the runner lives.
 """
 
 from __future__ import annotations
@@ -14,18 +13,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from gevent.event import Event
 
 from backy_gevent.db.connections import CONNECTION_ERRORS, ConnectionPool
 from backy_gevent.db.queries import Queries, Statement
 from backy_gevent.job import Job
-from backy_gevent.runner.pacing import STREAM_WRITE_GAP, WRITE_GAP, Spacing
+from backy_gevent.runner.pacing import WRITE_GAP, Spacing
 
 log = logging.getLogger("backy_gevent.completer")
-
-T = TypeVar("T")
 
 
 class Completer:
@@ -47,8 +44,6 @@ class Completer:
         self.on_retry_scheduled = on_retry_scheduled
         self._completed: list[tuple[int, int, str | None]] = []  # id, attempt, result
         self._handed_back: list[tuple[int, int]] = []
-        #: Completions a claim is writing now (``carry``): pending until it has.
-        self._carried: list[tuple[int, int, str | None]] = []
         #: Outcomes written one statement each: the statement, its parameters, and what
         #: to do with the row it returns (None: the job is no longer this attempt's).
         self._singles: list[tuple[Statement, dict[str, Any], Callable[[Any], None]]] = []
@@ -126,49 +121,7 @@ class Completer:
     @property
     def pending(self) -> int:
         """Outcomes not yet written."""
-        return (len(self._completed) + len(self._carried) + len(self._handed_back)
-                + len(self._singles))
-
-    # -- successes carried by claims ------------------------------------------------
-
-    def follow_stream(self, streaming: bool) -> None:
-        """The runner starts (or stops) following a stream: its claims carry the
-        successes, so this writer waits longer between writes (``STREAM_WRITE_GAP``)."""
-        self._spacing.gap = STREAM_WRITE_GAP if streaming else WRITE_GAP
-
-    @property
-    def carriable(self) -> bool:
-        """Whether successes wait that a claim can carry: finished rows are deleted
-        (``complete_delete``; kept rows need their results written, by this writer)."""
-        return self.delete_finished_jobs and bool(self._completed)
-
-    def carry(self, write: Callable[[dict[str, Any]], tuple[int, T]]) -> T:
-        """Hand the waiting successes to ``write``, a statement that deletes their rows
-        along with its own work (``complete_claim_one``): one commit for both.
-
-        ``write`` gets their parameters (ids, attempts, runner_id) and returns how many
-        rows it deleted and its own result, which ``carry`` returns. They count as
-        pending until it returns; if it raises, they wait again for the next write.
-        """
-        self._carried, self._completed = self._completed, []
-        try:
-            written, result = write({
-                "ids": [job_id for job_id, _, _ in self._carried],
-                "attempts": [attempt for _, attempt, _ in self._carried],
-                "runner_id": self.runner_id,
-            })
-        except BaseException:
-            self._completed[:0] = self._carried
-            self._nudge()
-            raise
-        finally:
-            carried, self._carried = self._carried, []
-        self._note_lost("completions", len(carried) - written)
-        if not self.pending:
-            self._all_written.set()
-            if self._stopping:
-                self._wake.set()  # the writer may be waiting for this to end to finish
-        return result
+        return len(self._completed) + len(self._handed_back) + len(self._singles)
 
     # -- the writer loop ------------------------------------------------------------
 

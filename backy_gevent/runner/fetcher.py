@@ -6,8 +6,6 @@ hands the jobs to the pools. Workers with a fleet-wide limit (``global_concurren
 ``rate_limit``) are claimed by a second statement that takes turns with the other
 runners under an advisory lock, and the fetcher wakes again when the limit may allow
 more: when the rate's window frees a start, or every poll interval while capped.
-While it follows a stream, each claim also deletes the rows of the attempts that
-succeeded since the last one (``Completer.carry``): one commit for both.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -31,9 +29,6 @@ from backy_gevent.runner.pacing import CLAIM_GAP, JITTER, STREAM_CLAIM_GAP, Spac
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
 from backy_gevent.worker import Registration, is_limited
-
-if TYPE_CHECKING:
-    from backy_gevent.runner.completer import Completer
 
 log = logging.getLogger("backy_gevent.runner")
 
@@ -119,7 +114,6 @@ class Fetcher:
         stopping: Event,
         health: DatabaseHealth,
         on_stream: Callable[[bool], None] = lambda streaming: None,
-        completer: Completer | None = None,
     ) -> None:
         self.settings = settings
         self.connections = connections
@@ -132,9 +126,6 @@ class Fetcher:
         self.health = health
         self.spacing = Spacing(CLAIM_GAP, JITTER)
         self.on_stream = on_stream
-        #: The runner's outcome writer, whose successes the claims carry while
-        #: following a stream (None: they never do).
-        self.completer = completer
         #: True while following a stream: claiming every gap, not woken by notifications.
         self.streaming = False
         #: Claims in a row that found jobs and had to wait their turn; while streaming,
@@ -252,18 +243,11 @@ class Fetcher:
         return list(row["lost"])
 
     def _claim_plain(self, wanted: dict[WorkerPool, int]) -> list[Job]:
-        registrations = {pool.registration: limit for pool, limit in wanted.items()}
-        completer = self.completer
-        if self.streaming and completer is not None and completer.carriable:
-            # Under a stream every commit counts: the enqueuers' commits queue behind
-            # the runners' at the WAL flush (README, Speed).
-            jobs = completer.carry(lambda completions: claim_jobs_completing(
-                self.connections, self.queries, self.runner_id, registrations,
-                queues=self.settings.queues, completions=completions,
-            ))
-        else:
-            jobs = claim_jobs(self.connections, self.queries, self.runner_id,
-                              registrations, queues=self.settings.queues)
+        jobs = claim_jobs(
+            self.connections, self.queries, self.runner_id,
+            {pool.registration: limit for pool, limit in wanted.items()},
+            queues=self.settings.queues,
+        )
         claimed = collections.Counter(job.worker for job in jobs)
         for worker_pool, limit in wanted.items():
             # A full batch suggests more are due; a short one that the table is drained.
@@ -325,28 +309,6 @@ def claim_jobs(
     statement: Statement = "claim_one" if len(params["workers"]) == 1 else "claim"
     columns, rows, sent = _claimed_rows(connections, queries, [statement], params)
     return sorted(_leased(Job.from_tuples(columns, rows), params, sent), key=_start_order)
-
-
-def claim_jobs_completing(
-    connections: ConnectionPool,
-    queries: Queries,
-    runner_id: str,
-    wanted: Mapping[Registration, int],
-    *,
-    queues: Sequence[str],
-    completions: Mapping[str, Any],
-) -> tuple[int, list[Job]]:
-    """``claim_jobs`` that also deletes the rows of successful attempts
-    (``completions``: their ids, attempts and runner_id, as ``complete_delete`` takes
-    them) in the same statement; how many it deleted, and the jobs claimed."""
-    params = _claim_params(runner_id, wanted, queues) | dict(completions)
-    statement: Statement = ("complete_claim_one" if len(params["workers"]) == 1
-                            else "complete_claim")
-    columns, rows, sent = _claimed_rows(connections, queries, [statement], params)
-    # Each row ends with the count; one row of NULLs and the count when none was claimed.
-    written = rows[0][-1]
-    jobs = Job.from_tuples(columns[:-1], [row[:-1] for row in rows if row[0] is not None])
-    return written, sorted(_leased(jobs, params, sent), key=_start_order)
 
 
 def _start_order(job: Job) -> tuple[Any, ...]:

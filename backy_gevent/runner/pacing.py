@@ -37,10 +37,6 @@ STREAM_CLAIM_GAP = 0.02
 #: each write is a round trip and a commit (under a steady stream, 25 ms instead of 10
 #: cut the runner's CPU per job by about a sixth: 53-68 us against 67-85).
 WRITE_GAP = 0.025
-#: The write gap while the runner follows a stream: its claims then carry the successes
-#: (``Completer.carry``), one commit for both, and the writer only writes what they left
-#: (failures, hand-backs, successes while every slot is busy and nothing is claimed).
-STREAM_WRITE_GAP = 0.1
 #: How much each gap varies either way, as a share of it.
 JITTER = 0.25
 

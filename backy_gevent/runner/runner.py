@@ -131,7 +131,7 @@ class Runner:
             settings, self.connections, self.queries, self.id, self.worker_pools,
             wakeup=self.wakeup, notified=lambda: self.listener.listening,
             stopping=self.stopping, health=self.database,
-            on_stream=self._on_stream, completer=self.completer,
+            on_stream=self._on_stream,
         )
         self.maintenance = Maintenance(
             self.connections, self.queries, self.id, workers=list(self.worker_pools),
@@ -342,8 +342,7 @@ class Runner:
 
     def _on_stream(self, streaming: bool) -> None:
         """The fetcher starts (or stops) following a stream: the listener stops (or
-        starts) listening, and the claims carry the successes (or stop)."""
-        self.completer.follow_stream(streaming)
+        starts) listening."""
         if streaming:
             self.listener.hush()
         else:

@@ -183,28 +183,6 @@ RETURNING t.id, t.worker, t.args, t.queue, t.priority, t.state, t.attempt, t.max
           t.run_at, t.enqueued_at, t.errors, t.unique_key, t.attempted_at, t.finished_at,
           t.expires_at, t.runner_id, t.quarantined, t.rescues, t.result;
 
--- name: complete_claim_one
--- claim_one carrying completions (complete_delete's ids and attempts), one statement and
--- one commit for both, while a runner follows a stream (runner.fetcher): each commit is a
--- WAL flush that the enqueuers' commits queue behind. The two touch different rows (the
--- claim takes waiting jobs, the completions delete running ones). It returns the claim's
--- rows, each with how many completions were written ("completed"), or, when it claimed
--- nothing, one row of NULLs with that count. A block's name in braces stands for its
--- statement (its text less the comments and the closing semicolon).
-WITH completed AS ({complete_delete}),
-claimed AS ({claim_one})
-SELECT claimed.*, written.completed
-FROM (SELECT count(*) AS completed FROM completed) written
-LEFT JOIN claimed ON true;
-
--- name: complete_claim
--- complete_claim_one for a claim of several workers ("claim").
-WITH completed AS ({complete_delete}),
-claimed AS ({claim})
-SELECT claimed.*, written.completed
-FROM (SELECT count(*) AS completed FROM completed) written
-LEFT JOIN claimed ON true;
-
 -- name: lock_limited
 -- Before claim_limited, in the same transaction: take each limited worker's advisory
 -- lock, so that runners claim for it one at a time. The keys ("backy/<table>/<worker>")
