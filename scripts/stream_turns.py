@@ -7,10 +7,12 @@ alone (the floor), then for every variant and runner count a stream beside fresh
 started runners. A variant is a checkout of backy-gevent the runners import
 (``NAME=PATH``: PATH goes first on their PYTHONPATH), optionally with runner settings
 (``NAME=PATH:relaxed_commits=true``), so two versions of the runner can be held against
-each other in the same minutes:
+each other in the same minutes. Hold checkouts of one kind against each other (two
+``git worktree``s): identical code from a worktree once read 0.045 below the main
+checkout over 10 rounds.
 
     .venv/bin/python scripts/stream_turns.py --dsn postgresql://root@127.0.0.1/test \\
-        --variants before=/path/to/old/checkout,after=. --runners 1,2 --rounds 6
+        --variants before=../before,after=../after --runners 1,2 --rounds 6
 
 For each stream it prints the rate as a share of the round's floor, the runners' CPU
 per job (from /proc), the WAL bytes per job (``pg_current_wal_insert_lsn``) and the
