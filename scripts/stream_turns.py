@@ -66,6 +66,15 @@ def measured(conn: Any, measure: Callable[[], float]) -> tuple[float, float, str
     return rate, jobs, f"{(wal_after - wal) / jobs:.0f} B of WAL a job; WAL {start}-{end}"
 
 
+def turns(counts: list[int], names: list[str], round_: int) -> list[tuple[int, str]]:
+    """The streams of round ``round_`` in the order they run: every runner count with
+    every variant, the order reversed on every other round. The machine drifts within a
+    round (each round's floor is measured at its start), so a fixed order would favour
+    whatever runs first."""
+    order = [(count, name) for count in counts for name in names]
+    return order if round_ % 2 == 0 else order[::-1]
+
+
 def variant_environment(spec: str) -> dict[str, str]:
     """The runners' environment for ``PATH[:setting=value,...]``."""
     path, _, settings = spec.partition(":")
@@ -111,22 +120,43 @@ def main() -> None:
                     client, arguments.seconds, lambda _: None, CLIENTS))
                 scratch.empty(conn)
                 line = [f"floor {floor:,.0f}/s ({wal})"]
-                for count in counts:
-                    for name, spec in variants.items():
-                        with runners(dsn, count, variant_environment(spec)) as processes:
-                            pids = [process.pid for process in processes]
-                            used = cpu_seconds(pids)
-                            rate, jobs, wal = measured(conn, lambda: paths.stream(
-                                client, conn, processes, CLIENTS, arguments.seconds,
-                                lambda _: None))
-                            used = cpu_seconds(pids) - used
-                        scratch.empty(conn)
-                        ratios.setdefault((name, count), []).append(rate / floor)
-                        line.append(f"{name}/{count} {rate / floor:.2f}"
-                                    f" ({used / jobs * 1e6:.0f} us of runner CPU a job, {wal})")
+                for count, name in turns(counts, list(variants), round_):
+                    spec = variants[name]
+                    with runners(dsn, count, variant_environment(spec)) as processes:
+                        pids = [process.pid for process in processes]
+                        used = cpu_seconds(pids)
+                        rate, jobs, wal = measured(conn, lambda: paths.stream(
+                            client, conn, processes, CLIENTS, arguments.seconds,
+                            lambda _: None))
+                        used = cpu_seconds(pids) - used
+                    scratch.empty(conn)
+                    ratios.setdefault((name, count), []).append(rate / floor)
+                    line.append(f"{name}/{count} {rate / floor:.2f}"
+                                f" ({used / jobs * 1e6:.0f} us of runner CPU a job, {wal})")
                 print(f"round {round_ + 1}: " + "  ".join(line), flush=True)
     for (name, count), shares in ratios.items():
         print(f"{name}, {count} runner(s): " + " ".join(f"{r:.2f}" for r in sorted(shares)))
+    for name in variants:
+        for count in counts[1:]:
+            print(paired(f"{name}/{count} against {name}/{counts[0]}",
+                         ratios[(name, count)], ratios[(name, counts[0])]))
+    for name in list(variants)[1:]:
+        for count in counts:
+            first = next(iter(variants))
+            print(paired(f"{name}/{count} against {first}/{count}",
+                         ratios[(name, count)], ratios[(first, count)]))
+
+
+def paired(title: str, these: list[float], those: list[float]) -> str:
+    """Round by round, ``these`` against ``those``: the median difference and how
+    many rounds it was at least 0 (the rounds share their floor and their minutes)."""
+    differences = sorted(a - b for a, b in zip(these, those, strict=True))
+    middle = len(differences) // 2
+    median = (differences[middle] if len(differences) % 2
+              else (differences[middle - 1] + differences[middle]) / 2)
+    better = sum(difference >= 0 for difference in differences)
+    return (f"{title}: median difference {median:+.3f},"
+            f" at least as high in {better} of {len(differences)} rounds")
 
 
 if __name__ == "__main__":
