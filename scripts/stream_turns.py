@@ -7,18 +7,22 @@ alone (the floor), then for every variant and runner count a stream beside fresh
 started runners. A variant is a checkout of backy-gevent the runners import
 (``NAME=PATH``: PATH goes first on their PYTHONPATH), optionally with runner settings
 (``NAME=PATH:relaxed_commits=true``), so two versions of the runner can be held against
-each other in the same minutes. Hold checkouts of one kind against each other (two
-``git worktree``s): identical code from a worktree once read 0.045 below the main
-checkout over 10 rounds.
+each other in the same minutes. The order of the streams is reversed every other
+round (the machine drifts within a round). Even so, two variants that run one runner the
+same way read 0.016 apart over 20 rounds and 0.024 over 14: a difference of 0.02 needs
+more rounds than that. (Identical code from a worktree once read 0.045 below the main checkout
+over 10 rounds, with the order fixed: hold checkouts of one kind against each other,
+two ``git worktree``s.)
 
     .venv/bin/python scripts/stream_turns.py --dsn postgresql://root@127.0.0.1/test \\
-        --variants before=../before,after=../after --runners 1,2 --rounds 6
+        --variants before=../before,after=../after --runners 1,2 --rounds 20
 
 For each stream it prints the rate as a share of the round's floor, the runners' CPU
 per job (from /proc), the WAL bytes per job (``pg_current_wal_insert_lsn``) and the
 WAL range, for ``pg_waldump --stats=record -s START -e END`` on the server's host (its
 ``Transaction/COMMIT`` count is the stream's commits); then each variant's ratios,
-sorted.
+sorted, and the differences round by round: each variant's second and later runner
+counts against its first, and each later variant against the first.
 """
 
 from __future__ import annotations
