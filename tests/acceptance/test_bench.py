@@ -60,8 +60,12 @@ def test_bench_json_has_every_path_with_its_floor(server_dsn: str, db: Any, keep
     # Not a terminal: the schema, then one line per phase on stderr, nothing else (no
     # runner warning).
     schema_line, *phases = done.stderr.splitlines()
-    assert len(phases) == 12 and all(re.match(r"bench: \[\d+/12\] ", p) for p in phases), (
+    assert len(phases) == 14 and all(re.match(r"bench: \[\d+/14\] ", p) for p in phases), (
         done.stderr)
+    # Each runner count's stream is held against its floor measured on both sides of it.
+    for when in ("before the runners start", "now that the runners stopped"):
+        assert sum(f"steady stream floor: 4 clients enqueue, no runner, for 0.5s, {when}"
+                   in phase for phase in phases) == 2, done.stderr
     schema = SCHEMA_LINE.match(schema_line)
     assert schema and not _schema_exists(db, schema[1])  # its scratch schema is dropped
 
@@ -76,7 +80,7 @@ def test_bench_prints_a_table_of_figure_floor_and_ratio(server_dsn: str, db: Any
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:] if line.startswith("|")}
     assert list(rows) == [path for path, runners in PATHS if runners in (None, 2)]
     phases = done.stderr.splitlines()[1:]
-    assert len(phases) == 9 and all(re.match(r"bench: \[\d+/9\] ", p) for p in phases), (
+    assert len(phases) == 10 and all(re.match(r"bench: \[\d+/10\] ", p) for p in phases), (
         done.stderr)
     for line in rows.values():
         assert re.fullmatch(

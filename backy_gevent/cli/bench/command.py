@@ -107,9 +107,9 @@ def command_bench(arguments: argparse.Namespace, settings: Settings) -> int:
 
 def _phases(sizes: Sizes) -> int:
     """Five phases without runners, the latency (with one runner, started for it alone
-    when 1 is not among the counts), and per runner count the stream's floor, the
-    stream and the drain."""
-    return 6 + 3 * len(sizes.runners)
+    when 1 is not among the counts), and per runner count the stream's floor before
+    the runners start, the stream, the drain, and the floor again once they stopped."""
+    return 6 + 4 * len(sizes.runners)
 
 
 @contextlib.contextmanager
@@ -167,8 +167,9 @@ def _run(settings: Settings, sizes: Sizes, forwarded: dict[str, str],
         _without_runners(bench)
         for count in sizes.runners:
             _with_runners(bench, count)
-        if 1 not in sizes.runners:
-            _with_runners(bench, 1, latency_only=True)
+        if 1 not in sizes.runners:  # the latency, with one runner started for it alone
+            with runners(dsn, 1, bench.env) as processes:
+                _latency(bench, processes)
         return _in_order(bench.rows, sizes.runners), conn.server_version
 
 
@@ -209,44 +210,23 @@ def _without_runners(bench: Bench) -> None:
     scratch.empty(bench.conn)
 
 
-def _with_runners(bench: Bench, count: int, latency_only: bool = False) -> None:
-    """Unless ``latency_only``, measure the steady stream's floor (the clients with no
-    runner) right before its runners start: measured once at the start, it was minutes
-    older than the last stream, and this machine's commit time drifts within minutes.
-    Then start ``count`` runners; with one, measure the latency first (while it is
-    idle); then, unless ``latency_only``, the steady stream and the drain."""
+def _with_runners(bench: Bench, count: int) -> None:
+    """Measure the steady stream's floor (the clients with no runner), start ``count``
+    runners; with one, measure the latency first (while it is idle); then the steady
+    stream and the drain; stop the runners and measure the floor again. The stream is
+    held against the mean of its two floors: this machine's commit rate drifts within
+    minutes (by a third between two runner counts of one run), and a floor taken on one
+    side of the stream only put that drift into the ratio."""
     sizes, progress, tick = bench.sizes, bench.progress, bench.progress.tick
     plural = "runner" if count == 1 else "runners"
-    stream_floor = 0.0
-    if not latency_only:
-        progress.start(f"steady stream floor: {sizes.clients} clients enqueue, no runner,"
-                       f" for {sizes.seconds:g}s")
-        stream_floor = paths.single_enqueue(bench.client, sizes.seconds, tick, sizes.clients)
-        scratch.empty(bench.conn)
+    floor_before = _stream_floor(bench, "before the runners start")
     with runners(bench.dsn, count, bench.env) as processes:
         if count == 1:
-            progress.start(f"latency: {sizes.samples:,} enqueues at {sizes.rate:g}/s,"
-                           " 1 idle runner")
-            measured = paths.latency(bench.client, processes, bench.stamps, sizes.rate,
-                                     sizes.samples, tick)
-            for name, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
-                bench.rows.append(Row(
-                    f"latency {name}, enqueue to perform, {sizes.rate:g} jobs/s", "ms",
-                    percentile(measured, share) * 1000,
-                    percentile(bench.latency_floor, share) * 1000,
-                    "INSERT + NOTIFY, woken on a LISTEN connection, claim (runner's claim)"))
-            paths.finished(bench.conn, processes, tick)
-            scratch.empty(bench.conn)
-        if latency_only:
-            return
+            _latency(bench, processes)
         progress.start(f"steady stream: {sizes.clients} clients for {sizes.seconds:g}s,"
                        f" {count} {plural} working")
-        bench.rows.append(Row(
-            f"steady stream, {sizes.clients} clients, {count} {plural}", "jobs/s",
-            paths.stream(bench.client, bench.conn, processes, sizes.clients, sizes.seconds,
-                         tick),
-            stream_floor, f"the same {sizes.clients} clients' enqueue with no runner",
-            count))
+        stream = paths.stream(bench.client, bench.conn, processes, sizes.clients,
+                              sizes.seconds, tick)
         scratch.empty(bench.conn)
         progress.start(f"drain: {sizes.jobs:,} jobs, {count} {plural}")
         bench.rows.append(Row(
@@ -256,6 +236,40 @@ def _with_runners(bench: Bench, count: int, latency_only: bool = False) -> None:
             f" {'mark completed' if not bench.settings.delete_finished_jobs else 'delete'},"
             " one connection", count))
         scratch.empty(bench.conn)
+    floor_after = _stream_floor(bench, "now that the runners stopped")
+    bench.rows.append(Row(
+        f"steady stream, {sizes.clients} clients, {count} {plural}", "jobs/s", stream,
+        (floor_before + floor_after) / 2,
+        f"the same {sizes.clients} clients' enqueue with no runner, before and after",
+        count))
+
+
+def _stream_floor(bench: Bench, when: str) -> float:
+    """The steady stream's floor: the clients' rate with no runner."""
+    sizes = bench.sizes
+    bench.progress.start(f"steady stream floor: {sizes.clients} clients enqueue, no runner,"
+                         f" for {sizes.seconds:g}s, {when}")
+    floor = paths.single_enqueue(bench.client, sizes.seconds, bench.progress.tick,
+                                 sizes.clients)
+    scratch.empty(bench.conn)
+    return floor
+
+
+def _latency(bench: Bench, processes: list[Any]) -> None:
+    """Enqueue-to-perform latency beside one idle runner, held against its floor."""
+    sizes, tick = bench.sizes, bench.progress.tick
+    bench.progress.start(f"latency: {sizes.samples:,} enqueues at {sizes.rate:g}/s,"
+                         " 1 idle runner")
+    measured = paths.latency(bench.client, processes, bench.stamps, sizes.rate,
+                             sizes.samples, tick)
+    for name, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        bench.rows.append(Row(
+            f"latency {name}, enqueue to perform, {sizes.rate:g} jobs/s", "ms",
+            percentile(measured, share) * 1000,
+            percentile(bench.latency_floor, share) * 1000,
+            "INSERT + NOTIFY, woken on a LISTEN connection, claim (runner's claim)"))
+    paths.finished(bench.conn, processes, tick)
+    scratch.empty(bench.conn)
 
 
 def _in_order(rows: list[Row], counts: tuple[int, ...]) -> list[Row]:
