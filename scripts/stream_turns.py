@@ -144,9 +144,9 @@ def main() -> None:
         for count in counts[1:]:
             print(paired(f"{name}/{count} against {name}/{counts[0]}",
                          ratios[(name, count)], ratios[(name, counts[0])]))
+    first = next(iter(variants))
     for name in list(variants)[1:]:
         for count in counts:
-            first = next(iter(variants))
             print(paired(f"{name}/{count} against {first}/{count}",
                          ratios[(name, count)], ratios[(first, count)]))
 
