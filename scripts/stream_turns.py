@@ -8,11 +8,11 @@ started runners. A variant is a checkout of backy-gevent the runners import
 (``NAME=PATH``: PATH goes first on their PYTHONPATH), optionally with runner settings
 (``NAME=PATH:relaxed_commits=true``), so two versions of the runner can be held against
 each other in the same minutes. The order of the streams is reversed every other
-round (the machine drifts within a round). Even so, two variants that run one runner the
-same way read 0.016 apart over 20 rounds and 0.024 over 14: a difference of 0.02 needs
-more rounds than that. (Identical code from a worktree once read 0.045 below the main checkout
-over 10 rounds, with the order fixed: hold checkouts of one kind against each other,
-two ``git worktree``s.)
+round (the machine drifts within a round). Even so, two variants that run one runner
+the same way read 0.016 apart over 20 rounds and 0.024 over 14: a difference of 0.02
+needs more rounds than that. (Identical code from a worktree once read 0.045 below the
+main checkout over 10 rounds, with the order fixed: hold checkouts of one kind against
+each other, two ``git worktree``s.)
 
     .venv/bin/python scripts/stream_turns.py --dsn postgresql://root@127.0.0.1/test \\
         --variants before=../before,after=../after --runners 1,2 --rounds 20
@@ -34,6 +34,7 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import os  # noqa: E402
+import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
@@ -154,12 +155,9 @@ def main() -> None:
 def paired(title: str, these: list[float], those: list[float]) -> str:
     """Round by round, ``these`` against ``those``: the median difference and how
     many rounds it was at least 0 (the rounds share their floor and their minutes)."""
-    differences = sorted(a - b for a, b in zip(these, those, strict=True))
-    middle = len(differences) // 2
-    median = (differences[middle] if len(differences) % 2
-              else (differences[middle - 1] + differences[middle]) / 2)
+    differences = [a - b for a, b in zip(these, those, strict=True)]
     better = sum(difference >= 0 for difference in differences)
-    return (f"{title}: median difference {median:+.3f},"
+    return (f"{title}: median difference {statistics.median(differences):+.3f},"
             f" at least as high in {better} of {len(differences)} rounds")
 
 
