@@ -31,8 +31,13 @@ from backy_gevent.cli.bench.runners import runner_environment, runners  # noqa: 
 from backy_gevent.cli.bench.workers import Noop, Stamp  # noqa: E402
 from backy_gevent.client import Client  # noqa: E402
 from backy_gevent.config import Settings  # noqa: E402
+from backy_gevent.db import green  # noqa: E402
 from backy_gevent.db.connections import ConnectionPool  # noqa: E402
 from backy_gevent.worker import Registry  # noqa: E402
+
+# psycopg2 waits on the hub, as in `backy-gevent bench`: without this each query
+# blocks the process and the clients' greenlets take turns on one connection.
+green.install()
 
 #: Jobs a second one paced client enqueues at most (a commit takes about 1 ms here).
 PER_CLIENT = 400

@@ -46,7 +46,12 @@ from backy_gevent.cli.bench.runners import runner_environment, runners  # noqa: 
 from backy_gevent.cli.bench.workers import Noop, Stamp  # noqa: E402
 from backy_gevent.client import Client  # noqa: E402
 from backy_gevent.config import Settings  # noqa: E402
+from backy_gevent.db import green  # noqa: E402
 from backy_gevent.worker import Registry  # noqa: E402
+
+# psycopg2 waits on the hub, as in `backy-gevent bench`: without this each query
+# blocks the process and the clients' greenlets take turns on one connection.
+green.install()
 
 CLIENTS = 4
 
@@ -153,11 +158,15 @@ def main() -> None:
 
 
 def paired(title: str, these: list[float], those: list[float]) -> str:
-    """Round by round, ``these`` against ``those``: the median difference and how
-    many rounds it was at least 0 (the rounds share their floor and their minutes)."""
+    """Round by round, ``these`` against ``those``: the mean difference with its
+    standard error, the median, and how many rounds it was at least 0 (the rounds share
+    their floor and their minutes)."""
     differences = [a - b for a, b in zip(these, those, strict=True)]
     better = sum(difference >= 0 for difference in differences)
-    return (f"{title}: median difference {statistics.median(differences):+.3f},"
+    error = (statistics.stdev(differences) / len(differences) ** 0.5
+             if len(differences) > 1 else float("nan"))
+    return (f"{title}: mean difference {statistics.mean(differences):+.3f}"
+            f" (standard error {error:.3f}), median {statistics.median(differences):+.3f},"
             f" at least as high in {better} of {len(differences)} rounds")
 
 
