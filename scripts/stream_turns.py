@@ -7,22 +7,27 @@ alone (the floor), then for every variant and runner count a stream beside fresh
 started runners. A variant is a checkout of backy-gevent the runners import
 (``NAME=PATH``: PATH goes first on their PYTHONPATH), optionally with runner settings
 (``NAME=PATH:relaxed_commits=true``), so two versions of the runner can be held against
-each other in the same minutes. The order of the streams is reversed every other
-round (the machine drifts within a round). Even so, two variants that run one runner
-the same way read 0.016 apart over 20 rounds and 0.024 over 14: a difference of 0.02
-needs more rounds than that. (Identical code from a worktree once read 0.045 below the
+each other in the same minutes. The streams of a round run in a balanced order (a
+Williams design, see ``turns``: give it a multiple of as many rounds as there are
+streams), as the machine drifts within a round. Two variants that run one runner the
+same way read -0.001 apart (standard error 0.010) over 16 rounds so: a difference of
+0.02 needs about that many. (Identical code from a worktree once read 0.045 below the
 main checkout over 10 rounds, with the order fixed: hold checkouts of one kind against
-each other, two ``git worktree``s.)
+each other, two ``git worktree``s.) Until 2026-12-05 this script left psycopg2
+blocking, so the four clients took turns on one connection: its figures from before
+then are of a one-connection stream, not the bench's.
 
     .venv/bin/python scripts/stream_turns.py --dsn postgresql://root@127.0.0.1/test \\
-        --variants before=../before,after=../after --runners 1,2 --rounds 20
+        --variants before=../before,after=../after --runners 1,2 --rounds 16
 
 For each stream it prints the rate as a share of the round's floor, the runners' CPU
 per job (from /proc), the WAL bytes per job (``pg_current_wal_insert_lsn``) and the
 WAL range, for ``pg_waldump --stats=record -s START -e END`` on the server's host (its
 ``Transaction/COMMIT`` count is the stream's commits); then each variant's ratios,
 sorted, and the differences round by round: each variant's second and later runner
-counts against its first, and each later variant against the first.
+counts against its first, and each later variant against the first (the mean with
+its standard error, the median, and in how many rounds it was at least as high); and
+the mean ratio by place in the round, which shows how much the order still matters.
 """
 
 from __future__ import annotations
@@ -78,11 +83,19 @@ def measured(conn: Any, measure: Callable[[], float]) -> tuple[float, float, str
 
 def turns(counts: list[int], names: list[str], round_: int) -> list[tuple[int, str]]:
     """The streams of round ``round_`` in the order they run: every runner count with
-    every variant, the order reversed on every other round. The machine drifts within a
-    round (each round's floor is measured at its start), so a fixed order would favour
-    whatever runs first."""
-    order = [(count, name) for count in counts for name in names]
-    return order if round_ % 2 == 0 else order[::-1]
+    every variant, in the rows of a Williams design. Over every ``n`` rounds (``2n``
+    when the number of streams ``n`` is odd) each stream runs once in every position of
+    the round and follows every other stream once. The machine drifts within a round
+    (each round's floor is measured at its start): in a fixed order, or one merely
+    reversed every other round, two streams that always take the middle places read
+    0.02 above the two that take the ends (the same code, 16 rounds)."""
+    streams = [(count, name) for count in counts for name in names]
+    n = len(streams)
+    first = [0]  # 0, 1, n-1, 2, n-2, ...: each difference between neighbours once
+    for step in range(1, n):
+        first.append((step + 1) // 2 if step % 2 else n - step // 2)
+    order = [streams[(position + round_) % n] for position in first]
+    return order[::-1] if n % 2 and (round_ // n) % 2 else order
 
 
 def variant_environment(spec: str) -> dict[str, str]:
@@ -120,6 +133,7 @@ def main() -> None:
         variants[name] = spec
     counts = [int(count) for count in arguments.runners.split(",")]
     ratios: dict[tuple[str, int], list[float]] = {}
+    places: dict[int, list[float]] = {}  # a round's n-th stream: the ratios
     with scratch.scratch_schema(arguments.dsn) as (_, dsn):
         settings = Settings(dsn=dsn, table_name=scratch.TABLE)
         with Client(settings, registry=Registry.from_classes(Noop, Stamp)) as client, \
@@ -141,11 +155,14 @@ def main() -> None:
                         used = cpu_seconds(pids) - used
                     scratch.empty(conn)
                     ratios.setdefault((name, count), []).append(rate / floor)
+                    places.setdefault(len(line), []).append(rate / floor)
                     line.append(f"{name}/{count} {rate / floor:.2f}"
                                 f" ({used / jobs * 1e6:.0f} us of runner CPU a job, {wal})")
                 print(f"round {round_ + 1}: " + "  ".join(line), flush=True)
     for (name, count), shares in ratios.items():
         print(f"{name}, {count} runner(s): " + " ".join(f"{r:.2f}" for r in sorted(shares)))
+    print("by place in the round: " + "  ".join(
+        f"{place}: {statistics.mean(shares):.3f}" for place, shares in sorted(places.items())))
     for name in variants:
         for count in counts[1:]:
             print(paired(f"{name}/{count} against {name}/{counts[0]}",
