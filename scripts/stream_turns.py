@@ -84,11 +84,11 @@ def measured(conn: Any, measure: Callable[[], float]) -> tuple[float, float, str
 def turns(counts: list[int], names: list[str], round_: int) -> list[tuple[int, str]]:
     """The streams of round ``round_`` in the order they run: every runner count with
     every variant, in the rows of a Williams design. Over every ``n`` rounds (``2n``
-    when the number of streams ``n`` is odd) each stream runs once in every position of
-    the round and follows every other stream once. The machine drifts within a round
-    (each round's floor is measured at its start): in a fixed order, or one merely
-    reversed every other round, two streams that always take the middle places read
-    0.02 above the two that take the ends (the same code, 16 rounds)."""
+    when the number of streams ``n`` is odd) each stream runs equally often in every
+    place of the round and right after every other stream. The machine drifts within
+    a round (each round's floor is measured at its start): in a fixed order, or one
+    merely reversed every other round, two streams that always take the middle places
+    read 0.02 above the two that take the ends (the same code, 16 rounds)."""
     streams = [(count, name) for count in counts for name in names]
     n = len(streams)
     first = [0]  # 0, 1, n-1, 2, n-2, ...: each difference between neighbours once
