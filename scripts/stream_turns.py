@@ -133,7 +133,7 @@ def main() -> None:
         variants[name] = spec
     counts = [int(count) for count in arguments.runners.split(",")]
     ratios: dict[tuple[str, int], list[float]] = {}
-    places: dict[int, list[float]] = {}  # a round's n-th stream: the ratios
+    places: dict[int, list[float]] = {}  # place in the round (from 1): the ratios
     with scratch.scratch_schema(arguments.dsn) as (_, dsn):
         settings = Settings(dsn=dsn, table_name=scratch.TABLE)
         with Client(settings, registry=Registry.from_classes(Noop, Stamp)) as client, \
@@ -144,7 +144,7 @@ def main() -> None:
                     client, arguments.seconds, lambda _: None, CLIENTS))
                 scratch.empty(conn)
                 line = [f"floor {floor:,.0f}/s ({wal})"]
-                for count, name in turns(counts, list(variants), round_):
+                for place, (count, name) in enumerate(turns(counts, list(variants), round_), 1):
                     spec = variants[name]
                     with runners(dsn, count, variant_environment(spec)) as processes:
                         pids = [process.pid for process in processes]
@@ -155,7 +155,7 @@ def main() -> None:
                         used = cpu_seconds(pids) - used
                     scratch.empty(conn)
                     ratios.setdefault((name, count), []).append(rate / floor)
-                    places.setdefault(len(line), []).append(rate / floor)
+                    places.setdefault(place, []).append(rate / floor)
                     line.append(f"{name}/{count} {rate / floor:.2f}"
                                 f" ({used / jobs * 1e6:.0f} us of runner CPU a job, {wal})")
                 print(f"round {round_ + 1}: " + "  ".join(line), flush=True)
