@@ -379,6 +379,10 @@ class Client:
         }
         if per_job["run_at"] is None and not per_job["delay"]:
             params["payload"] = _due_now_payload(name, queue)
+            # Quiet (no NOTIFY while a runner follows a stream of these jobs) only on a
+            # pooled autocommit connection: what the statement decides must still hold
+            # at its commit. In a caller's transaction, that commit may come much later.
+            params["quiet"] = connection is None
             [(job_id, enqueued_at, _)] = self._fetch_tuples("insert_job_now", params, connection)
             run_at = enqueued_at
         else:

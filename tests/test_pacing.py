@@ -54,6 +54,7 @@ class CountingFetcher(Fetcher):
     def __init__(self, wakeup: Wakeup, *pools: WorkerPool) -> None:
         self.streams: list[bool] = []  # what on_stream was told, in order
         self.wanted: list[set[str]] = []  # the workers each claim was for
+        self.quiet_ended: list[int] = []  # at each end_quiet, len(streams)
         super().__init__(
             Settings(), None, None, "test-runner",  # type: ignore[arg-type]
             {pool.name: pool for pool in pools},
@@ -70,6 +71,10 @@ class CountingFetcher(Fetcher):
         for pool in wanted:
             pool.maybe_more = False
         return self.finds
+
+    def end_quiet(self) -> None:
+        # Not asked of a database: how many on_stream calls came before it.
+        self.quiet_ended.append(len(self.streams))
 
 
 def fetcher_loop(*names: str) -> tuple[Wakeup, CountingFetcher, Any]:
@@ -166,6 +171,8 @@ def test_a_stream_of_found_jobs_is_followed_without_wake_ups_until_claims_find_n
         fetcher.finds = 0
         gevent.sleep(STREAM_CLAIM_GAP * 1.25 * (STREAM_CLAIMS + 1))
         assert fetcher.streams == [True, False]
+        # Enqueues were told to notify again (end_quiet) before the listener was roused.
+        assert fetcher.quiet_ended == [1]
         assert fetcher.spacing.gap == CLAIM_GAP  # woken claims are spaced as before
         before = len(fetcher.claims)
         gevent.sleep(CLAIM_GAP * 5)

@@ -41,6 +41,11 @@ IDLE_POLLS = 10
 #: then), and the notifications, which would say nothing new, are not listened to
 #: (``on_stream``; see ``runner.listener``).
 STREAM_CLAIMS = 3
+#: While following a stream, each claim also tells enqueues of the workers it claimed
+#: for not to notify for this long (``quiet_enqueues`` in queries.sql; renewed by every
+#: claim, so it only lapses when the claims stop: the runner died or is stuck), or for
+#: four claim gaps when that is longer (many runners sharing the claims).
+QUIET_FOR = 0.5
 
 
 class Wakeup:
@@ -200,7 +205,12 @@ class Fetcher:
             self._streak = 0
 
     def _set_streaming(self, streaming: bool) -> None:
-        """Start or stop following a stream: its claim gap, and the listener told."""
+        """Start or stop following a stream: its claim gap, and the listener told.
+        Before it stops, enqueues are told to notify again (``end_quiet``), and only
+        then does the listener listen again and wake the fetcher: that claim sees every
+        job enqueued quietly before."""
+        if not streaming:
+            self.end_quiet()
         self.streaming = streaming
         self._space()
         log.debug("%s following a stream of jobs", "started" if streaming else "stopped")
@@ -220,6 +230,14 @@ class Fetcher:
         for job in jobs:
             self.worker_pools[job.worker].submit(job)
         return len(jobs)
+
+    def end_quiet(self) -> None:
+        """Enqueues of this runner's workers notify again, and the runners of the table
+        are woken (for what was enqueued quietly since their last claim): this one stops
+        following a stream, or stops."""
+        params = {"runner_id": self.runner_id, "table": self.queries.quoted_table}
+        with self.connections.borrow() as conn, conn.cursor() as cur:
+            self.queries.execute(cur, "end_quiet", params)
 
     def catch_up(self, running: Sequence[Job], *, next_due: bool) -> list[int]:
         """What notifications would have said while they were not heard: which of the
@@ -247,6 +265,7 @@ class Fetcher:
             self.connections, self.queries, self.runner_id,
             {pool.registration: limit for pool, limit in wanted.items()},
             queues=self.settings.queues,
+            quiet_for=max(QUIET_FOR, 4 * self.spacing.gap) if self.streaming else 0.0,
         )
         claimed = collections.Counter(job.worker for job in jobs)
         for worker_pool, limit in wanted.items():
@@ -299,15 +318,21 @@ def claim_jobs(
     wanted: Mapping[Registration, int],
     *,
     queues: Sequence[str],
+    quiet_for: float = 0.0,
 ) -> list[Job]:
     """Claim up to ``wanted[registration]`` due jobs of each worker (of ``queues``; all
     when empty) for ``runner_id``, in one statement, fleet-wide limits aside; return
     them in the order to start them (priority, ``run_at``, id). The fetcher claims
     workers without limits with it, and ``backy_gevent.testing.drain`` every worker.
+    With ``quiet_for``, the same transaction tells enqueues of these workers not to
+    notify for that many seconds (the runner follows a stream).
     """
     params = _claim_params(runner_id, wanted, queues)
-    statement: Statement = "claim_one" if len(params["workers"]) == 1 else "claim"
-    columns, rows, sent = _claimed_rows(connections, queries, [statement], params)
+    names: list[Statement] = ["claim_one" if len(params["workers"]) == 1 else "claim"]
+    if quiet_for > 0:
+        names.insert(0, "quiet_enqueues")
+        params.update(quiet_for=quiet_for, quiet_workers=params["workers"])
+    columns, rows, sent = _claimed_rows(connections, queries, names, params)
     return sorted(_leased(Job.from_tuples(columns, rows), params, sent), key=_start_order)
 
 

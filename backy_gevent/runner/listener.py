@@ -17,6 +17,9 @@ channel, at every commit that notifies, and at a few thousand commits a second o
 listening session costs the enqueuers about a twentieth of their rate (measured with
 raw processes, ``scripts/raw_runner_stream.py``). So while the fetcher follows a stream
 the listener stops listening (UNLISTEN *), and it listens again when the stream ends.
+Meanwhile the enqueues of the workers it follows don't notify at all (quiet enqueues,
+``Fetcher.end_quiet`` and ``quiet_enqueues`` in queries.sql), which spares every other
+listening session in the database too.
 
 Whenever it starts listening (at start, after a reconnection, after a stream) the fetcher
 is woken, since work may have come meanwhile, and the runner catches up on the rest that

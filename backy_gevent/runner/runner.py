@@ -279,6 +279,10 @@ class Runner:
         # database makes it fail within database_timeout anyway).
         self._wait([self.fetcher_loop], until=max(ends, time.monotonic() + 1.0))
         self.fetcher_loop.kill(block=False)
+        if self.fetcher.streaming:
+            # Enqueues notify again, and the other runners are woken for what was
+            # enqueued quietly since this one's last claim (bounded: else it lapses).
+            gevent.spawn(self._end_quiet).join(timeout=0.5)
         for worker_pool in self.worker_pools.values():
             for job in worker_pool.take_unstarted():
                 self.completer.handed_back(job)
@@ -293,6 +297,12 @@ class Runner:
             gevent.wait([pool.drained for pool in self.worker_pools.values()],
                         timeout=0.5 if self.stop_now.is_set() else 1.0)
         self._finish()
+
+    def _end_quiet(self) -> None:
+        try:
+            self.fetcher.end_quiet()
+        except CONNECTION_ERRORS as exc:
+            log.warning("could not end quiet enqueues (they lapse within a second): %s", exc)
 
     def _finish(self) -> None:
         """Write the last outcomes, leave the runners table, end every greenlet."""
