@@ -64,6 +64,8 @@ class CountingFetcher(Fetcher):
         self.claims: list[float] = []
         #: How many jobs each claim finds (never a full batch).
         self.finds = 0
+        #: What another_follows says: another runner follows this stream already.
+        self.others_follow = False
 
     def claim(self, wanted: dict[WorkerPool, int]) -> int:
         self.claims.append(time.monotonic())
@@ -71,6 +73,9 @@ class CountingFetcher(Fetcher):
         for pool in wanted:
             pool.maybe_more = False
         return self.finds
+
+    def another_follows(self) -> bool:
+        return self.others_follow
 
     def end_quiet(self) -> None:
         # Not asked of a database: how many on_stream calls came before it.
@@ -177,6 +182,32 @@ def test_a_stream_of_found_jobs_is_followed_without_wake_ups_until_claims_find_n
         before = len(fetcher.claims)
         gevent.sleep(CLAIM_GAP * 5)
         assert len(fetcher.claims) == before
+    finally:
+        loop.kill()
+
+
+def test_a_stream_another_runner_follows_already_is_left_to_it() -> None:
+    wakeup, fetcher, loop = fetcher_loop()
+    try:
+        gevent.sleep(0.05)
+        fetcher.finds = 1
+        fetcher.others_follow = True
+        for _ in range(int(STREAM_CLAIMS * CLAIM_GAP * 4 / 0.001)):
+            wakeup.set()
+            gevent.sleep(0.001)
+        # Pressed claims that found jobs, several times STREAM_CLAIMS of them: still
+        # claiming only when woken, never following.
+        assert len(fetcher.claims) > 2 * STREAM_CLAIMS and fetcher.streams == []
+        gevent.sleep(CLAIM_GAP * 2)  # the last wake-up's claim
+        before = len(fetcher.claims)
+        gevent.sleep(STREAM_CLAIM_GAP * 5)
+        assert len(fetcher.claims) == before
+        # The other runner stopped following: this one may follow now.
+        fetcher.others_follow = False
+        for _ in range(int(STREAM_CLAIMS * CLAIM_GAP * 2 / 0.001)):
+            wakeup.set()
+            gevent.sleep(0.001)
+        assert fetcher.streams == [True]
     finally:
         loop.kill()
 

@@ -208,6 +208,19 @@ SET quiet_until = clock_timestamp() + make_interval(secs => %(quiet_for)s::float
     quiet_workers = %(quiet_workers)s::text[]
 WHERE id = %(runner_id)s;
 
+-- name: another_follows
+-- Before a runner starts following a stream: does another runner follow one already, for
+-- some of the same workers, in queues both serve? Then those enqueues are quiet and that
+-- runner claims them every gap: this one leaves the stream to it, and is woken again by
+-- notifications (once that runner stops following, dies, or has no free slot).
+SELECT EXISTS (
+    SELECT FROM {runners} r
+    WHERE r.id <> %(runner_id)s AND r.quiet_until > clock_timestamp()
+      AND r.quiet_workers && %(workers)s::text[]
+      AND (cardinality(r.queues) = 0 OR cardinality(%(queues)s::text[]) = 0
+           OR r.queues && %(queues)s::text[])
+) AS follows;
+
 -- name: end_quiet
 -- A runner stops following a stream (or stops): enqueues notify again from this commit
 -- on, and the notification (an empty payload: work of any kind) wakes the runners of the
