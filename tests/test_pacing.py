@@ -64,7 +64,7 @@ class CountingFetcher(Fetcher):
         self.claims: list[float] = []
         #: How many jobs each claim finds (never a full batch).
         self.finds = 0
-        #: What another_follows says: another runner follows this stream already.
+        #: Whether another runner follows the stream already (start_following says no).
         self.others_follow = False
 
     def claim(self, wanted: dict[WorkerPool, int]) -> int:
@@ -74,8 +74,8 @@ class CountingFetcher(Fetcher):
             pool.maybe_more = False
         return self.finds
 
-    def another_follows(self) -> bool:
-        return self.others_follow
+    def start_following(self) -> bool:
+        return not self.others_follow
 
     def end_quiet(self) -> None:
         # Not asked of a database: how many on_stream calls came before it.

@@ -18,8 +18,8 @@ from backy_gevent.db.arrays import with_array_literals
 #: (a test checks that this list and the file agree).
 Statement = Literal[
     "insert_jobs", "insert_job", "insert_job_now", "insert_unique_jobs", "get_unique", "claim",
-    "claim_one", "quiet_enqueues", "another_follows",
-    "end_quiet", "lock_limited",
+    "claim_one", "quiet_enqueues", "follow_lock",
+    "start_following", "end_quiet", "lock_limited",
     "claim_limited", "complete_delete", "complete_keep", "fail", "snooze", "give_up",
     "hand_back", "touch", "catch_up", "lead", "cancel", "retry", "retry_failed", "table_oid",
     "get_job", "prune", "count_prunable", "prune_batch", "stats", "queue_stats",

@@ -200,10 +200,10 @@ class Fetcher:
         elif found and pressed:
             self._streak += 1
             if self._streak >= STREAM_CLAIMS:
-                if self.another_follows():
-                    self._streak = 0  # one runner following is enough
-                else:
+                if self.start_following():
                     self._set_streaming(True)
+                else:
+                    self._streak = 0  # another runner follows it: one is enough
         else:
             self._streak = 0
 
@@ -234,16 +234,26 @@ class Fetcher:
             self.worker_pools[job.worker].submit(job)
         return len(jobs)
 
-    def another_follows(self) -> bool:
-        """Whether another runner follows a stream of some of this one's workers, in
-        queues both serve: its claims keep up, and the enqueues are quiet (no
-        notification would wake this one to help). Two runners that followed one stream
-        side by side held it 0.04 below one alone (the clients' rate, 16 rounds)."""
-        params = {"runner_id": self.runner_id, "workers": list(self.worker_pools),
-                  "queues": list(self.settings.queues)}
+    def start_following(self) -> bool:
+        """Mark this runner as following a stream, with its enqueues quiet; or, when
+        another runner follows one of its workers already (in queues both serve), leave
+        the stream to it: False. The runners decide one at a time. Two runners that
+        both followed one stream held it 0.03 below one alone (the clients' rate, 16
+        rounds); one follows, and the other wakes again when notifications resume."""
+        params = {
+            "runner_id": self.runner_id, "queues": list(self.settings.queues),
+            "quiet_workers": list(self.worker_pools),
+            "quiet_for": self._quiet_for(),
+            "follow_key": f"backy/{self.queries.table_name}/follow",
+        }
         with self.connections.borrow() as conn, conn.cursor() as cur:
-            self.queries.execute(cur, "another_follows", params)
-            return bool(cur.fetchone()["follows"])
+            self.queries.execute_together(cur, ["follow_lock", "start_following"], params)
+            return bool(cur.fetchall())
+
+    def _quiet_for(self) -> float:
+        """How long a following runner's quiet mark lasts: ``QUIET_FOR``, or four of
+        its stream claim gaps when that is longer."""
+        return max(QUIET_FOR, 4 * STREAM_CLAIM_GAP * self._runners)
 
     def end_quiet(self) -> None:
         """Enqueues of this runner's workers notify again, and the runners of the table
@@ -279,7 +289,7 @@ class Fetcher:
             self.connections, self.queries, self.runner_id,
             {pool.registration: limit for pool, limit in wanted.items()},
             queues=self.settings.queues,
-            quiet_for=max(QUIET_FOR, 4 * self.spacing.gap) if self.streaming else 0.0,
+            quiet_for=self._quiet_for() if self.streaming else 0.0,
         )
         claimed = collections.Counter(job.worker for job in jobs)
         for worker_pool, limit in wanted.items():

@@ -208,18 +208,28 @@ SET quiet_until = clock_timestamp() + make_interval(secs => %(quiet_for)s::float
     quiet_workers = %(quiet_workers)s::text[]
 WHERE id = %(runner_id)s;
 
--- name: another_follows
--- Before a runner starts following a stream: does another runner follow one already, for
--- some of the same workers, in queues both serve? Then those enqueues are quiet and that
--- runner claims them every gap: this one leaves the stream to it, and is woken again by
--- notifications (once that runner stops following, dies, or has no free slot).
-SELECT EXISTS (
+-- name: follow_lock
+-- Before start_following, in the same transaction: runners of the table decide to
+-- follow a stream one at a time, so that start_following's snapshot (taken after this
+-- lock) holds every mark committed before; two runners can't both find none and follow.
+SELECT pg_advisory_xact_lock(hashtextextended(%(follow_key)s, 0));
+
+-- name: start_following
+-- A runner starts following a stream, unless another one follows it already (its mark
+-- is current, for some of the same workers, in queues both serve): then those enqueues
+-- are quiet and that runner claims them every gap, so this one leaves the stream to it
+-- and is woken again by notifications (once that runner stops following, dies, or has
+-- no free slot). A row: this runner follows now, and its mark is set.
+UPDATE {runners}
+SET quiet_until = clock_timestamp() + make_interval(secs => %(quiet_for)s::float8),
+    quiet_workers = %(quiet_workers)s::text[]
+WHERE id = %(runner_id)s AND NOT EXISTS (
     SELECT FROM {runners} r
     WHERE r.id <> %(runner_id)s AND r.quiet_until > clock_timestamp()
-      AND r.quiet_workers && %(workers)s::text[]
+      AND r.quiet_workers && %(quiet_workers)s::text[]
       AND (cardinality(r.queues) = 0 OR cardinality(%(queues)s::text[]) = 0
-           OR r.queues && %(queues)s::text[])
-) AS follows;
+           OR r.queues && %(queues)s::text[]))
+RETURNING id;
 
 -- name: end_quiet
 -- A runner stops following a stream (or stops): enqueues notify again from this commit
