@@ -144,11 +144,13 @@ def test_runners_stop_listening_under_a_stream_and_every_job_runs_once(
     (first, first_port), (second, second_port) = (start_with_metrics(runner) for _ in "ab")
     assert listening(first_port) == 1.0 and listening(second_port) == 1.0
     flowing = stream()
-    # The first to follow the stream makes the enqueues quiet, so the other may not be
-    # woken again while it keeps up: one runner following is enough.
+    # One runner follows the stream (the runners decide one at a time), its enqueues
+    # are quiet, and the other, woken by nothing while it keeps up, keeps listening.
     wait_until(lambda: 0.0 in (listening(first_port), listening(second_port)), timeout=10,
                what="a runner to follow the stream without listening")
-    time.sleep(1.0)
+    for _ in range(5):
+        time.sleep(0.2)
+        assert sorted([listening(first_port), listening(second_port)]) == [0.0, 1.0]
     ids = flowing.stop()
     for port in (first_port, second_port):
         wait_until(lambda port=port: listening(port) == 1.0, timeout=5,
