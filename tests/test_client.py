@@ -19,7 +19,7 @@ import psycopg2.extensions
 import pytest
 
 import backy_gevent as backy
-from backy_gevent.client import Client, encode_args
+from backy_gevent.client import QUIET_CHECK_EVERY, Client, encode_args
 from backy_gevent.db.queries import channel_name
 from backy_gevent.errors import BadJobArgs, BadOption
 from backy_gevent.worker import Registry, WorkerError
@@ -342,6 +342,21 @@ def test_enqueued_jobs_are_the_jobs_get_job_returns(client: Client) -> None:
             type(value) for value in stored.args.values()]
 
 
+def notified_since(listener: Any, db: Any, channel: str) -> list[str]:
+    """The payloads ``listener`` (LISTENing on ``channel``) received since last asked:
+    all of them, as an end marker notified now arrives after them (commit order)."""
+    query(db, "SELECT pg_notify(%s, 'end')", channel)
+
+    def arrived() -> list[str]:
+        listener.poll()
+        payloads = [notify.payload for notify in listener.notifies]
+        return payloads if payloads[-1:] == ["end"] else []
+
+    payloads: list[str] = wait_until(arrived, what="the notifications")
+    listener.notifies.clear()
+    return payloads[:-1]
+
+
 def test_an_enqueue_call_sends_one_notification_whatever_its_size(
     client: Client, db: Any, dsn: str
 ) -> None:
@@ -355,20 +370,58 @@ def test_an_enqueue_call_sends_one_notification_whatever_its_size(
     client.enqueue(workers.Record, {"n": 1}, queue="q")
     client.enqueue(workers.Record, {"n": 2}, unique_key="k")
     client.enqueue(workers.Record, {"n": 3}, unique_key="k")  # a duplicate: nothing new
-    query(db, "SELECT pg_notify(%s, 'end')", channel)  # delivered in commit order
-
-    def arrived() -> list[str]:
-        listener.poll()
-        payloads = [notify.payload for notify in listener.notifies]
-        return payloads if payloads[-1:] == ["end"] else []
-
-    payloads = wait_until(arrived, what="the notifications")
+    payloads = notified_since(listener, db, channel)
     listener.close()
-    news = [json.loads(payload) for payload in payloads[:-1]]
+    news = [json.loads(payload) for payload in payloads]
     assert [(n["worker"], n["queue"]) for n in news] == [
         ("record", "default"), ("record", "q"), ("record", "default")]
     assert 50 < news[0]["in"] <= 60
     assert news[1]["in"] == news[2]["in"] == 0
+
+
+def test_enqueues_are_quiet_while_a_runner_that_serves_them_follows_a_stream(
+    client: Client, db: Any, dsn: str
+) -> None:
+    """A due-now enqueue sends no notification while a runner that serves its worker and
+    queue marks itself as following a stream (quiet_until current); after one that found
+    no such runner, the client notifies without asking for QUIET_CHECK_EVERY."""
+    [(oid,)] = query(db, "SELECT 'jobs'::regclass::oid")
+    listener = psycopg2.connect(dsn)
+    listener.autocommit = True
+    query(listener, f'LISTEN "{channel_name(oid)}"')
+
+    def heard() -> list[tuple[str, str]]:
+        """The (worker, queue) of each notification since the last call, in order."""
+        payloads = notified_since(listener, db, channel_name(oid))
+        return [(n["worker"], n["queue"]) for n in map(json.loads, payloads)]
+
+    def runner_follows(queues: list[str], seconds: float = 5) -> None:
+        query(db, "DELETE FROM jobs_runners")
+        query(db, "INSERT INTO jobs_runners (id, hostname, pid, workers, queues, quiet_until,"
+                  " quiet_workers) VALUES ('r', 'h', 1, %s, %s, clock_timestamp()"
+                  " + make_interval(secs => %s), %s)",
+              ["record"], queues, seconds, ["record"])
+
+    client.enqueue(workers.Record)  # asks, finds no runner following: notifies
+    runner_follows(["default"])
+    client.enqueue(workers.Record)  # within QUIET_CHECK_EVERY: notifies without asking
+    assert heard() == [("record", "default")] * 2
+    time.sleep(QUIET_CHECK_EVERY)
+    client.enqueue(workers.Record)  # asks: quiet
+    client.enqueue(workers.Record)  # asks again (a runner follows): quiet
+    client.enqueue(workers.Record, queue="other")  # a queue it doesn't serve
+    client.enqueue(workers.Sleep)  # a worker it doesn't follow
+    client.enqueue(workers.Record, delay=5)  # not due now
+    client.enqueue(workers.Record, connection=(conn := psycopg2.connect(dsn)))  # a caller's
+    conn.commit()
+    conn.close()
+    assert heard() == [("record", "other"), ("sleep", "default"), ("record", "default"),
+                       ("record", "default")]
+    runner_follows([], seconds=-1)  # its mark lapsed (it died)
+    client.enqueue(workers.Record)
+    assert heard() == [("record", "default")]
+    listener.close()
+    assert count_jobs(db) == 9
 
 
 def test_enqueue_is_one_statement(client: Client, caller_conn: Any) -> None:

@@ -17,7 +17,8 @@ from backy_gevent.db.arrays import with_array_literals
 #: The name of every block of queries.sql, so that mypy checks each name a caller uses
 #: (a test checks that this list and the file agree).
 Statement = Literal[
-    "insert_jobs", "insert_job", "insert_job_now", "insert_unique_jobs", "get_unique", "claim",
+    "insert_jobs", "insert_job", "insert_job_now", "insert_job_now_quiet",
+    "insert_unique_jobs", "get_unique", "claim",
     "claim_one", "quiet_enqueues", "follow_lock",
     "start_following", "end_quiet", "lock_limited",
     "claim_limited", "complete_delete", "complete_keep", "fail", "snooze", "give_up",

@@ -80,29 +80,41 @@ FROM inserted;
 -- the client (its "in" is 0). Measured in turns against insert_job, raw psycopg2 on one
 -- connection: 0.94 of the raw INSERT + NOTIFY floor's rate against 0.87 (building the
 -- payload and writing two timestamps out cost the server that much).
--- Quiet enqueues: with "quiet" (the statement is its own transaction, so what it decides
--- holds at its commit, a moment later), no NOTIFY while a runner that serves the job's
--- worker and queue follows a stream (its quiet_until is current: quiet_enqueues). That
--- runner claims every claim gap on its own, so the notification would wake nobody who
--- needs it, and a notifying commit is expensive: it holds a lock that serializes every
--- notifying commit in the database through its WAL flush (4 clients here: 4,900 commits
--- a second with NOTIFY, 7,400 without), and it wakes every session that LISTENs in the
--- database, whatever its channel.
 WITH inserted AS (
     INSERT INTO {table} (worker, args, queue, priority, max_attempts)
     VALUES (%(worker)s::text, %(args)s::jsonb, %(queue)s::text, (%(priority)s)::int,
             %(max_attempts)s::int)
     RETURNING id, enqueued_at, tableoid
 )
-SELECT id, enqueued_at,
-       CASE WHEN %(quiet)s::bool AND EXISTS (
-                SELECT FROM {runners} r
-                WHERE r.quiet_until > clock_timestamp()
-                  AND %(worker)s::text = ANY(r.quiet_workers)
-                  AND (cardinality(r.queues) = 0 OR %(queue)s::text = ANY(r.queues)))
-            THEN NULL
-            ELSE pg_notify('backy_' || tableoid, %(payload)s::text) END
+SELECT id, enqueued_at, pg_notify('backy_' || tableoid, %(payload)s::text)
 FROM inserted;
+
+-- name: insert_job_now_quiet
+-- insert_job_now, quiet: no NOTIFY while a runner that serves the job's worker and queue
+-- follows a stream (its quiet_until is current: quiet_enqueues); "quiet" says whether it
+-- was so. Only as a statement of its own transaction, so that what it decides holds at
+-- its commit, a moment later. That runner claims every claim gap on its own, so the
+-- notification would wake nobody who needs it, and a notifying commit is expensive: it
+-- holds a lock that serializes every notifying commit in the database through its WAL
+-- flush (4 clients here: 4,900 commits a second with NOTIFY, 7,400 without), and it
+-- wakes every session that LISTENs in the database, whatever its channel. The check
+-- costs a single enqueue about 8 % of its rate on one connection, so the client asks it
+-- only while a runner follows, and now and then otherwise (Client._insert_one).
+WITH inserted AS (
+    INSERT INTO {table} (worker, args, queue, priority, max_attempts)
+    VALUES (%(worker)s::text, %(args)s::jsonb, %(queue)s::text, (%(priority)s)::int,
+            %(max_attempts)s::int)
+    RETURNING id, enqueued_at, tableoid
+), quiet AS (
+    SELECT EXISTS (
+        SELECT FROM {runners} r
+        WHERE r.quiet_until > clock_timestamp()
+          AND %(worker)s::text = ANY(r.quiet_workers)
+          AND (cardinality(r.queues) = 0 OR %(queue)s::text = ANY(r.queues))) AS quiet
+)
+SELECT id, enqueued_at, quiet,
+       CASE WHEN quiet THEN NULL ELSE pg_notify('backy_' || tableoid, %(payload)s::text) END
+FROM inserted, quiet;
 
 -- name: insert_unique_jobs
 -- insert_jobs for jobs of which some carry a unique_key (unique_keys: one key or NULL
