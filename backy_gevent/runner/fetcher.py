@@ -44,7 +44,7 @@ STREAM_CLAIMS = 3
 #: While following a stream, each claim also tells enqueues of the workers it claimed
 #: for not to notify for this long (``quiet_enqueues`` in queries.sql; renewed by every
 #: claim, so it only lapses when the claims stop: the runner died or is stuck), or for
-#: four claim gaps when that is longer (many runners sharing the claims).
+#: four stream claim gaps when that is longer (many runners share the claims).
 QUIET_FOR = 0.5
 
 

@@ -90,16 +90,17 @@ SELECT id, enqueued_at, pg_notify('backy_' || tableoid, %(payload)s::text)
 FROM inserted;
 
 -- name: insert_job_now_quiet
--- insert_job_now, quiet: no NOTIFY while a runner that serves the job's worker and queue
--- follows a stream (its quiet_until is current: quiet_enqueues); "quiet" says whether it
--- was so. Only as a statement of its own transaction, so that what it decides holds at
--- its commit, a moment later. That runner claims every claim gap on its own, so the
--- notification would wake nobody who needs it, and a notifying commit is expensive: it
--- holds a lock that serializes every notifying commit in the database through its WAL
--- flush (4 clients here: 4,900 commits a second with NOTIFY, 7,400 without), and it
--- wakes every session that LISTENs in the database, whatever its channel. The check
--- costs a single enqueue about 8 % of its rate on one connection, so the client asks it
--- only while a runner follows, and now and then otherwise (Client._insert_one).
+-- insert_job_now, quiet: no NOTIFY while a runner that serves the job's worker and
+-- queue follows a stream (its quiet_until is current: quiet_enqueues); "quiet" says
+-- whether it was so. Only as a statement of its own transaction, so that what it
+-- decides holds at its commit, a moment later. That runner claims every claim gap on
+-- its own, so the notification would wake nobody who needs it, and a notifying commit
+-- is expensive: it holds a lock that serializes every notifying commit in the database
+-- through its WAL flush (4 clients here: 4,900 commits a second with NOTIFY, 7,400
+-- without), and it wakes every session that LISTENs in the database, whatever its
+-- channel. The check costs a single enqueue about 8 percent of its rate on one
+-- connection, so the client asks it only while a runner follows, and now and then
+-- otherwise (Client._insert_one).
 WITH inserted AS (
     INSERT INTO {table} (worker, args, queue, priority, max_attempts)
     VALUES (%(worker)s::text, %(args)s::jsonb, %(queue)s::text, (%(priority)s)::int,
