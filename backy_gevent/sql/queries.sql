@@ -100,7 +100,7 @@ FROM inserted;
 -- without), and it wakes every session that LISTENs in the database, whatever its
 -- channel. The check costs a single enqueue about 8 percent of its rate on one
 -- connection, so the client asks it only while a runner follows, and now and then
--- otherwise (Client._insert_one).
+-- otherwise (Client._insert_due_now).
 WITH inserted AS (
     INSERT INTO {table} (worker, args, queue, priority, max_attempts)
     VALUES (%(worker)s::text, %(args)s::jsonb, %(queue)s::text, (%(priority)s)::int,
