@@ -54,12 +54,12 @@ if TYPE_CHECKING:  # pluggy is imported by whoever builds the hooks, not by ever
 ENQUEUE_OPTIONS = (
     "run_at", "delay", "priority", "queue", "unique_key", "unique_for", "connection",
 )
-#: Tries at writing a job whose unique_key holder finished while it was read.
 #: After an enqueue on the client's own connection found no runner following a stream of
 #: its worker and queue (``insert_job_now_quiet`` notified), the next ones notify without
 #: asking for this long (``insert_job_now``: the question costs a single enqueue about 8 %
 #: of its rate). Notifying is never wrong: it only wakes a runner that may not need it.
 QUIET_CHECK_EVERY = 0.1
+#: Tries at writing a job whose unique_key holder finished while it was read.
 _UNIQUE_ROUNDS = 3
 
 

@@ -301,7 +301,7 @@ class Runner:
     def _end_quiet(self) -> None:
         try:
             self.fetcher.end_quiet()
-        except CONNECTION_ERRORS as exc:
+        except psycopg2.Error as exc:  # a silent or broken database: it lapses anyway
             log.warning("could not end quiet enqueues (they lapse within a second): %s", exc)
 
     def _finish(self) -> None:
