@@ -131,6 +131,21 @@ def query(conn: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return cur.fetchall() if cur.description else []
 
 
+def notified_since(listener: Any, db: Any, channel: str) -> list[str]:
+    """The payloads ``listener`` (LISTENing on ``channel``) received since last asked:
+    all of them, as an end marker notified now arrives after them (commit order)."""
+    query(db, "SELECT pg_notify(%s, 'end')", channel)
+
+    def arrived() -> list[str]:
+        listener.poll()
+        payloads = [notify.payload for notify in listener.notifies]
+        return payloads if payloads[-1:] == ["end"] else []
+
+    payloads: list[str] = wait_until(arrived, what="the notifications")
+    listener.notifies.clear()
+    return payloads[:-1]
+
+
 @pytest.fixture
 def settings(dsn: str) -> Settings:
     return Settings(dsn=dsn, poll_interval=0.5)

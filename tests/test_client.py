@@ -24,7 +24,7 @@ from backy_gevent.db.queries import channel_name
 from backy_gevent.errors import BadJobArgs, BadOption
 from backy_gevent.worker import Registry, WorkerError
 from tests import workers
-from tests.conftest import ROOT, query, wait_until
+from tests.conftest import ROOT, notified_since, query
 
 
 def count_jobs(db: Any) -> int:
@@ -340,21 +340,6 @@ def test_enqueued_jobs_are_the_jobs_get_job_returns(client: Client) -> None:
         assert list(job.args) == list(stored.args)
         assert [type(value) for value in job.args.values()] == [
             type(value) for value in stored.args.values()]
-
-
-def notified_since(listener: Any, db: Any, channel: str) -> list[str]:
-    """The payloads ``listener`` (LISTENing on ``channel``) received since last asked:
-    all of them, as an end marker notified now arrives after them (commit order)."""
-    query(db, "SELECT pg_notify(%s, 'end')", channel)
-
-    def arrived() -> list[str]:
-        listener.poll()
-        payloads = [notify.payload for notify in listener.notifies]
-        return payloads if payloads[-1:] == ["end"] else []
-
-    payloads: list[str] = wait_until(arrived, what="the notifications")
-    listener.notifies.clear()
-    return payloads[:-1]
 
 
 def test_an_enqueue_call_sends_one_notification_whatever_its_size(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import threading
 import time
@@ -33,7 +32,7 @@ from backy_gevent.worker import Registry
 from tests import workers
 from tests.acceptance.scraping import free_port, scrape, value
 from tests.acceptance.test_runner import count_jobs, rescue_bound, runs, seconds, state
-from tests.conftest import RunnerProcess, query, wait_until
+from tests.conftest import RunnerProcess, notified_since, query, wait_until
 
 Runner = Callable[..., RunnerProcess]
 #: The default poll interval: a listening runner's safety poll is 10 of them, so a job
@@ -93,19 +92,15 @@ class Notifications:
 
     def __init__(self, dsn: str, db: Any) -> None:
         [(oid,)] = query(db, "SELECT 'jobs'::regclass::oid")
+        self.db, self.channel = db, channel_name(oid)
         self.conn = psycopg2.connect(dsn)
         self.conn.autocommit = True
         with self.conn.cursor() as cur:
-            cur.execute(f'LISTEN "{channel_name(oid)}"')
+            cur.execute(f'LISTEN "{self.channel}"')
 
-    def heard(self, within: float = 0.2) -> list[str]:
-        """The payloads of the notifications received so far (waiting up to ``within``
-        seconds for the first), forgotten once returned."""
-        select.select([self.conn], [], [], within)
-        self.conn.poll()
-        payloads = [notify.payload for notify in self.conn.notifies]
-        self.conn.notifies.clear()
-        return payloads
+    def heard(self) -> list[str]:
+        """The payloads of the notifications committed since the last call."""
+        return notified_since(self.conn, self.db, self.channel)
 
 
 @pytest.fixture
@@ -240,7 +235,7 @@ def test_enqueues_are_quiet_while_a_runner_follows_the_stream_and_notify_after(
     # It stopped following: it told the runners of the table, and enqueues notify again.
     assert "" in notifications.heard()
     job = client.enqueue(workers.Record)
-    assert len(notifications.heard(within=1.0)) == 1
+    assert len(notifications.heard()) == 1
     wait_until(lambda: runs(db, job.id), timeout=5, what="a lone job to run")
     assert seconds(runs(db, job.id)[0]["started_at"] - job.enqueued_at) < 0.3 * POLL
     wait_until(lambda: count_jobs(db) == 0, timeout=30, what="every job of the stream to run")
@@ -258,7 +253,7 @@ def test_enqueues_in_a_callers_transaction_notify_even_while_a_runner_follows(
     notifications.heard()
     with contextlib.closing(psycopg2.connect(dsn)) as conn, conn:
         job = client.enqueue(workers.Record, {"mine": True}, connection=conn)
-    heard = notifications.heard(within=1.0)
+    heard = notifications.heard()
     assert any('"worker": "record"' in payload for payload in heard), heard
     flowing.stop()
     wait_until(lambda: runs(db, job.id), timeout=10, what="the caller's job to run")
@@ -275,7 +270,7 @@ def test_a_runner_that_stops_while_it_follows_hands_the_stream_to_the_others(
     notifications.heard()
     first.signal(signal.SIGTERM)
     assert first.wait(30) == 0
-    assert "" in notifications.heard(within=1.0), "the stopping runner woke nobody"
+    assert "" in notifications.heard(), "the stopping runner woke nobody"
     time.sleep(1.0)
     ids = flowing.stop()
     wait_until(lambda: count_jobs(db) == 0, timeout=10, what="every job of the stream to run")
