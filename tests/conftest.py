@@ -133,17 +133,19 @@ def query(conn: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 def notified_since(listener: Any, db: Any, channel: str) -> list[str]:
     """The payloads ``listener`` (LISTENing on ``channel``) received since last asked:
-    all of them, as an end marker notified now arrives after them (commit order)."""
+    all of them, as an end marker notified now arrives after them (commit order). Those
+    that arrive after the marker are kept for the next call."""
     query(db, "SELECT pg_notify(%s, 'end')", channel)
 
-    def arrived() -> list[str]:
+    def arrived() -> int | None:
         listener.poll()
         payloads = [notify.payload for notify in listener.notifies]
-        return payloads if payloads[-1:] == ["end"] else []
+        return payloads.index("end") + 1 if "end" in payloads else None
 
-    payloads: list[str] = wait_until(arrived, what="the notifications")
-    listener.notifies.clear()
-    return payloads[:-1]
+    end: int = wait_until(arrived, what="the notifications")
+    payloads = [notify.payload for notify in listener.notifies[:end - 1]]
+    del listener.notifies[:end]
+    return payloads
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from backy_gevent.client import Client
+from backy_gevent.client import QUIET_CHECK_EVERY, Client
 from backy_gevent.config import Settings
 from backy_gevent.db.queries import channel_name
 from backy_gevent.worker import Registry
@@ -128,6 +128,8 @@ def start_with_metrics(runner: Runner) -> tuple[RunnerProcess, int]:
 def following(runner: Runner, stream: Callable[[], Stream]) -> tuple[RunnerProcess, int, Stream]:
     """A runner (and its metrics port) that follows a stream, and the stream."""
     process, port = start_with_metrics(runner)
+    # Not listening yet reads 0 too: the listener connects after the runner has started.
+    wait_until(lambda: listening(port) == 1.0, timeout=10, what="the runner to listen")
     flowing = stream()
     wait_until(lambda: listening(port) == 0.0, timeout=10, what="the runner to follow the stream")
     return process, port, flowing
@@ -223,6 +225,9 @@ def test_enqueues_are_quiet_while_a_runner_follows_the_stream_and_notify_after(
     # Quiet for every worker it claims for every gap: all those with free slots.
     quiet, quiet_workers = quiet_row(db)
     assert quiet and workers.Record.name in quiet_workers
+    # The stream's client learns it within QUIET_CHECK_EVERY of the mark: until then it
+    # may still notify (it asked just before the mark was set, and was told to).
+    time.sleep(3 * QUIET_CHECK_EVERY)
     notifications.heard()
     before = len(flowing.ids)
     time.sleep(1.0)
