@@ -121,15 +121,18 @@ def listening(port: int) -> float | None:
 
 
 def start_with_metrics(runner: Runner) -> tuple[RunnerProcess, int]:
+    """A runner that listens, and its metrics port. Not listening yet reads 0 too: the
+    listener connects after the runner has started, so a test that waits for 0 must
+    first see 1."""
     port = free_port()
-    return runner("--metrics-port", str(port), "--poll-interval", str(POLL)), port
+    process = runner("--metrics-port", str(port), "--poll-interval", str(POLL))
+    wait_until(lambda: listening(port) == 1.0, timeout=10, what="the runner to listen")
+    return process, port
 
 
 def following(runner: Runner, stream: Callable[[], Stream]) -> tuple[RunnerProcess, int, Stream]:
     """A runner (and its metrics port) that follows a stream, and the stream."""
     process, port = start_with_metrics(runner)
-    # Not listening yet reads 0 too: the listener connects after the runner has started.
-    wait_until(lambda: listening(port) == 1.0, timeout=10, what="the runner to listen")
     flowing = stream()
     wait_until(lambda: listening(port) == 0.0, timeout=10, what="the runner to follow the stream")
     return process, port, flowing
