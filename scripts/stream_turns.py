@@ -8,7 +8,7 @@ started runners. A variant is a checkout of backy-gevent the runners import
 (``NAME=PATH``: PATH goes first on their PYTHONPATH), optionally with runner settings
 (``NAME=PATH:relaxed_commits=true``), so two versions of the runner can be held against
 each other in the same minutes. The streams of a round run in a balanced order (a
-Williams design, see ``turns``: give it a multiple of as many rounds as there are
+Williams design, see ``balanced_order``: give it a multiple of as many rounds as there are
 streams), as the machine drifts within a round. Two variants that run one runner the
 same way read -0.001 apart (standard error 0.010) over 16 rounds so: a difference of
 0.02 needs about that many. (Identical code from a worktree once read 0.045 below the
@@ -47,6 +47,8 @@ from typing import Any  # noqa: E402
 from proc_cpu import cpu_seconds  # noqa: E402
 
 from backy_gevent.cli.bench import paths, scratch  # noqa: E402
+from backy_gevent.cli.bench.loops import balanced_order  # noqa: E402
+from backy_gevent.cli.bench.report import Comparison  # noqa: E402
 from backy_gevent.cli.bench.runners import runner_environment, runners  # noqa: E402
 from backy_gevent.cli.bench.workers import Noop, Stamp  # noqa: E402
 from backy_gevent.client import Client  # noqa: E402
@@ -79,23 +81,6 @@ def measured(conn: Any, measure: Callable[[], float]) -> tuple[float, float, str
     jobs = rate * (time.monotonic() - started)
     wal_after, end = wal_position(conn)
     return rate, jobs, f"{(wal_after - wal) / jobs:.0f} B of WAL a job; WAL {start}-{end}"
-
-
-def turns(counts: list[int], names: list[str], round_: int) -> list[tuple[int, str]]:
-    """The streams of round ``round_`` in the order they run: every runner count with
-    every variant, in the rows of a Williams design. Over every ``n`` rounds (``2n``
-    when the number of streams ``n`` is odd) each stream runs equally often in every
-    place of the round and right after every other stream. The machine drifts within
-    a round (each round's floor is measured at its start): in a fixed order, or one
-    merely reversed every other round, two streams that always take the middle places
-    read 0.02 above the two that take the ends (the same code, 16 rounds)."""
-    streams = [(count, name) for count in counts for name in names]
-    n = len(streams)
-    first = [0]  # 0, 1, n-1, 2, n-2, ...: each difference between neighbours once
-    for step in range(1, n):
-        first.append((step + 1) // 2 if step % 2 else n - step // 2)
-    order = [streams[(position + round_) % n] for position in first]
-    return order[::-1] if n % 2 and (round_ // n) % 2 else order
 
 
 def variant_environment(spec: str) -> dict[str, str]:
@@ -144,7 +129,8 @@ def main() -> None:
                     client, arguments.seconds, lambda _: None, CLIENTS))
                 scratch.empty(conn)
                 line = [f"floor {floor:,.0f}/s ({wal})"]
-                for place, (count, name) in enumerate(turns(counts, list(variants), round_), 1):
+                streams = [(count, name) for count in counts for name in variants]
+                for place, (count, name) in enumerate(balanced_order(streams, round_), 1):
                     spec = variants[name]
                     with runners(dsn, count, variant_environment(spec)) as processes:
                         pids = [process.pid for process in processes]
@@ -175,16 +161,15 @@ def main() -> None:
 
 
 def paired(title: str, these: list[float], those: list[float]) -> str:
-    """Round by round, ``these`` against ``those``: the mean difference with its
-    standard error, the median, and how many rounds it was at least 0 (the rounds share
-    their floor and their minutes)."""
-    differences = [a - b for a, b in zip(these, those, strict=True)]
-    better = sum(difference >= 0 for difference in differences)
-    error = (statistics.stdev(differences) / len(differences) ** 0.5
-             if len(differences) > 1 else float("nan"))
-    return (f"{title}: mean difference {statistics.mean(differences):+.3f}"
-            f" (standard error {error:.3f}), median {statistics.median(differences):+.3f},"
-            f" at least as high in {better} of {len(differences)} rounds")
+    """Round by round, ``these`` against ``those`` (the bench's ``Comparison``): the
+    mean difference with its standard error, the median, and how many rounds it was at
+    least 0 (the rounds share their floor and their minutes)."""
+    compared = Comparison.of(title, 0, 0, these, those)
+    error = compared.standard_error
+    return (f"{title}: mean difference {compared.mean:+.3f}"
+            f" (standard error {error if error is not None else float('nan'):.3f}),"
+            f" median {statistics.median(compared.differences):+.3f}, at least as high in"
+            f" {compared.at_least_as_high} of {len(compared.differences)} rounds")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import pytest
 
-from backy_gevent.cli.bench.loops import alternate, percentile
+from backy_gevent.cli.bench.loops import alternate, balanced_order, percentile
 from backy_gevent.cli.bench.progress import Progress
-from backy_gevent.cli.bench.report import Row, as_json, table
+from backy_gevent.cli.bench.report import Comparison, Row, as_json, table
 from backy_gevent.cli.parser import build_parser
 
 ROWS = [
@@ -47,6 +47,41 @@ def test_the_json_has_every_row_with_its_ratio_and_what_the_run_was() -> None:
         "path": "backlog drain, 2 runners", "unit": "jobs/s", "value": 9000.0,
         "floor": 10000.0, "floor_name": "claim 100 and delete", "runners": 2, "ratio": 0.9,
     }
+
+
+def test_two_runner_counts_are_compared_round_by_round() -> None:
+    """Each round's ratios share its floor: the comparison is their differences."""
+    two = Comparison.of("steady stream", 2, 1, [1.25, 1.10, 1.30, 1.20], [1.20, 1.20, 1.20, 1.20])
+    assert [round(d, 6) for d in two.differences] == [0.05, -0.1, 0.1, 0.0]
+    assert round(two.mean, 6) == 0.0125 and two.at_least_as_high == 3
+    assert round(two.standard_error or 0, 4) == 0.0427  # stdev 0.0854 over 4 rounds
+    rows = ROWS[2:]
+    assert table(rows, [two]).splitlines()[-2:] == [
+        "compared round by round:",
+        "- steady stream, 2 runners against 1 runner: +0.013 of the floor (standard error"
+        " 0.043), at least as high in 3 of 4 rounds",
+    ]
+    assert json.loads(as_json(rows, {}, [two]))["comparisons"] == [{
+        "path": "steady stream", "runners": 2, "against": 1, "mean_difference": 0.0125,
+        "standard_error": 0.0427, "at_least_as_high": 3,
+        "differences": [0.05, -0.1, 0.1, 0.0]}]
+    # One round has no spread to read.
+    once = Comparison.of("steady stream", 4, 2, [0.9], [1.0])
+    assert once.standard_error is None and "standard error" not in once.sentence()
+    assert "4 runners against 2 runners: -0.100" in once.sentence()
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_balanced_order_puts_each_item_in_each_place_and_after_each_other_equally(
+    n: int
+) -> None:
+    items = list(range(n))
+    rounds = [balanced_order(items, round_) for round_ in range(2 * n)]
+    assert all(sorted(order) == items for order in rounds)
+    for place in range(n):
+        assert all([order[place] for order in rounds].count(item) == 2 for item in items)
+    follows = [(order[k], order[k + 1]) for order in rounds for k in range(n - 1)]
+    assert all(follows.count((a, b)) == 2 for a in items for b in items if a != b)
 
 
 def test_percentiles_are_nearest_rank() -> None:

@@ -283,6 +283,10 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
                        metavar="N[,N...]",
                        help="runner counts to measure the drain and the steady stream with,"
                             " as 1,2,4 (default 1)")
+    bench.add_argument("--stream-rounds", type=_at_least(1), default=6, metavar="N",
+                       help="rounds of the steady stream: each takes the clients alone and"
+                            " every runner count once, in a balanced order; the runner"
+                            " counts are compared round by round (default 6)")
     bench.add_argument("--clients", type=_at_least(1), default=4,
                        help="enqueuers of the steady stream (default 4)")
     bench.add_argument("--rate", type=_positive_number, default=50.0, metavar="JOBS_PER_S",

@@ -20,7 +20,8 @@ from tests.conftest import CONSOLE_SCRIPT, ROOT, cli_env, query, run_cli
 
 #: The line that names the run's scratch schema (other runs may share the server).
 SCHEMA_LINE = re.compile(r"^bench: working in the scratch schema (backy_bench_\w+) ", re.M)
-TINY = ("--jobs", "300", "--seconds", "0.5", "--rate", "20", "--samples", "10")
+TINY = ("--jobs", "300", "--seconds", "0.5", "--rate", "20", "--samples", "10",
+        "--stream-rounds", "2")
 PATHS = [
     ("bulk enqueue (enqueue_many, 1,000 a call)", None),
     ("single enqueue (enqueue, 1 job a transaction)", None),
@@ -60,12 +61,20 @@ def test_bench_json_has_every_path_with_its_floor(server_dsn: str, db: Any, keep
     # Not a terminal: the schema, then one line per phase on stderr, nothing else (no
     # runner warning).
     schema_line, *phases = done.stderr.splitlines()
-    assert len(phases) == 14 and all(re.match(r"bench: \[\d+/14\] ", p) for p in phases), (
+    assert len(phases) == 10 and all(re.match(r"bench: \[\d+/10\] ", p) for p in phases), (
         done.stderr)
-    # Each runner count's stream is held against its floor measured on both sides of it.
-    for when in ("before the runners start", "now that the runners stopped"):
-        assert sum(f"steady stream floor: 4 clients enqueue, no runner, for 0.5s, {when}"
-                   in phase for phase in phases) == 2, done.stderr
+    # The stream is taken in rounds: the clients alone and beside each runner count, in
+    # a balanced order (the next round starts one place further on).
+    assert phases[-2:] == [
+        "bench: [9/10] steady stream, round 1/2: 4 clients for 0.5s alone, then beside"
+        " 1 runner, then beside 2 runners",
+        "bench: [10/10] steady stream, round 2/2: 4 clients for 0.5s beside 1 runner,"
+        " then beside 2 runners, then alone",
+    ]
+    [comparison] = report["comparisons"]
+    assert (comparison["path"], comparison["runners"], comparison["against"]) == (
+        "steady stream", 2, 1)
+    assert len(comparison["differences"]) == 2 and comparison["standard_error"] >= 0
     schema = SCHEMA_LINE.match(schema_line)
     assert schema and not _schema_exists(db, schema[1])  # its scratch schema is dropped
 
@@ -80,12 +89,14 @@ def test_bench_prints_a_table_of_figure_floor_and_ratio(server_dsn: str, db: Any
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:] if line.startswith("|")}
     assert list(rows) == [path for path, runners in PATHS if runners in (None, 2)]
     phases = done.stderr.splitlines()[1:]
-    assert len(phases) == 10 and all(re.match(r"bench: \[\d+/10\] ", p) for p in phases), (
+    assert len(phases) == 9 and all(re.match(r"bench: \[\d+/9\] ", p) for p in phases), (
         done.stderr)
     for line in rows.values():
         assert re.fullmatch(
             r"\| [^|]+ \| [\d,.]+ (jobs/s|ms) \| [\d,.]+ (jobs/s|ms) \| \d+\.\d\d \|", line), line
     assert "floors:" in lines
+    # One runner count: nothing to compare.
+    assert "compared round by round:" not in lines
     schema = SCHEMA_LINE.search(done.stderr)
     assert schema and not _schema_exists(db, schema[1])
 

@@ -9,6 +9,7 @@ import dataclasses
 import os
 import platform
 import signal
+import statistics
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -18,9 +19,9 @@ import gevent
 import greenlet
 
 from backy_gevent.cli.bench import floors, paths, scratch
-from backy_gevent.cli.bench.loops import TURNS, alternate, percentile
+from backy_gevent.cli.bench.loops import TURNS, alternate, balanced_order, percentile
 from backy_gevent.cli.bench.progress import Progress
-from backy_gevent.cli.bench.report import Row, as_json, table
+from backy_gevent.cli.bench.report import Comparison, Row, as_json, table
 from backy_gevent.cli.bench.runners import runner_environment, runners
 from backy_gevent.cli.bench.workers import Noop, Stamp
 from backy_gevent.client import Client
@@ -56,6 +57,7 @@ class Sizes:
     rate: float
     samples: int
     runners: tuple[int, ...]
+    stream_rounds: int
     plugins: bool
 
 
@@ -73,6 +75,7 @@ class Bench:
     progress: Progress
     stamps: str
     rows: list[Row] = dataclasses.field(default_factory=list)
+    comparisons: list[Comparison] = dataclasses.field(default_factory=list)
     drain_floor: float = 0.0
     latency_floor: list[float] = dataclasses.field(default_factory=list)
 
@@ -81,12 +84,12 @@ def command_bench(arguments: argparse.Namespace, settings: Settings) -> int:
     """Run the bench; print the table (or with ``--json`` the JSON) on stdout."""
     assert settings.dsn is not None  # main() started the embedded server otherwise
     sizes = Sizes(arguments.jobs, arguments.seconds, arguments.clients, arguments.rate,
-                  arguments.samples,
-                  tuple(arguments.runner_counts), arguments.plugins)
+                  arguments.samples, tuple(arguments.runner_counts), arguments.stream_rounds,
+                  arguments.plugins)
     progress = Progress(total=_phases(sizes))
     try:
         with _stoppable():
-            rows, server = _run(settings, sizes, _forwarded(arguments), progress)
+            rows, comparisons, server = _run(settings, sizes, _forwarded(arguments), progress)
     except Stopped as stopped:
         with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
             progress.close()
@@ -99,17 +102,17 @@ def command_bench(arguments: argparse.Namespace, settings: Settings) -> int:
         return 1
     progress.close()
     if arguments.json:
-        print(as_json(rows, _about(settings, sizes, server)))
+        print(as_json(rows, _about(settings, sizes, server), comparisons))
     else:
-        print(table(rows))
+        print(table(rows, comparisons))
     return 0
 
 
 def _phases(sizes: Sizes) -> int:
     """Five phases without runners, the latency (with one runner, started for it alone
-    when 1 is not among the counts), and per runner count the stream's floor before
-    the runners start, the stream, the drain, and the floor again once they stopped."""
-    return 6 + 4 * len(sizes.runners)
+    when 1 is not among the counts), a drain per runner count, and the steady stream's
+    rounds."""
+    return 6 + len(sizes.runners) + sizes.stream_rounds
 
 
 @contextlib.contextmanager
@@ -146,8 +149,9 @@ def _forwarded(arguments: argparse.Namespace) -> dict[str, str]:
 
 
 def _run(settings: Settings, sizes: Sizes, forwarded: dict[str, str],
-         progress: Progress) -> tuple[list[Row], int]:
-    """Measure every path in a scratch schema; the rows, and the server's version."""
+         progress: Progress) -> tuple[list[Row], list[Comparison], int]:
+    """Measure every path in a scratch schema; the rows, the runner counts' streams
+    compared, and the server's version."""
     assert settings.dsn is not None
     with contextlib.ExitStack() as stack:
         schema, dsn = stack.enter_context(scratch.scratch_schema(settings.dsn))
@@ -170,7 +174,8 @@ def _run(settings: Settings, sizes: Sizes, forwarded: dict[str, str],
         if 1 not in sizes.runners:  # the latency, with one runner started for it alone
             with runners(dsn, 1, bench.env) as processes:
                 _latency(bench, processes)
-        return _in_order(bench.rows, sizes.runners), conn.server_version
+        _streams(bench)
+        return _in_order(bench.rows, sizes.runners), bench.comparisons, conn.server_version
 
 
 def _client_hooks(settings: Settings) -> Hooks:
@@ -211,48 +216,81 @@ def _without_runners(bench: Bench) -> None:
 
 
 def _with_runners(bench: Bench, count: int) -> None:
-    """Measure the steady stream's floor (the clients with no runner), start ``count``
-    runners; with one, measure the latency first (while it is idle); then the steady
-    stream and the drain; stop the runners and measure the floor again. The stream is
-    held against the mean of its two floors: this machine's commit rate drifts within
-    minutes (by a third between two runner counts of one run), and a floor taken on one
-    side of the stream only put that drift into the ratio."""
+    """Start ``count`` runners; with one, measure the latency first (while it is idle);
+    then the backlog drain."""
     sizes, progress, tick = bench.sizes, bench.progress, bench.progress.tick
-    plural = "runner" if count == 1 else "runners"
-    floor_before = _stream_floor(bench, "before the runners start")
     with runners(bench.dsn, count, bench.env) as processes:
         if count == 1:
             _latency(bench, processes)
-        progress.start(f"steady stream: {sizes.clients} clients for {sizes.seconds:g}s,"
-                       f" {count} {plural} working")
-        stream = paths.stream(bench.client, bench.conn, processes, sizes.clients,
-                              sizes.seconds, tick)
-        scratch.empty(bench.conn)
-        progress.start(f"drain: {sizes.jobs:,} jobs, {count} {plural}")
+        progress.start(f"drain: {sizes.jobs:,} jobs, {_runners_named(count)}")
         bench.rows.append(Row(
-            f"backlog drain, {count} {plural}", "jobs/s",
+            f"backlog drain, {_runners_named(count)}", "jobs/s",
             paths.drain(bench.client, bench.conn, processes, sizes.jobs, tick),
             bench.drain_floor, f"claim {floors.CLAIM_BATCH} (runner's claim) and"
             f" {'mark completed' if not bench.settings.delete_finished_jobs else 'delete'},"
             " one connection", count))
         scratch.empty(bench.conn)
-    floor_after = _stream_floor(bench, "now that the runners stopped")
-    bench.rows.append(Row(
-        f"steady stream, {sizes.clients} clients, {count} {plural}", "jobs/s", stream,
-        (floor_before + floor_after) / 2,
-        f"the same {sizes.clients} clients' enqueue with no runner, before and after",
-        count))
 
 
-def _stream_floor(bench: Bench, when: str) -> float:
-    """The steady stream's floor: the clients' rate with no runner."""
+#: In a round of the steady stream, the clients alone (its floor).
+_NO_RUNNER = 0
+
+
+def _streams(bench: Bench) -> None:
+    """The steady stream: ``stream_rounds`` rounds, each of which runs the clients alone
+    (the floor) and beside every runner count's freshly started runners, for
+    ``seconds`` each, in a balanced order (``balanced_order``). A count's row holds its
+    mean rate against the mean floor. The machine's commit rate drifts within minutes
+    (by a third between two runner counts of one run, once), so one stream of each
+    count, each beside its own floor, put that drift into the comparison: one run's
+    pair read two runners above one in 1 of 5 runs while 16 rounds read them the same.
+    In rounds, each count's ratio is taken against the floor of its own round, and the
+    counts are compared round by round."""
     sizes = bench.sizes
-    bench.progress.start(f"steady stream floor: {sizes.clients} clients enqueue, no runner,"
-                         f" for {sizes.seconds:g}s, {when}")
-    floor = paths.single_enqueue(bench.client, sizes.seconds, bench.progress.tick,
-                                 sizes.clients)
+    taken: dict[int, list[float]] = {count: [] for count in (_NO_RUNNER, *sizes.runners)}
+    for round_ in range(sizes.stream_rounds):
+        order = balanced_order(list(taken), round_)
+        bench.progress.start(
+            f"steady stream, round {round_ + 1}/{sizes.stream_rounds}: {sizes.clients}"
+            f" clients for {sizes.seconds:g}s {', then '.join(map(_beside, order))}")
+        for count in order:
+            taken[count].append(_stream(bench, count))
+    floors_taken = taken.pop(_NO_RUNNER)
+    floor = statistics.mean(floors_taken)
+    for count, rates in taken.items():
+        bench.rows.append(Row(
+            f"steady stream, {sizes.clients} clients, {_runners_named(count)}", "jobs/s",
+            statistics.mean(rates), floor,
+            f"the same {sizes.clients} clients' enqueue with no runner, in the same rounds",
+            count))
+    ratios = {count: [rate / floor_of_round for rate, floor_of_round
+                      in zip(rates, floors_taken, strict=True)]
+              for count, rates in taken.items()}
+    first, *others = sizes.runners
+    bench.comparisons += [Comparison.of("steady stream", count, first, ratios[count],
+                                        ratios[first]) for count in others]
+
+
+def _runners_named(count: int) -> str:
+    return f"{count} runner" + ("" if count == 1 else "s")
+
+
+def _beside(count: int) -> str:
+    return "alone" if count == _NO_RUNNER else f"beside {_runners_named(count)}"
+
+
+def _stream(bench: Bench, count: int) -> float:
+    """One stream of the clients' enqueues, jobs a second: alone, or beside ``count``
+    freshly started runners (counted until they have run the last job)."""
+    sizes, tick = bench.sizes, bench.progress.tick
+    if count == _NO_RUNNER:
+        rate = paths.single_enqueue(bench.client, sizes.seconds, tick, sizes.clients)
+    else:
+        with runners(bench.dsn, count, bench.env) as processes:
+            rate = paths.stream(bench.client, bench.conn, processes, sizes.clients,
+                                sizes.seconds, tick)
     scratch.empty(bench.conn)
-    return floor
+    return rate
 
 
 def _latency(bench: Bench, processes: list[Any]) -> None:

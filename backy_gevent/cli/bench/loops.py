@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import gevent
 
+T = TypeVar("T")
 #: Called with a few words on how a phase is going, a few times a second.
 Tick = Callable[[str], None]
 #: How often a waiting phase looks again, and tells how it is going.
@@ -59,6 +61,21 @@ def alternate(seconds: float, steps: Sequence[Callable[[], object]], tick: Tick,
             elapsed[n] += took
         tick(f"turn {turn + 1}/{turns}")
     return [count / took for count, took in zip(counts, elapsed, strict=True)]
+
+
+def balanced_order(items: Sequence[T], round_: int) -> list[T]:
+    """``items`` in the order round ``round_`` takes them: the rows of a Williams design.
+    Over every ``n`` rounds (``2n`` when ``n``, the number of items, is odd) each item
+    takes every place of the round equally often and comes right after every other
+    equally often. The machine drifts within a round: in a fixed order, or one merely
+    reversed every other round, two of four streams that always took the middle places
+    read 0.02 above the two at the ends (the same code, 16 rounds)."""
+    n = len(items)
+    first = [0]  # 0, 1, n-1, 2, n-2, ...: each difference between neighbours once
+    for step in range(1, n):
+        first.append((step + 1) // 2 if step % 2 else n - step // 2)
+    order = [items[(position + round_) % n] for position in first]
+    return order[::-1] if n % 2 and (round_ // n) % 2 else order
 
 
 def paced(rate: float, count: int, step: Callable[[], object], tick: Tick) -> None:
