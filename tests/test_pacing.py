@@ -158,11 +158,6 @@ def test_a_stream_of_found_jobs_is_followed_without_wake_ups_until_claims_find_n
             wakeup.set()
             gevent.sleep(0.001)
         assert fetcher.streams == [True]
-        # One runner follows a stream (the others leave it to it): its gap is not
-        # spaced for the other live runners, as woken claims are.
-        fetcher.share_claims(3)
-        assert fetcher.spacing.gap == STREAM_CLAIM_GAP
-        fetcher.share_claims(1)
         # Followed with no wake-up at all: a claim about every stream gap, which is
         # longer than the gap of claims woken by notifications.
         before = len(fetcher.claims)
@@ -184,9 +179,6 @@ def test_a_stream_of_found_jobs_is_followed_without_wake_ups_until_claims_find_n
         # Enqueues were told to notify again (end_quiet) before the listener was roused.
         assert fetcher.quiet_ended == [1]
         assert fetcher.spacing.gap == CLAIM_GAP  # woken claims are spaced as before
-        fetcher.share_claims(2)
-        assert fetcher.spacing.gap == 2 * CLAIM_GAP  # ... for every live runner
-        fetcher.share_claims(1)
         before = len(fetcher.claims)
         gevent.sleep(CLAIM_GAP * 5)
         assert len(fetcher.claims) == before

@@ -43,8 +43,8 @@ IDLE_POLLS = 10
 STREAM_CLAIMS = 3
 #: While following a stream, each claim also tells enqueues of the workers it claimed
 #: for not to notify for this long (``quiet_enqueues`` in queries.sql; renewed by every
-#: claim, once per ``STREAM_CLAIM_GAP``, so it only lapses when the claims stop: the
-#: runner died or is stuck, or its pools are full and the other runners should wake).
+#: claim, so it only lapses when the claims stop: the runner died or is stuck), or for
+#: four stream claim gaps when that is longer (many runners share the claims).
 QUIET_FOR = 0.5
 
 
@@ -141,21 +141,14 @@ class Fetcher:
 
     def share_claims(self, runners: int) -> None:
         """``runners`` live runners (this one included) claim the same jobs: space this
-        one's claims so that together they claim about once per ``CLAIM_GAP``."""
+        one's claims so that together they claim about once per ``CLAIM_GAP`` (once per
+        ``STREAM_CLAIM_GAP`` while following a stream)."""
         self._runners = max(1, runners)
         self._space()
 
     def _space(self) -> None:
-        """Woken by notifications, every runner claims: together about once per
-        ``CLAIM_GAP``. Following a stream, this runner claims alone (the others leave it
-        the stream: ``start_following``), once per ``STREAM_CLAIM_GAP`` whatever their
-        number; spaced as if they all claimed, two runners' follower claimed half as
-        often as one runner, and the stream read 0.013 lower (standard error 0.011, 30
-        rounds of the bench)."""
-        if self.streaming:
-            self.spacing.gap = STREAM_CLAIM_GAP
-        else:
-            self.spacing.gap = CLAIM_GAP * self._runners
+        gap = STREAM_CLAIM_GAP if self.streaming else CLAIM_GAP
+        self.spacing.gap = gap * self._runners
 
     def step(self) -> None:
         """Wait for a reason to claim, then claim for every pool with free slots.
@@ -250,13 +243,17 @@ class Fetcher:
         params = {
             "runner_id": self.runner_id, "queues": list(self.settings.queues),
             "quiet_workers": list(self.worker_pools),
-            "quiet_for": QUIET_FOR,
+            "quiet_for": self._quiet_for(),
             "follow_key": f"backy/{self.queries.table_name}/follow",
         }
         with self.connections.borrow() as conn, conn.cursor() as cur:
             self.queries.execute_together(cur, ["follow_lock", "start_following"], params)
             return bool(cur.fetchall())
 
+    def _quiet_for(self) -> float:
+        """How long a following runner's quiet mark lasts: ``QUIET_FOR``, or four of
+        its stream claim gaps when that is longer."""
+        return max(QUIET_FOR, 4 * STREAM_CLAIM_GAP * self._runners)
 
     def end_quiet(self) -> None:
         """Enqueues of this runner's workers notify again, and the runners of the table
@@ -292,7 +289,7 @@ class Fetcher:
             self.connections, self.queries, self.runner_id,
             {pool.registration: limit for pool, limit in wanted.items()},
             queues=self.settings.queues,
-            quiet_for=QUIET_FOR if self.streaming else 0.0,
+            quiet_for=self._quiet_for() if self.streaming else 0.0,
         )
         claimed = collections.Counter(job.worker for job in jobs)
         for worker_pool, limit in wanted.items():
