@@ -142,7 +142,10 @@ class Fetcher:
     def share_claims(self, runners: int) -> None:
         """``runners`` live runners (this one included) claim the same jobs: space this
         one's claims so that together they claim about once per ``CLAIM_GAP`` (once per
-        ``STREAM_CLAIM_GAP`` while following a stream)."""
+        ``STREAM_CLAIM_GAP`` while following a stream). A follower claims alone, and is
+        spaced for every live runner all the same: with its gap unscaled, two runners'
+        stream read 0.037 lower (standard error 0.013, 16 rounds): each claim's commit
+        costs the clients more than the jobs it brings."""
         self._runners = max(1, runners)
         self._space()
 
