@@ -69,6 +69,8 @@ def test_two_runner_counts_are_compared_round_by_round() -> None:
     once = Comparison.of("steady stream", 4, 2, [0.9], [1.0])
     assert once.standard_error is None and "standard error" not in once.sentence()
     assert "4 runners against 2 runners: -0.100" in once.sentence()
+    fewer = Comparison.of("steady stream", 1, 2, [1.0, 1.1], [1.0, 1.0])
+    assert fewer.sentence().startswith("steady stream, 1 runner against 2 runners: +0.050")
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5])

@@ -21,7 +21,7 @@ import greenlet
 from backy_gevent.cli.bench import floors, paths, scratch
 from backy_gevent.cli.bench.loops import TURNS, alternate, balanced_order, percentile
 from backy_gevent.cli.bench.progress import Progress
-from backy_gevent.cli.bench.report import Comparison, Row, as_json, table
+from backy_gevent.cli.bench.report import Comparison, Row, as_json, runners_named, table
 from backy_gevent.cli.bench.runners import runner_environment, runners
 from backy_gevent.cli.bench.workers import Noop, Stamp
 from backy_gevent.client import Client
@@ -222,9 +222,9 @@ def _with_runners(bench: Bench, count: int) -> None:
     with runners(bench.dsn, count, bench.env) as processes:
         if count == 1:
             _latency(bench, processes)
-        progress.start(f"drain: {sizes.jobs:,} jobs, {_runners_named(count)}")
+        progress.start(f"drain: {sizes.jobs:,} jobs, {runners_named(count)}")
         bench.rows.append(Row(
-            f"backlog drain, {_runners_named(count)}", "jobs/s",
+            f"backlog drain, {runners_named(count)}", "jobs/s",
             paths.drain(bench.client, bench.conn, processes, sizes.jobs, tick),
             bench.drain_floor, f"claim {floors.CLAIM_BATCH} (runner's claim) and"
             f" {'mark completed' if not bench.settings.delete_finished_jobs else 'delete'},"
@@ -259,7 +259,7 @@ def _streams(bench: Bench) -> None:
     floor = statistics.mean(floors_taken)
     for count, rates in taken.items():
         bench.rows.append(Row(
-            f"steady stream, {sizes.clients} clients, {_runners_named(count)}", "jobs/s",
+            f"steady stream, {sizes.clients} clients, {runners_named(count)}", "jobs/s",
             statistics.mean(rates), floor,
             f"the same {sizes.clients} clients' enqueue with no runner, in the same rounds",
             count))
@@ -271,12 +271,8 @@ def _streams(bench: Bench) -> None:
                                         ratios[first]) for count in others]
 
 
-def _runners_named(count: int) -> str:
-    return f"{count} runner" + ("" if count == 1 else "s")
-
-
 def _beside(count: int) -> str:
-    return "alone" if count == _NO_RUNNER else f"beside {_runners_named(count)}"
+    return "alone" if count == _NO_RUNNER else f"beside {runners_named(count)}"
 
 
 def _stream(bench: Bench, count: int) -> float:

@@ -66,8 +66,8 @@ class Comparison:
     def sentence(self) -> str:
         error = self.standard_error
         spread = f" (standard error {error:.3f})" if error is not None else ""
-        against = f"{self.against} runner" + ("" if self.against == 1 else "s")
-        return (f"{self.path}, {self.runners} runners against {against}:"
+        return (f"{self.path}, {runners_named(self.runners)} against"
+                f" {runners_named(self.against)}:"
                 f" {self.mean:+.3f} of the floor{spread}, at least as high in"
                 f" {self.at_least_as_high} of {len(self.differences)} rounds")
 
@@ -78,6 +78,11 @@ class Comparison:
                 "standard_error": None if error is None else round(error, 4),
                 "at_least_as_high": self.at_least_as_high,
                 "differences": [round(d, 4) for d in self.differences]}
+
+
+def runners_named(count: int) -> str:
+    """"1 runner", "2 runners"."""
+    return f"{count} runner" + ("" if count == 1 else "s")
 
 
 def _figure(value: float, unit: str) -> str:
