@@ -19,6 +19,7 @@ import psycopg2.extensions
 import pytest
 
 import backy_gevent as backy
+import backy_gevent.client as client_module
 from backy_gevent.client import QUIET_CHECK_EVERY, Client, encode_args
 from backy_gevent.db.queries import channel_name
 from backy_gevent.errors import BadJobArgs, BadOption
@@ -365,11 +366,14 @@ def test_an_enqueue_call_sends_one_notification_whatever_its_size(
 
 
 def test_enqueues_are_quiet_while_a_runner_that_serves_them_follows_a_stream(
-    client: Client, db: Any, dsn: str
+    client: Client, db: Any, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A due-now enqueue sends no notification while a runner that serves its worker and
     queue marks itself as following a stream (quiet_until current); after one that found
-    no such runner, the client notifies without asking for QUIET_CHECK_EVERY."""
+    no such runner, the client notifies without asking for QUIET_CHECK_EVERY (made
+    longer here, so that a busy machine's pause between two calls can't outlast it)."""
+    check_every = 10 * QUIET_CHECK_EVERY
+    monkeypatch.setattr(client_module, "QUIET_CHECK_EVERY", check_every)
     [(oid,)] = query(db, "SELECT 'jobs'::regclass::oid")
     listener = psycopg2.connect(dsn)
     listener.autocommit = True
@@ -391,7 +395,7 @@ def test_enqueues_are_quiet_while_a_runner_that_serves_them_follows_a_stream(
     runner_follows(["default"])
     client.enqueue(workers.Record)  # within QUIET_CHECK_EVERY: notifies without asking
     assert heard() == [("record", "default")] * 2
-    time.sleep(QUIET_CHECK_EVERY)
+    time.sleep(check_every)
     client.enqueue(workers.Record)  # asks: quiet
     client.enqueue(workers.Record)  # asks again (a runner follows): quiet
     client.enqueue(workers.Record, queue="other")  # a queue it doesn't serve
