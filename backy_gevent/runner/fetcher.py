@@ -247,7 +247,9 @@ class Fetcher:
             "runner_id": self.runner_id, "queues": list(self.settings.queues),
             "quiet_workers": list(self.worker_pools),
             "quiet_for": self._quiet_for(),
-            "follow_key": f"backy/{self.queries.table_name}/follow",
+            # Not "backy/<table>/<name>": that is a limited worker's lock (_claim_limited),
+            # and a worker may be named "follow".
+            "follow_key": f"backy-follow/{self.queries.table_name}",
         }
         with self.connections.borrow() as conn, conn.cursor() as cur:
             self.queries.execute_together(cur, ["follow_lock", "start_following"], params)
