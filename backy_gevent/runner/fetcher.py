@@ -249,9 +249,8 @@ class Fetcher:
         for job in jobs:
             self.worker_pools[job.worker].submit(job)
         if jobs:
-            # Let them start now, and do this step's bookkeeping after: an idle runner's
-            # latency (enqueue to perform) was 0.025 ms shorter, of about 0.5 ms of its
-            # own Python on that path.
+            # Let them start now, and do this step's bookkeeping after: the hand-off to a
+            # pool's greenlet took 0.07 ms instead of 0.095 in an idle runner.
             gevent.sleep(0)
         return len(jobs)
 
