@@ -39,7 +39,7 @@ def borrow():
             cur.execute("SELECT pg_sleep(0.02)")
         out[0] -= 1
 gevent.joinall([gevent.spawn(borrow) for _ in range(12)], raise_error=True)
-print(type(pool._slots).__module__, peak[0], len(seen))
+print(peak[0], len(seen))
 """
 
 
@@ -47,8 +47,9 @@ def test_greenlets_share_at_most_size_connections(dsn: str) -> None:
     result = subprocess.run([sys.executable, "-c", GREENLETS, dsn], capture_output=True,
                             text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    module, peak, connections = result.stdout.split()
-    assert module.startswith("gevent")
+    # Twelve greenlets, three at a time: the others waited, and without blocking the hub
+    # (the holders' queries could not have finished).
+    peak, connections = result.stdout.split()
     assert (int(peak), int(connections)) == (3, 3)
 
 
@@ -75,7 +76,7 @@ def test_threads_share_at_most_size_connections(dsn: str) -> None:
     for thread in threads:
         thread.join(10)
     pool.close()
-    assert type(pool._slots).__module__ == "threading"
+    assert all(not thread.is_alive() for thread in threads)
     assert (peak[0], len(seen)) == (2, 2)
 
 

@@ -13,14 +13,13 @@ import json
 import logging
 import math
 import os
-import sys
-import threading
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from backy_gevent.db.slots import Slots
 from backy_gevent.jsontext import whole_value_reader
 
 log = logging.getLogger("backy_gevent.db")
@@ -165,12 +164,10 @@ class ConnectionPool:
     """At most ``size`` connections to ``dsn``; ``borrow()`` waits when all are out.
 
     The idle connections are a plain list (appending and popping are atomic under the
-    GIL), and the slots a semaphore: gevent's in a process that gevent has patched (the
-    runner's, a gevent application's), the standard one in a threaded application.
-    Under gevent's patching, the standard semaphore and queue go through
-    ``threading.Condition``, which asks its lock whether it is held by trying it, and a
-    failed try of gevent's lock yields to the hub: a trip around the event loop for
-    every connection given back (measured: about a tenth of a single enqueue's CPU).
+    GIL), and so are the free slots (``db.slots``): taking and giving back a connection
+    touches no lock while one is free, in a threaded application as in a process that
+    gevent has patched (the runner's, a gevent application's). Only a borrower that
+    finds every slot taken waits, on a condition variable.
     """
 
     def __init__(
@@ -188,7 +185,7 @@ class ConnectionPool:
         self.size = size
         self.application_name = application_name
         self._idle: list[Any] = []  # the last given back is borrowed first
-        self._slots = _semaphore(size)
+        self._slots = Slots(size)
         self._closed = False
         #: Learnt from the first connection: a pooler (PgBouncer) stands in between.
         self.behind_pooler: bool | None = None
@@ -265,17 +262,6 @@ class Borrowed:
     def __exit__(self, kind: object, failure: BaseException | None, tb: object) -> None:
         conn, self._conn = self._conn, None
         self._pool._give_back(conn, failure)
-
-
-def _semaphore(size: int) -> Any:
-    """gevent's bounded semaphore when gevent has patched threading, else the standard
-    one (without importing gevent: one-shot commands start without it)."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("threading"):
-        import gevent.lock
-
-        return gevent.lock.BoundedSemaphore(size)
-    return threading.BoundedSemaphore(size)
 
 
 def _is_idle(conn: Any) -> bool:
