@@ -59,6 +59,9 @@ ENQUEUE_OPTIONS = (
 #: asking for this long (``insert_job_now``: the question costs a single enqueue about 8 %
 #: of its rate). Notifying is never wrong: it only wakes a runner that may not need it.
 QUIET_CHECK_EVERY = 0.1
+#: How many workers' default options a client keeps made (``Client._defaults_of``); past
+#: it, it forgets them all and starts again.
+KNOWN_WORKERS = 256
 #: Tries at writing a job whose unique_key holder finished while it was read.
 _UNIQUE_ROUNDS = 3
 
@@ -148,6 +151,8 @@ class Client:
         #: (worker, queue) -> time.monotonic() until which its due-now enqueues notify
         #: without asking whether a runner follows them (``QUIET_CHECK_EVERY``).
         self._loud_until: dict[tuple[str, str], float] = {}
+        #: What ``_defaults_of`` made, by the worker given to ``enqueue``.
+        self._defaults: dict[Any, tuple[str, dict[str, Any], type[Worker], tuple[Any, ...]]] = {}
 
     @property
     def registry(self) -> Registry:
@@ -261,10 +266,14 @@ class Client:
             )[0]
         # The commonest call has a path of its own: no list to build, encode and take
         # apart (a third of a single enqueue's client instructions went to that).
-        name, worker_class = self._worker_of(worker)
-        args_text = encode_args(merged)
-        per_job, _ = self._job_options(worker_class, run_at, delay, priority, queue, unique_for)
-        job = self._insert_one(name, args_text, decode_args(args_text), per_job, connection)
+        if (run_at is None and delay is None and priority is None and queue is None
+                and unique_for is None):
+            name, per_job = self._defaults_of(worker)
+        else:
+            name, worker_class = self._worker_of(worker)
+            per_job, _ = self._job_options(worker_class, run_at, delay, priority, queue,
+                                           unique_for)
+        job = self._insert_one(name, encode_args(merged), None, per_job, connection)
         if self.hooks is not None:
             self.hooks.call("backy_job_enqueued", jobs=[job])
         return job
@@ -342,6 +351,25 @@ class Client:
             self.hooks.call("backy_job_enqueued", jobs=written)
         return _in_input_order(written, unique_keys, holders)
 
+    def _defaults_of(self, worker: str | type[Worker]) -> tuple[str, dict[str, Any]]:
+        """``_worker_of``'s name and ``_job_options``' options for an enqueue of
+        ``worker`` that gives no option of its own: the worker's defaults. Made once per
+        worker and kept while the class's defaults stay what they were: made again for
+        every call, they cost an idle client 0.015 ms before its INSERT left, a sixth of
+        its Python there (timed after a 20 ms sleep, as at 50 enqueues a second)."""
+        kept = self._defaults.get(worker)
+        if kept is not None:
+            name, per_job, worker_class, seen = kept
+            if seen == _defaults_seen(worker_class, self.settings):
+                return name, per_job
+        name, worker_class = self._worker_of(worker)
+        per_job, _ = self._job_options(worker_class, None, None, None, None, None)
+        if len(self._defaults) >= KNOWN_WORKERS:
+            self._defaults.clear()
+        self._defaults[worker] = (name, per_job, worker_class,
+                                  _defaults_seen(worker_class, self.settings))
+        return name, per_job
+
     def _worker_of(self, worker: str | type[Worker]) -> tuple[str, type[Worker]]:
         """The registered name and the class of ``worker`` (a name or a class)."""
         name = self.registry.name_of(worker)
@@ -372,12 +400,14 @@ class Client:
         return per_job, float(unique_for or 0)
 
     def _insert_one(
-        self, name: str, args_text: str, args: dict[str, Any], per_job: dict[str, Any],
-        connection: Any,
+        self, name: str, args_text: str, args: dict[str, Any] | None,
+        per_job: Mapping[str, Any], connection: Any,
     ) -> Job:
         """Write one job (``args_text``: its ``args`` as one JSON object) with no unique
         key; the Job written. A job due now (no ``run_at``, no delay) is written by the
-        cheaper ``insert_job_now``, whose run_at is its enqueued_at."""
+        cheaper ``insert_job_now``, whose run_at is its enqueued_at. ``args`` None: read
+        from ``args_text`` once the INSERT has been answered, not before it is sent
+        (0.012 ms of an idle client's enqueue-to-perform latency)."""
         queue = per_job["queue"]
         params = {
             "worker": name,
@@ -394,6 +424,8 @@ class Client:
             params.update(run_at=per_job["run_at"], delay=per_job["delay"])
             [(job_id, run_at, enqueued_at, _)] = self._fetch_tuples("insert_job", params,
                                                                     connection)
+        if args is None:
+            args = decode_args(args_text)
         return Job(id=job_id, worker=name, args=args, queue=queue,
                    priority=params["priority"], state=AVAILABLE, attempt=0,
                    max_attempts=params["max_attempts"], run_at=run_at,
@@ -667,6 +699,12 @@ class DefaultClient:
         if self._client is None:
             self._client = Client(**self._options)
         return self._client
+
+
+def _defaults_seen(worker_class: type[Worker], settings: Settings) -> tuple[Any, ...]:
+    """What a worker's default options for its jobs are made of (``_defaults_of``)."""
+    return (worker_class.queue, worker_class.priority, worker_class.retry_count,
+            worker_class.unique_for, settings.retry_count)
 
 
 @functools.lru_cache(maxsize=256)

@@ -420,6 +420,48 @@ def test_enqueue_is_one_statement(client: Client, caller_conn: Any) -> None:
     caller_conn.rollback()
 
 
+def test_a_workers_defaults_are_its_current_ones_and_options_do_not_stick(
+    client: Client, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client keeps each worker's default options made (``_defaults_of``): what it
+    writes must still be what the class says now, and an option given to one call must
+    not leak into the next."""
+    first = client.enqueue(workers.Record, n=1)
+    delayed = client.enqueue("record", n=2, delay=60, priority=5, queue="mail")
+    again = client.enqueue("record", n=3)
+    monkeypatch.setattr(workers.Record, "queue", "reports")
+    monkeypatch.setattr(workers.Record, "priority", 3)
+    monkeypatch.setattr(workers.Record, "retry_count", 7)
+    changed = client.enqueue(workers.Record, n=4)
+    by_name = client.enqueue("record", n=5)
+    rows = query(db, "SELECT args->>'n', queue, priority, max_attempts, run_at > enqueued_at"
+                     " FROM jobs ORDER BY id")
+    default_attempts = client.settings.retry_count + 1
+    assert rows == [
+        ("1", "default", 0, default_attempts, False),
+        ("2", "mail", 5, default_attempts, True),
+        ("3", "default", 0, default_attempts, False),
+        ("4", "reports", 3, 8, False),
+        ("5", "reports", 3, 8, False),
+    ]
+    assert [(job.queue, job.priority, job.max_attempts, job.run_at == job.enqueued_at)
+            for job in (first, delayed, again, changed, by_name)] == [
+        (queue, priority, attempts, not later) for _, queue, priority, attempts, later in rows]
+
+
+def test_kept_defaults_past_their_bound_are_made_again(
+    client: Client, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "KNOWN_WORKERS", 2)
+    for worker in ["record", workers.Fail, workers.Record, "sleep", workers.Fail, "record"]:
+        client.enqueue(worker, seconds=0)
+        assert len(client._defaults) <= 2
+    rows = query(db, "SELECT worker, max_attempts FROM jobs ORDER BY id")
+    record_attempts = client.settings.retry_count + 1
+    assert rows == [("record", record_attempts), ("fail", 3), ("record", record_attempts),
+                    ("sleep", 1), ("fail", 3), ("record", record_attempts)]
+
+
 def test_enqueue_many_empty(client: Client, db: Any) -> None:
     assert client.enqueue_many(workers.Record, []) == []
     assert count_jobs(db) == 0
