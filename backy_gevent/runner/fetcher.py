@@ -29,7 +29,7 @@ from backy_gevent.runner.executor import lease_seconds
 from backy_gevent.runner.pacing import CLAIM_GAP, JITTER, STREAM_CLAIM_GAP, Spacing
 from backy_gevent.runner.pools import WorkerPool
 from backy_gevent.runner.supervision import DatabaseHealth
-from backy_gevent.worker import Registration, is_limited
+from backy_gevent.worker import Registration
 
 log = logging.getLogger("backy_gevent.runner")
 
@@ -236,8 +236,10 @@ class Fetcher:
 
     def claim(self, wanted: dict[WorkerPool, int]) -> int:
         """Claim up to ``wanted[pool]`` jobs for each pool; hand them out; how many."""
-        plain = {pool: n for pool, n in wanted.items() if not is_limited(pool.registration.cls)}
-        limited = {pool: n for pool, n in wanted.items() if pool not in plain}
+        limited = {pool: n for pool, n in wanted.items() if pool.limited}
+        plain = wanted
+        if limited:
+            plain = {pool: n for pool, n in wanted.items() if pool not in limited}
         # Each list comes in start order, and the two hold different workers' jobs
         # (each pool runs its own in the order it is given them).
         jobs: list[Job] = []

@@ -185,6 +185,12 @@ class Listener:
         notifies.clear()
 
     def _handle(self, payload: str) -> None:
+        # A job's notification, the commonest by far, has usually come before: what it
+        # said is looked up first, before the other kinds are told apart.
+        news = self._news.get(payload)
+        if news is not None:
+            self._wake_for(*news)
+            return
         if payload.startswith("cancel:"):
             job_id = payload.partition(":")[2]
             if job_id.isdigit():
@@ -200,10 +206,11 @@ class Listener:
         if not payload.startswith("{"):
             self.wakeup.set()
             return
-        news = self._news.get(payload)
-        if news is None:
-            news = self._read_news(payload)
-        worker, due_in = news
+        self._wake_for(*self._read_news(payload))
+
+    def _wake_for(self, worker: str | None, due_in: float) -> None:
+        """Wake the fetcher for ``worker``'s jobs, due in ``due_in`` seconds (None: not
+        a worker this runner serves)."""
         if worker is None:
             return
         if due_in > 0:

@@ -16,7 +16,7 @@ from gevent.queue import Empty, Queue
 
 from backy_gevent.job import Job
 from backy_gevent.runner.executor import Executor, HandBack, JobRevoked
-from backy_gevent.worker import Registration
+from backy_gevent.worker import Registration, is_limited
 
 log = logging.getLogger("backy_gevent.pools")
 
@@ -37,6 +37,9 @@ class WorkerPool:
         self.registration = registration
         self.name = registration.name
         self.capacity = registration.cls.max_concurrency
+        #: Claimed by the statement that takes turns with other runners (a fleet-wide
+        #: ``global_concurrency`` or ``rate_limit``).
+        self.limited = is_limited(registration.cls)
         self.fetch_limit = fetch_limit
         self.executor = executor
         self.on_slot_free = on_slot_free
