@@ -46,8 +46,8 @@ def main() -> None:
         client.setup()
         channel = scratch.channel(conn)
         for _ in range(arguments.rounds):
-            same = floors.wake_and_claim(dsn, channel, arguments.rate, arguments.samples,
-                                         lambda _: None)
+            with floors.wake_and_claim(dsn, f"{channel}_floor", arguments.rate) as measure:
+                same = measure(arguments.samples, lambda _: None)
             scratch.empty(conn)
             split = floors.wake_and_claim_apart(dsn, channel, arguments.rate,
                                                 arguments.samples, lambda _: None)

@@ -61,14 +61,14 @@ def test_bench_json_has_every_path_with_its_floor(server_dsn: str, db: Any, keep
     # Not a terminal: the schema, then one line per phase on stderr, nothing else (no
     # runner warning).
     schema_line, *phases = done.stderr.splitlines()
-    assert len(phases) == 10 and all(re.match(r"bench: \[\d+/10\] ", p) for p in phases), (
+    assert len(phases) == 8 and all(re.match(r"bench: \[\d+/8\] ", p) for p in phases), (
         done.stderr)
     # The stream is taken in rounds: the clients alone and beside each runner count, in
     # a balanced order (the next round starts one place further on).
     assert phases[-2:] == [
-        "bench: [9/10] steady stream, round 1/2: 4 clients for 0.5s alone, then beside"
+        "bench: [7/8] steady stream, round 1/2: 4 clients for 0.5s alone, then beside"
         " 1 runner, then beside 2 runners",
-        "bench: [10/10] steady stream, round 2/2: 4 clients for 0.5s beside 1 runner,"
+        "bench: [8/8] steady stream, round 2/2: 4 clients for 0.5s beside 1 runner,"
         " then beside 2 runners, then alone",
     ]
     [comparison] = report["comparisons"]
@@ -89,7 +89,7 @@ def test_bench_prints_a_table_of_figure_floor_and_ratio(server_dsn: str, db: Any
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:] if line.startswith("|")}
     assert list(rows) == [path for path, runners in PATHS if runners in (None, 2)]
     phases = done.stderr.splitlines()[1:]
-    assert len(phases) == 9 and all(re.match(r"bench: \[\d+/9\] ", p) for p in phases), (
+    assert len(phases) == 7 and all(re.match(r"bench: \[\d+/7\] ", p) for p in phases), (
         done.stderr)
     for line in rows.values():
         assert re.fullmatch(

@@ -34,6 +34,8 @@ from backy_gevent.worker import Registry
 #: terminal that went away, a service manager's stop. The exit status is then 128 plus
 #: the signal's number, as a shell reports a process ended by it (130 for ^C).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
+#: Turns of each runner count's backlog drain and of its floor, each of ``--jobs`` jobs.
+DRAIN_TURNS = 2
 
 
 class Stopped(BaseException):
@@ -76,8 +78,6 @@ class Bench:
     stamps: str
     rows: list[Row] = dataclasses.field(default_factory=list)
     comparisons: list[Comparison] = dataclasses.field(default_factory=list)
-    drain_floor: float = 0.0
-    latency_floor: list[float] = dataclasses.field(default_factory=list)
 
 
 def command_bench(arguments: argparse.Namespace, settings: Settings) -> int:
@@ -109,10 +109,10 @@ def command_bench(arguments: argparse.Namespace, settings: Settings) -> int:
 
 
 def _phases(sizes: Sizes) -> int:
-    """Five phases without runners, the latency (with one runner, started for it alone
-    when 1 is not among the counts), a drain per runner count, and the steady stream's
-    rounds."""
-    return 6 + len(sizes.runners) + sizes.stream_rounds
+    """Three phases without runners, the latency and its floor (with one runner, started
+    for it alone when 1 is not among the counts), the drain and its floor per runner
+    count, and the steady stream's rounds."""
+    return 4 + len(sizes.runners) + sizes.stream_rounds
 
 
 @contextlib.contextmanager
@@ -184,7 +184,6 @@ def _client_hooks(settings: Settings) -> Hooks:
 
 def _without_runners(bench: Bench) -> None:
     sizes, dsn, progress, tick = bench.sizes, bench.dsn, bench.progress, bench.progress.tick
-    keep = not bench.settings.delete_finished_jobs
     channel = scratch.channel(bench.conn)
 
     progress.start(f"bulk enqueue floor: {sizes.jobs:,} rows, 1,000-row INSERTs")
@@ -205,31 +204,36 @@ def _without_runners(bench: Bench) -> None:
                           single_floor, "INSERT + NOTIFY, one transaction, one connection"))
     scratch.empty(bench.conn)
 
-    progress.start(f"drain floor: {sizes.jobs:,} jobs, claim 100 and complete, one connection")
-    bench.drain_floor = floors.claim_and_complete(dsn, sizes.jobs, keep, tick)
-    scratch.empty(bench.conn)
-
-    progress.start(f"latency floor: {sizes.samples:,} INSERT + NOTIFY at {sizes.rate:g}/s,"
-                   " woken by LISTEN, claim")
-    bench.latency_floor = floors.wake_and_claim(dsn, channel, sizes.rate, sizes.samples, tick)
-    scratch.empty(bench.conn)
-
 
 def _with_runners(bench: Bench, count: int) -> None:
     """Start ``count`` runners; with one, measure the latency first (while it is idle);
-    then the backlog drain."""
+    then the backlog drain and its floor, in ``DRAIN_TURNS`` turns (in a balanced order)
+    while the runners are up: a drain and a floor taken a minute apart caught different
+    spells of the machine (with one runner 0.86 of its floor in one run, 0.65 in the
+    next). The floor's jobs are a worker the runners do not serve."""
     sizes, progress, tick = bench.sizes, bench.progress, bench.progress.tick
+    keep = not bench.settings.delete_finished_jobs
     with runners(bench.dsn, count, bench.env) as processes:
         if count == 1:
             _latency(bench, processes)
-        progress.start(f"drain: {sizes.jobs:,} jobs, {runners_named(count)}")
+        progress.start(f"drain and its floor: {sizes.jobs:,} jobs each, {DRAIN_TURNS} turns,"
+                       f" {runners_named(count)}")
+        rates: dict[str, list[float]] = {"floor": [], "drain": []}
+        for turn in range(DRAIN_TURNS):
+            for part in balanced_order(list(rates), turn):
+                if part == "floor":
+                    rate = floors.claim_and_complete(bench.dsn, sizes.jobs, keep, tick)
+                else:
+                    rate = paths.drain(bench.client, bench.conn, processes, sizes.jobs, tick)
+                rates[part].append(rate)
+                scratch.empty(bench.conn)
+        # The same jobs in every turn: jobs a second over them all.
         bench.rows.append(Row(
             f"backlog drain, {runners_named(count)}", "jobs/s",
-            paths.drain(bench.client, bench.conn, processes, sizes.jobs, tick),
-            bench.drain_floor, f"claim {floors.CLAIM_BATCH} (runner's claim) and"
-            f" {'mark completed' if not bench.settings.delete_finished_jobs else 'delete'},"
-            " one connection", count))
-        scratch.empty(bench.conn)
+            statistics.harmonic_mean(rates["drain"]), statistics.harmonic_mean(rates["floor"]),
+            f"claim {floors.CLAIM_BATCH} (runner's claim) and"
+            f" {'mark completed' if keep else 'delete'}, one connection, in the same turns",
+            count))
 
 
 #: In a round of the steady stream, the clients alone (its floor).
@@ -290,17 +294,34 @@ def _stream(bench: Bench, count: int) -> float:
 
 
 def _latency(bench: Bench, processes: list[Any]) -> None:
-    """Enqueue-to-perform latency beside one idle runner, held against its floor."""
+    """Enqueue-to-perform latency beside one idle runner, held against its floor, the
+    two in ``TURNS`` turns, in a balanced order: a figure and its floor taken a minute
+    apart caught different spells of the machine (a p50 ratio of 1.34 in one run, 1.17
+    in the next, the floor 1.8 and 2.1 ms). The floor's jobs are a worker the runner
+    does not serve, and it notifies on a channel of its own, so the runner sleeps
+    through the floor's turns."""
     sizes, tick = bench.sizes, bench.progress.tick
-    bench.progress.start(f"latency: {sizes.samples:,} enqueues at {sizes.rate:g}/s,"
-                         " 1 idle runner")
-    measured = paths.latency(bench.client, processes, bench.stamps, sizes.rate,
-                             sizes.samples, tick)
+    bench.progress.start(f"latency and its floor: {sizes.samples:,} enqueues each at"
+                         f" {sizes.rate:g}/s in turns, 1 idle runner")
+    floor_channel = f"{scratch.channel(bench.conn)}_floor"
+    turns = min(TURNS, sizes.samples)
+    measured: list[float] = []
+    floor: list[float] = []
+    with floors.wake_and_claim(bench.dsn, floor_channel, sizes.rate) as floor_latency:
+        for turn in range(turns):
+            samples = sizes.samples // turns + (turn < sizes.samples % turns)
+            for part in balanced_order(["floor", "runner"], turn):
+                if part == "floor":
+                    floor += floor_latency(samples, lambda _: None)
+                else:
+                    measured += paths.latency(bench.client, processes, bench.stamps,
+                                              sizes.rate, samples, lambda _: None)
+            tick(f"turn {turn + 1}/{turns}")
     for name, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
         bench.rows.append(Row(
             f"latency {name}, enqueue to perform, {sizes.rate:g} jobs/s", "ms",
             percentile(measured, share) * 1000,
-            percentile(bench.latency_floor, share) * 1000,
+            percentile(floor, share) * 1000,
             "INSERT + NOTIFY, woken on a LISTEN connection, claim (runner's claim)"))
     paths.finished(bench.conn, processes, tick)
     scratch.empty(bench.conn)

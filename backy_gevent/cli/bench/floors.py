@@ -67,6 +67,10 @@ COMPLETE_KEEP = sql.SQL("""
 """).format(table=_TABLE)
 #: Jobs claimed at once by the drain floor.
 CLAIM_BATCH = 100
+#: The worker of the latency's and the drain's floors, which no runner of the bench
+#: serves: those floors take turns with the runners' figures while the runners are up,
+#: and the runners must not claim their jobs.
+FLOOR_WORKER = "bench_floor"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,9 +109,9 @@ _DELETE = Prepared("bench_delete", COMPLETE_DELETE, (("ids", "bigint[]"),))
 _KEEP = Prepared("bench_keep", COMPLETE_KEEP, (("ids", "bigint[]"),))
 
 
-def _bulk_params(first: int, count: int) -> dict[str, Any]:
+def _bulk_params(first: int, count: int, worker: str = Noop.name) -> dict[str, Any]:
     return {
-        "workers": [Noop.name] * count,
+        "workers": [worker] * count,
         "args": [json.dumps({"n": n}) for n in range(first, first + count)],
         "queues": ["default"] * count,
         "priorities": [0] * count,
@@ -115,12 +119,12 @@ def _bulk_params(first: int, count: int) -> dict[str, Any]:
     }
 
 
-def insert_rows(conn: Any, jobs: int, batch: int = 1000) -> None:
-    """Insert ``jobs`` no-op jobs, ``batch`` rows a statement, on ``conn`` (the caller
-    decides the transactions)."""
+def insert_rows(conn: Any, jobs: int, batch: int = 1000, worker: str = Noop.name) -> None:
+    """Insert ``jobs`` jobs of ``worker`` (by default the bench's no-op), ``batch`` rows
+    a statement, on ``conn`` (the caller decides the transactions)."""
     with conn.cursor() as cur:
         for first in range(0, jobs, batch):
-            cur.execute(BULK_INSERT, _bulk_params(first, min(batch, jobs - first)))
+            cur.execute(BULK_INSERT, _bulk_params(first, min(batch, jobs - first), worker))
 
 
 def bulk_insert(dsn: str, jobs: int, tick: Tick) -> float:
@@ -134,9 +138,9 @@ def bulk_insert(dsn: str, jobs: int, tick: Tick) -> float:
         return jobs / (time.monotonic() - started)
 
 
-def _notify_params(channel: str) -> dict[str, Any]:
-    payload = json.dumps({"worker": Noop.name, "queue": "default", "in": 0.0})
-    return {"worker": Noop.name, "args": "{}", "channel": channel, "payload": payload}
+def _notify_params(channel: str, worker: str = Noop.name) -> dict[str, Any]:
+    payload = json.dumps({"worker": worker, "queue": "default", "in": 0.0})
+    return {"worker": worker, "args": "{}", "channel": channel, "payload": payload}
 
 
 @contextlib.contextmanager
@@ -152,10 +156,11 @@ def insert_notify(dsn: str, channel: str) -> Iterator[Callable[[], None]]:
 def claim_and_complete(dsn: str, jobs: int, keep: bool, tick: Tick) -> float:
     """Jobs a second emptied from a committed backlog of ``jobs`` by one connection that
     claims 100 at a time (the runner's claim) and deletes them (or, with ``keep``, marks
-    them completed as ``delete_finished_jobs = false`` does), each its own transaction."""
+    them completed as ``delete_finished_jobs = false`` does), each its own transaction.
+    The jobs are ``FLOOR_WORKER``'s: runners may be up meanwhile, idle."""
     complete = _KEEP if keep else _DELETE
     with contextlib.closing(scratch.connect(dsn, autocommit=False)) as conn:
-        insert_rows(conn, jobs)
+        insert_rows(conn, jobs, worker=FLOOR_WORKER)
         conn.commit()
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -163,7 +168,7 @@ def claim_and_complete(dsn: str, jobs: int, keep: bool, tick: Tick) -> float:
             started = time.monotonic()
             done = 0
             while True:
-                _CLAIM.execute(cur, {"worker": Noop.name, "limit": CLAIM_BATCH})
+                _CLAIM.execute(cur, {"worker": FLOOR_WORKER, "limit": CLAIM_BATCH})
                 ids = [row[0] for row in cur.fetchall()]
                 if not ids:
                     break
@@ -173,50 +178,60 @@ def claim_and_complete(dsn: str, jobs: int, keep: bool, tick: Tick) -> float:
             return done / (time.monotonic() - started)
 
 
-def wake_and_claim(dsn: str, channel: str, rate: float, samples: int,
-                   tick: Tick) -> list[float]:
-    """Seconds from each of ``samples`` INSERT + NOTIFY calls to its claim, at ``rate``
-    jobs a second:
-    one connection inserts, one LISTENs, and a third claims when woken (then deletes)."""
-    sent: dict[int, float] = {}
+@contextlib.contextmanager
+def wake_and_claim(dsn: str, channel: str,
+                   rate: float) -> Iterator[Callable[[int, Tick], list[float]]]:
+    """The latency floor's loop, set up once: one connection inserts and notifies, one
+    LISTENs on ``channel``, and a third claims when woken (then deletes). It yields
+    ``measure(samples, tick)``: the seconds from each of ``samples`` INSERT + NOTIFY
+    calls, ``rate`` a second, to its claim. The connections and their prepared
+    statements last across calls, as a runner's do (PostgreSQL plans each of a prepared
+    statement's first five runs afresh).
+
+    The jobs are ``FLOOR_WORKER``'s, and ``channel`` should be one no runner listens on:
+    a runner may be up meanwhile, idle.
+    """
     claimed: dict[int, float] = {}
     with contextlib.ExitStack() as stack:
         inserter, listener, claimer = (
             stack.enter_context(contextlib.closing(scratch.connect(dsn))) for _ in range(3))
         listener.cursor().execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-        params = _notify_params(channel)
-
-        with inserter.cursor() as cur:
-            _prepared(cur, _INSERT_NOTIFY)
-        with claimer.cursor() as cur:
-            _prepared(cur, _CLAIM, _DELETE)
+        params = _notify_params(channel, FLOOR_WORKER)
+        cur = stack.enter_context(inserter.cursor())
+        _prepared(cur, _INSERT_NOTIFY)
+        with claimer.cursor() as claim_cur:
+            _prepared(claim_cur, _CLAIM, _DELETE)
 
         def claim_when_woken() -> None:
-            with claimer.cursor() as cur:
+            with claimer.cursor() as claim_cur:
                 while True:
                     gevent.socket.wait_read(listener.fileno())
                     listener.poll()
                     listener.notifies.clear()
-                    _CLAIM.execute(cur, {"worker": Noop.name, "limit": CLAIM_BATCH})
-                    ids = [row[0] for row in cur.fetchall()]
+                    _CLAIM.execute(claim_cur, {"worker": FLOOR_WORKER, "limit": CLAIM_BATCH})
+                    ids = [row[0] for row in claim_cur.fetchall()]
                     now = time.time()
                     claimed.update((job_id, now) for job_id in ids)
-                    _DELETE.execute(cur, {"ids": ids})
+                    _DELETE.execute(claim_cur, {"ids": ids})
 
-        def insert() -> None:
-            with inserter.cursor() as cur:
+        def measure(samples: int, tick: Tick) -> list[float]:
+            sent: dict[int, float] = {}
+
+            def insert() -> None:
                 started = time.time()
                 _INSERT_NOTIFY.execute(cur, params)
                 sent[cur.fetchone()[0]] = started
 
-        claiming = gevent.spawn(claim_when_woken)
-        try:
             paced(rate, samples, insert, tick)
             wait_until(lambda: claimed.keys() >= sent.keys(), 30, "the last claims", tick,
                        check=lambda: _raise_if_failed(claiming))
+            return [claimed[job_id] - started for job_id, started in sent.items()]
+
+        claiming = gevent.spawn(claim_when_woken)
+        try:
+            yield measure
         finally:
             claiming.kill()
-    return [claimed[job_id] - started for job_id, started in sent.items()]
 
 
 #: A raw claimer, a process with no backy-gevent code: with "listen" it LISTENs and
