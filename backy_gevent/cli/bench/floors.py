@@ -256,8 +256,9 @@ while True:
         select.select([listener], [], [], 1.0)
         listener.poll()
         listener.notifies.clear()
-    time.sleep(max(0.0, last + float(gap) - time.monotonic()))
-    last = time.monotonic()
+    if float(gap) > 0:
+        time.sleep(max(0.0, last + float(gap) - time.monotonic()))
+        last = time.monotonic()
     listener.poll()
     listener.notifies.clear()
     cur.execute(claim, {"worker": worker, "limit": int(limit)})
