@@ -143,7 +143,7 @@ def test_news_waits_for_the_pending_claim_to_start_and_no_longer() -> None:
         loop.kill()
 
 
-def test_a_stream_of_found_jobs_is_followed_without_wake_ups_until_claims_find_none() -> None:
+def test_a_stream_of_found_jobs_is_followed_without_wake_ups_until_it_thins() -> None:
     wakeup, fetcher, loop = fetcher_loop()
     try:
         gevent.sleep(0.05)
@@ -154,6 +154,7 @@ def test_a_stream_of_found_jobs_is_followed_without_wake_ups_until_claims_find_n
             gevent.sleep(CLAIM_GAP * 2)
         assert fetcher.streams == []
         # Wake-ups faster than the claims may start, claims finding jobs: a stream.
+        fetcher.finds = 5
         for _ in range(int(STREAM_CLAIMS * CLAIM_GAP * 2 / 0.001)):
             wakeup.set()
             gevent.sleep(0.001)
@@ -167,13 +168,19 @@ def test_a_stream_of_found_jobs_is_followed_without_wake_ups_until_claims_find_n
         assert min(b - a for a, b in itertools.pairwise(followed)) >= (
             STREAM_CLAIM_GAP * (1 - JITTER) - 0.002)
         # One claim that finds nothing does not end it (a runner sharing the stream with
-        # others finds nothing now and then); as many in a row as it took to start do.
+        # others finds nothing now and then), nor one that finds a single job.
         fetcher.finds = 0
         gevent.sleep(STREAM_CLAIM_GAP * 1.5)
+        fetcher.finds = 5
+        gevent.sleep(STREAM_CLAIM_GAP * 3)
         fetcher.finds = 1
+        gevent.sleep(STREAM_CLAIM_GAP * 1.5)
+        fetcher.finds = 5
         gevent.sleep(STREAM_CLAIM_GAP * 3)
         assert fetcher.streams == [True]
-        fetcher.finds = 0
+        # As many claims in a row as it took to start, each with a job or none (a
+        # trickle, which notifications serve sooner), end it.
+        fetcher.finds = 1
         gevent.sleep(STREAM_CLAIM_GAP * 1.25 * (STREAM_CLAIMS + 1))
         assert fetcher.streams == [True, False]
         # Enqueues were told to notify again (end_quiet) before the listener was roused.

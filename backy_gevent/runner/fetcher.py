@@ -37,10 +37,14 @@ log = logging.getLogger("backy_gevent.runner")
 #: that became due without one (rows written by hand, a retry whose runner died).
 IDLE_POLLS = 10
 #: How many claims in a row must find jobs, each woken before its claim gap was up, for
-#: the fetcher to call it a stream: it then claims on its own, every gap, until as many
-#: claims in a row find nothing (runners that share a stream each find nothing now and
-#: then), and the notifications, which would say nothing new, are not listened to
-#: (``on_stream``; see ``runner.listener``).
+#: the fetcher to call it a stream: it then claims on its own, every stream gap, and the
+#: notifications, which would say nothing new, are not listened to (``on_stream``; see
+#: ``runner.listener``). It stops following once as many claims in a row bring at most
+#: one job each while they had room for more: a trickle, which notifications serve
+#: sooner (a job each, claimed at once, where a stream claim waits out its gap). Only
+#: claims that found nothing ended it before, and a trickle of one job per stream gap,
+#: after a burst had started it, was followed for as long as it lasted: 50 jobs a second
+#: waited 12 ms at the median instead of 2.5.
 STREAM_CLAIMS = 3
 #: While following a stream, each claim also tells enqueues of the workers it claimed
 #: for not to notify for this long (``quiet_enqueues`` in queries.sql; renewed by every
@@ -144,7 +148,7 @@ class Fetcher:
         #: True while following a stream: claiming every gap, not woken by notifications.
         self.streaming = False
         #: Claims in a row that found jobs and had to wait their turn; while streaming,
-        #: less those in a row that found nothing.
+        #: less those in a row that brought a trickle (``STREAM_CLAIMS``).
         self._streak = 0
         #: Live runners sharing the claims (this one included), as the beat says.
         self._runners = 1
@@ -198,7 +202,7 @@ class Fetcher:
             self.wakeup.set()  # try again, for every worker, as soon as the pause is over
             raise
         self.health.ok()
-        self._follow_stream(claimed > 0, pressed)
+        self._follow_stream(claimed, sum(wanted.values()), pressed)
         if self.streaming:
             self.wakeup.set()  # following a stream: no notification names its workers
             return
@@ -206,13 +210,15 @@ class Fetcher:
             if worker_pool.maybe_more and not worker_pool.capped:
                 self.wakeup.set(worker_pool.name)
 
-    def _follow_stream(self, found: bool, pressed: bool) -> None:
-        """Count the claims of a stream; start or stop following it."""
+    def _follow_stream(self, claimed: int, room: int, pressed: bool) -> None:
+        """Count the claims of a stream (``claimed`` jobs where ``room`` would fit); start
+        or stop following it."""
         if self.streaming:
-            self._streak = STREAM_CLAIMS if found else self._streak - 1
+            flowing = claimed > 1 or claimed >= room
+            self._streak = STREAM_CLAIMS if flowing else self._streak - 1
             if self._streak <= 0:
                 self._set_streaming(False)
-        elif found and pressed:
+        elif claimed and pressed:
             self._streak += 1
             if self._streak >= STREAM_CLAIMS:
                 if self.start_following():

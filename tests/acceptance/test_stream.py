@@ -44,9 +44,11 @@ RATE = 300.0
 
 
 class Stream:
-    """Enqueues Record jobs one per transaction at ``RATE`` in a thread, until stopped."""
+    """Enqueues Record jobs one per transaction at ``rate`` (default ``RATE``) a second
+    in a thread, until stopped."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, rate: float = RATE) -> None:
+        self.rate = rate
         self.client = Client(settings, registry=Registry.from_classes(*workers.ALL))
         self.ids: list[int] = []
         #: When each job was enqueued, by id (the server's clock, as the runs table's).
@@ -60,7 +62,7 @@ class Stream:
             job = self.client.enqueue(workers.Record, {"n": len(self.ids)})
             self.enqueued_at[job.id] = job.enqueued_at
             self.ids.append(job.id)
-            time.sleep(max(0.0, started + len(self.ids) / RATE - time.monotonic()))
+            time.sleep(max(0.0, started + len(self.ids) / self.rate - time.monotonic()))
 
     def start(self) -> Stream:
         self._thread.start()
@@ -75,11 +77,11 @@ class Stream:
 
 
 @pytest.fixture
-def stream(settings: Settings) -> Iterator[Callable[[], Stream]]:
+def stream(settings: Settings) -> Iterator[Callable[..., Stream]]:
     started: list[Stream] = []
 
-    def start() -> Stream:
-        started.append(Stream(settings).start())
+    def start(rate: float = RATE) -> Stream:
+        started.append(Stream(settings, rate).start())
         return started[-1]
 
     yield start
@@ -170,6 +172,32 @@ def test_runners_stop_listening_under_a_stream_and_every_job_runs_once(
         time.sleep(0.1)
     for process in (first, second):
         assert "Traceback" not in process.output
+
+
+def test_a_trickle_after_a_stream_is_not_followed(
+    runner: Runner, stream: Callable[..., Stream], client: Client, db: Any,
+    notifications: Notifications,
+) -> None:
+    """A stream that thins to a trickle (a job every 20 ms, one per stream claim) is
+    served by notifications again, a job each, claimed at once: followed, each job would
+    wait out the stream claim's gap (12 ms at the median instead of 2.5, measured)."""
+    process, port, flowing = following(runner, stream)
+    trickle = stream(50.0)
+    flowing.stop()
+    wait_until(lambda: listening(port) == 1.0, timeout=3,
+               what="the runner to listen again while the trickle goes on")
+    time.sleep(3 * QUIET_CHECK_EVERY)  # the trickle's client learns it is not quiet
+    notifications.heard()
+    time.sleep(1.0)
+    assert len(notifications.heard()) >= 30, "the trickle's enqueues do not notify"
+    for _ in range(5):  # and it stays served by them
+        time.sleep(0.2)
+        assert listening(port) == 1.0
+    ids = [*flowing.ids, *trickle.stop()]
+    wait_until(lambda: count_jobs(db) == 0, timeout=30, what="every job to run")
+    done = runs(db)
+    assert sorted(run["job_id"] for run in done) == sorted(ids), "a job ran twice or not at all"
+    assert "Traceback" not in process.output
 
 
 def test_a_job_scheduled_during_a_stream_runs_when_due(
