@@ -82,16 +82,24 @@ class Prepared:
     statement: sql.Composed
     params: tuple[tuple[str, str], ...]
 
-    def prepare(self, cur: Any) -> None:
-        text = self.statement.as_string(cur)
+    def texts(self, context: Any) -> tuple[str, str]:
+        """The PREPARE statement, and the EXECUTE that runs it with ``%(param)s``
+        values (``context``: a connection or cursor to quote identifiers with)."""
+        text = self.statement.as_string(context)
         for number, (param, _) in enumerate(self.params, 1):
             text = text.replace(f"%({param})s", f"${number}")
         types = ", ".join(kind for _, kind in self.params)
-        cur.execute(f"PREPARE {self.name} ({types}) AS {text}")
+        return f"PREPARE {self.name} ({types}) AS {text}", self._execute_text()
+
+    def _execute_text(self) -> str:
+        given = ", ".join(f"%({param})s::{kind}" for param, kind in self.params)
+        return f"EXECUTE {self.name} ({given})"
+
+    def prepare(self, cur: Any) -> None:
+        cur.execute(self.texts(cur)[0])
 
     def execute(self, cur: Any, values: dict[str, Any]) -> None:
-        given = ", ".join(f"%({param})s::{kind}" for param, kind in self.params)
-        cur.execute(f"EXECUTE {self.name} ({given})", values)
+        cur.execute(self._execute_text(), values)
 
 
 def _prepared(cur: Any, *statements: Prepared) -> None:
@@ -236,12 +244,14 @@ def wake_and_claim(dsn: str, channel: str,
 
 #: A raw claimer, a process with no backy-gevent code: with "listen" it LISTENs and
 #: waits to be woken, with "poll" nothing wakes it; then, at most once per ``gap``
-#: seconds, it claims up to ``limit`` of the bench's no-op jobs (the floor's claim),
-#: prints each claimed id and the time when ``stamp`` is "stamp", and deletes them.
+#: seconds, it claims up to ``limit`` of ``worker``'s jobs (the floor's claim, prepared
+#: as the floors' statements are), prints each claimed id and the time when ``stamp`` is
+#: "stamp", and deletes them.
 _RAW_CLAIMER = r"""
 import select, sys, time
 import psycopg2
-dsn, channel, claim, delete, worker, mode, gap, limit, stamp = sys.argv[1:10]
+dsn, channel, prepare_claim, claim, prepare_delete, delete = sys.argv[1:7]
+worker, mode, gap, limit, stamp = sys.argv[7:12]
 listener = psycopg2.connect(dsn)
 listener.autocommit = True
 if mode == "listen":
@@ -249,13 +259,13 @@ if mode == "listen":
 conn = psycopg2.connect(dsn)
 conn.autocommit = True
 cur = conn.cursor()
+cur.execute(prepare_claim)
+cur.execute(prepare_delete)
 print("ready", flush=True)
 last = 0.0
 while True:
     if mode == "listen":
         select.select([listener], [], [], 1.0)
-        listener.poll()
-        listener.notifies.clear()
     if float(gap) > 0:
         time.sleep(max(0.0, last + float(gap) - time.monotonic()))
         last = time.monotonic()
@@ -273,13 +283,14 @@ while True:
 
 
 def raw_claimer(dsn: str, channel: str, *, mode: str, gap: float, limit: int,
-                stamp: bool = False) -> subprocess.Popen[str]:
-    """Start a raw claimer (``_RAW_CLAIMER``) and wait until it is ready (listening,
-    with "listen"); the caller kills it. Its stdout holds what it stamped."""
+                stamp: bool = False, worker: str = Noop.name) -> subprocess.Popen[str]:
+    """Start a raw claimer (``_RAW_CLAIMER``) of ``worker``'s jobs and wait until it is
+    ready (listening, with "listen"); the caller kills it. Its stdout holds what it
+    stamped."""
     with contextlib.closing(scratch.connect(dsn)) as conn:
-        claim, delete = CLAIM.as_string(conn), COMPLETE_DELETE.as_string(conn)
+        statements = [*_CLAIM.texts(conn), *_DELETE.texts(conn)]
     process = subprocess.Popen(
-        [sys.executable, "-c", _RAW_CLAIMER, dsn, channel, claim, delete, Noop.name, mode,
+        [sys.executable, "-c", _RAW_CLAIMER, dsn, channel, *statements, worker, mode,
          str(gap), str(limit), "stamp" if stamp else "-"],
         stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
@@ -291,11 +302,12 @@ def wake_and_claim_apart(dsn: str, channel: str, rate: float, samples: int,
                          tick: Tick) -> list[float]:
     """``wake_and_claim`` with the LISTEN and the claim in a process of their own, as a
     runner's are: asleep until the notification comes, where the bench's floor process
-    has just inserted (``scripts/latency_floor_split.py`` compares the two)."""
+    has just inserted (``scripts/latency_floor_split.py`` compares the two). Its jobs
+    are ``FLOOR_WORKER``'s, as ``wake_and_claim``'s are."""
     claimer = raw_claimer(dsn, channel, mode="listen", gap=0.0, limit=CLAIM_BATCH,
-                          stamp=True)
+                          stamp=True, worker=FLOOR_WORKER)
     sent: dict[int, float] = {}
-    params = _notify_params(channel)
+    params = _notify_params(channel, FLOOR_WORKER)
     try:
         with contextlib.closing(scratch.connect(dsn)) as inserter, inserter.cursor() as cur:
             _prepared(cur, _INSERT_NOTIFY)
