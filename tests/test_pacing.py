@@ -153,7 +153,13 @@ def test_a_stream_of_found_jobs_is_followed_without_wake_ups_until_it_thins() ->
             wakeup.set()
             gevent.sleep(CLAIM_GAP * 2)
         assert fetcher.streams == []
-        # Wake-ups faster than the claims may start, claims finding jobs: a stream.
+        # Nor are wake-ups faster than the claims may start whose claims bring one job
+        # each: a trickle, which notifications serve sooner than stream claims would.
+        for _ in range(int(STREAM_CLAIMS * CLAIM_GAP * 2 / 0.001)):
+            wakeup.set()
+            gevent.sleep(0.001)
+        assert fetcher.streams == []
+        # Wake-ups faster than the claims may start, claims bringing several: a stream.
         fetcher.finds = 5
         for _ in range(int(STREAM_CLAIMS * CLAIM_GAP * 2 / 0.001)):
             wakeup.set()
@@ -197,7 +203,7 @@ def test_a_stream_another_runner_follows_already_is_left_to_it() -> None:
     wakeup, fetcher, loop = fetcher_loop()
     try:
         gevent.sleep(0.05)
-        fetcher.finds = 1
+        fetcher.finds = 5
         fetcher.others_follow = True
         for _ in range(int(STREAM_CLAIMS * CLAIM_GAP * 4 / 0.001)):
             wakeup.set()

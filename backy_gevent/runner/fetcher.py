@@ -36,15 +36,15 @@ log = logging.getLogger("backy_gevent.runner")
 #: How many poll intervals an idle fetcher sleeps while notifications arrive: for jobs
 #: that became due without one (rows written by hand, a retry whose runner died).
 IDLE_POLLS = 10
-#: How many claims in a row must find jobs, each woken before its claim gap was up, for
-#: the fetcher to call it a stream: it then claims on its own, every stream gap, and the
-#: notifications, which would say nothing new, are not listened to (``on_stream``; see
-#: ``runner.listener``). It stops following once as many claims in a row bring at most
-#: one job each while they had room for more: a trickle, which notifications serve
-#: sooner (a job each, claimed at once, where a stream claim waits out its gap). Only
-#: claims that found nothing ended it before, and a trickle of one job per stream gap,
-#: after a burst had started it, was followed for as long as it lasted: 50 jobs a second
-#: waited 12 ms at the median instead of 2.5.
+#: How many claims in a row must bring more than one job (or fill the room they had),
+#: each woken before its claim gap was up, for the fetcher to call it a stream: it then
+#: claims on its own, every stream gap, and the notifications, which would say nothing
+#: new, are not listened to (``on_stream``; see ``runner.listener``). It stops following
+#: once as many claims in a row bring at most one job each while they had room for more:
+#: a trickle, which notifications serve sooner (a job each, claimed at once, where a
+#: stream claim waits out its gap: 12 ms at the median instead of 2.5). Before
+#: 2026-12-06 a claim of one job counted as a stream's, both ways: a trickle of 50 jobs
+#: a second after a burst, or of 80 with none, was followed for as long as it lasted.
 STREAM_CLAIMS = 3
 #: While following a stream, each claim also tells enqueues of the workers it claimed
 #: for not to notify for this long (``quiet_enqueues`` in queries.sql; renewed by every
@@ -213,12 +213,12 @@ class Fetcher:
     def _follow_stream(self, claimed: int, room: int, pressed: bool) -> None:
         """Count the claims of a stream (``claimed`` jobs where ``room`` would fit); start
         or stop following it."""
+        flowing = claimed > 1 or claimed >= room
         if self.streaming:
-            flowing = claimed > 1 or claimed >= room
             self._streak = STREAM_CLAIMS if flowing else self._streak - 1
             if self._streak <= 0:
                 self._set_streaming(False)
-        elif claimed and pressed:
+        elif flowing and pressed:
             self._streak += 1
             if self._streak >= STREAM_CLAIMS:
                 if self.start_following():

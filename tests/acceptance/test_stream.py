@@ -200,6 +200,22 @@ def test_a_trickle_after_a_stream_is_not_followed(
     assert "Traceback" not in process.output
 
 
+def test_a_trickle_faster_than_the_claim_gap_is_not_followed(
+    runner: Runner, stream: Callable[..., Stream], client: Client, db: Any
+) -> None:
+    """80 jobs a second come faster than a runner's claims may start (10 ms apart, give
+    or take a quarter), but each claim still brings one job: no stream to follow."""
+    process, port = start_with_metrics(runner)
+    trickle = stream(80.0)
+    for _ in range(15):
+        time.sleep(0.2)
+        assert listening(port) == 1.0, "a trickle of 80 jobs a second was followed"
+    ids = trickle.stop()
+    wait_until(lambda: count_jobs(db) == 0, timeout=30, what="every job to run")
+    assert sorted(run["job_id"] for run in runs(db)) == sorted(ids)
+    assert "Traceback" not in process.output
+
+
 def test_a_job_scheduled_during_a_stream_runs_when_due(
     runner: Runner, stream: Callable[[], Stream], client: Client, db: Any
 ) -> None:
