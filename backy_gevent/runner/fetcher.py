@@ -147,8 +147,8 @@ class Fetcher:
         self.on_stream = on_stream
         #: True while following a stream: claiming every gap, not woken by notifications.
         self.streaming = False
-        #: Claims in a row that found jobs and had to wait their turn; while streaming,
-        #: less those in a row that brought a trickle (``STREAM_CLAIMS``).
+        #: Claims in a row that brought a stream's jobs and had to wait their turn; while
+        #: streaming, less those in a row that brought a trickle (``STREAM_CLAIMS``).
         self._streak = 0
         #: Live runners sharing the claims (this one included), as the beat says.
         self._runners = 1
