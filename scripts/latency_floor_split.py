@@ -27,10 +27,9 @@ import contextlib  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 
 from backy_gevent.cli.bench import floors, paths, scratch  # noqa: E402
-from backy_gevent.cli.bench.loops import balanced_order, percentile  # noqa: E402
+from backy_gevent.cli.bench.loops import in_turns, percentile  # noqa: E402
 from backy_gevent.cli.bench.runners import runner_environment, runners  # noqa: E402
 from backy_gevent.cli.bench.workers import Noop, Stamp  # noqa: E402
 from backy_gevent.client import Client  # noqa: E402
@@ -51,7 +50,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     arguments = parser.parse_args()
     rate, samples = arguments.rate, arguments.samples
-    p50s: dict[str, list[float]] = {shape: [] for shape in SHAPES}
     with contextlib.ExitStack() as stack:
         _, dsn = stack.enter_context(scratch.scratch_schema(arguments.dsn))
         client = stack.enter_context(Client(Settings(dsn=dsn, table_name=scratch.TABLE),
@@ -63,26 +61,24 @@ def main() -> None:
         processes = stack.enter_context(
             runners(dsn, 1, runner_environment({}, plugins=False)))
         same = stack.enter_context(floors.wake_and_claim(dsn, floor_channel, rate))
-        measure: dict[str, Callable[[], list[float]]] = {
-            "one process": lambda: same(samples, lambda _: None),
-            "claimer apart": lambda: floors.wake_and_claim_apart(
-                dsn, floor_channel, rate, samples, lambda _: None),
-            "runner": lambda: paths.latency(client, processes, stamps, rate, samples,
-                                            lambda _: None),
-        }
-        for round_ in range(arguments.rounds):
-            taken = {}
-            for shape in balanced_order(SHAPES, round_):
-                taken[shape] = measure[shape]()
+
+        def printed(round_: int, taken: dict[str, list[list[float]]]) -> None:
             paths.finished(conn, processes, lambda _: None)
             scratch.empty(conn)
-            for shape in SHAPES:
-                p50s[shape].append(percentile(taken[shape], 0.5))
-            print(" | ".join(f"{shape}: p50 {percentile(taken[shape], 0.5) * 1000:.2f} ms,"
-                             f" p95 {percentile(taken[shape], 0.95) * 1000:.2f} ms"
+            print(" | ".join(f"{shape}: p50 {percentile(taken[shape][-1], 0.5) * 1000:.2f} ms,"
+                             f" p95 {percentile(taken[shape][-1], 0.95) * 1000:.2f} ms"
                              for shape in SHAPES), flush=True)
+
+        taken = in_turns({
+            "one process": lambda _: same(samples, lambda _: None),
+            "claimer apart": lambda _: floors.wake_and_claim_apart(
+                dsn, floor_channel, rate, samples, lambda _: None),
+            "runner": lambda _: paths.latency(client, processes, stamps, rate, samples,
+                                              lambda _: None),
+        }, arguments.rounds, printed)
     print("mean of the p50s: " + ", ".join(
-        f"{shape} {statistics.mean(values) * 1000:.2f} ms" for shape, values in p50s.items()))
+        f"{shape} {statistics.mean(percentile(part, 0.5) for part in taken[shape]) * 1000:.2f} ms"
+        for shape in SHAPES))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from backy_gevent.cli.bench.loops import alternate, balanced_order, percentile
+from backy_gevent.cli.bench.loops import alternate, balanced_order, in_turns, percentile
 from backy_gevent.cli.bench.progress import Progress
 from backy_gevent.cli.bench.report import Comparison, Row, as_json, table
 from backy_gevent.cli.parser import build_parser
@@ -169,3 +169,22 @@ def test_runners_load_no_third_party_plugin_unless_asked(
     env = runners.runner_environment({"BACKY_DISABLE_PLUGINS": "metrics"}, plugins=False)
     assert env["BACKY_DISABLE_PLUGINS"] == "audit,metrics,sentry"
     assert runners.runner_environment({}, plugins=True).get("BACKY_DISABLE_PLUGINS") is None
+
+
+def test_in_turns_calls_each_step_once_a_turn_in_a_balanced_order() -> None:
+    calls: list[tuple[str, int]] = []
+    ends: list[tuple[int, int]] = []
+
+    def step(name: str) -> Callable[[int], str]:
+        def call(turn: int) -> str:
+            calls.append((name, turn))
+            return f"{name}{turn}"
+        return call
+
+    taken = in_turns({"floor": step("floor"), "figure": step("figure")}, 4,
+                     lambda turn, so_far: ends.append((turn, len(so_far["floor"]))))
+    assert calls == [("floor", 0), ("figure", 0), ("figure", 1), ("floor", 1),
+                     ("floor", 2), ("figure", 2), ("figure", 3), ("floor", 3)]
+    assert taken == {"floor": ["floor0", "floor1", "floor2", "floor3"],
+                     "figure": ["figure0", "figure1", "figure2", "figure3"]}
+    assert ends == [(0, 1), (1, 2), (2, 3), (3, 4)]

@@ -19,7 +19,13 @@ import gevent
 import greenlet
 
 from backy_gevent.cli.bench import floors, paths, scratch
-from backy_gevent.cli.bench.loops import TURNS, alternate, balanced_order, percentile
+from backy_gevent.cli.bench.loops import (
+    TURNS,
+    alternate,
+    balanced_order,
+    in_turns,
+    percentile,
+)
 from backy_gevent.cli.bench.progress import Progress
 from backy_gevent.cli.bench.report import Comparison, Row, as_json, runners_named, table
 from backy_gevent.cli.bench.runners import runner_environment, runners
@@ -218,15 +224,17 @@ def _with_runners(bench: Bench, count: int) -> None:
             _latency(bench, processes)
         progress.start(f"drain and its floor: {sizes.jobs:,} jobs each, {DRAIN_TURNS} turns,"
                        f" {runners_named(count)}")
-        rates: dict[str, list[float]] = {"floor": [], "drain": []}
-        for turn in range(DRAIN_TURNS):
-            for part in balanced_order(list(rates), turn):
-                if part == "floor":
-                    rate = floors.claim_and_complete(bench.dsn, sizes.jobs, keep, tick)
-                else:
-                    rate = paths.drain(bench.client, bench.conn, processes, sizes.jobs, tick)
-                rates[part].append(rate)
-                scratch.empty(bench.conn)
+
+        def emptied(rate: float) -> float:
+            scratch.empty(bench.conn)
+            return rate
+
+        rates = in_turns({
+            "floor": lambda _: emptied(
+                floors.claim_and_complete(bench.dsn, sizes.jobs, keep, tick)),
+            "drain": lambda _: emptied(
+                paths.drain(bench.client, bench.conn, processes, sizes.jobs, tick)),
+        }, DRAIN_TURNS)
         # The same jobs in every turn: jobs a second over them all.
         bench.rows.append(Row(
             f"backlog drain, {runners_named(count)}", "jobs/s",
@@ -305,18 +313,18 @@ def _latency(bench: Bench, processes: list[Any]) -> None:
                          f" {sizes.rate:g}/s in turns, 1 idle runner")
     floor_channel = f"{scratch.channel(bench.conn)}_floor"
     turns = min(TURNS, sizes.samples)
-    measured: list[float] = []
-    floor: list[float] = []
+
+    def samples(turn: int) -> int:
+        return sizes.samples // turns + (turn < sizes.samples % turns)
+
     with floors.wake_and_claim(bench.dsn, floor_channel, sizes.rate) as floor_latency:
-        for turn in range(turns):
-            samples = sizes.samples // turns + (turn < sizes.samples % turns)
-            for part in balanced_order(["floor", "runner"], turn):
-                if part == "floor":
-                    floor += floor_latency(samples, lambda _: None)
-                else:
-                    measured += paths.latency(bench.client, processes, bench.stamps,
-                                              sizes.rate, samples, lambda _: None)
-            tick(f"turn {turn + 1}/{turns}")
+        taken = in_turns({
+            "floor": lambda turn: floor_latency(samples(turn), lambda _: None),
+            "runner": lambda turn: paths.latency(bench.client, processes, bench.stamps,
+                                                 sizes.rate, samples(turn), lambda _: None),
+        }, turns, lambda turn, _: tick(f"turn {turn + 1}/{turns}"))
+    floor = [seconds for part in taken["floor"] for seconds in part]
+    measured = [seconds for part in taken["runner"] for seconds in part]
     for name, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
         bench.rows.append(Row(
             f"latency {name}, enqueue to perform, {sizes.rate:g} jobs/s", "ms",

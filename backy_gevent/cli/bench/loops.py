@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import gevent
@@ -76,6 +76,21 @@ def balanced_order(items: Sequence[T], round_: int) -> list[T]:
         first.append((step + 1) // 2 if step % 2 else n - step // 2)
     order = [items[(position + round_) % n] for position in first]
     return order[::-1] if n % 2 and (round_ // n) % 2 else order
+
+
+def in_turns(steps: Mapping[str, Callable[[int], T]], turns: int,
+             after_turn: Callable[[int, dict[str, list[T]]], object] = lambda *_: None,
+             ) -> dict[str, list[T]]:
+    """Call each of ``steps`` once per turn, with the turn's number, for ``turns`` turns,
+    in a balanced order (``balanced_order``): a figure and its floors taken in turns see
+    the same spells of the machine. What each step returned, by name, turn by turn;
+    ``after_turn(turn, taken)`` is called at the end of each turn."""
+    taken: dict[str, list[T]] = {name: [] for name in steps}
+    for turn in range(turns):
+        for name in balanced_order(list(steps), turn):
+            taken[name].append(steps[name](turn))
+        after_turn(turn, taken)
+    return taken
 
 
 def paced(rate: float, count: int, step: Callable[[], object], tick: Tick) -> None:
