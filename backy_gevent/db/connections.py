@@ -43,6 +43,8 @@ class BoundedConnection(psycopg2.extensions.connection):
         self.silence_timeout = silence_timeout
         self.behind_pooler = False
         self._tuple_cursor: Any = None
+        #: What ``db.green`` waits on this connection's socket with, made once.
+        self.green_waits: Any = None
         super().__init__(*args, **kwargs)
 
     def tuple_cursor(self) -> Any:

@@ -12,6 +12,8 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from backy_gevent.db.connections import BoundedConnection
+
 #: The jobs table of every bench run, in its scratch schema.
 TABLE = "backy_bench_jobs"
 #: Scratch schemas are named this and a random suffix.
@@ -27,8 +29,11 @@ def scoped(dsn: str, schema: str) -> str:
 
 
 def connect(dsn: str, *, autocommit: bool = True) -> Any:
-    """A plain psycopg2 connection of the bench (green in the bench's process)."""
-    conn = psycopg2.connect(dsn, application_name="backy-gevent bench")
+    """A plain psycopg2 connection of the bench (green in the bench's process), which
+    keeps what it waits with as the runners' and the client's do (``db.green.Waits``):
+    the floors are taken on it."""
+    conn = psycopg2.connect(dsn, application_name="backy-gevent bench",
+                            connection_factory=BoundedConnection)
     conn.autocommit = autocommit
     return conn
 
