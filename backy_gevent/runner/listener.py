@@ -39,11 +39,12 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-import gevent.socket
+import gevent
 from gevent.event import Event
 from psycopg2 import sql
 
 from backy_gevent.db.connections import CONNECTION_ERRORS, connect
+from backy_gevent.db.green import DatabaseSilent, Waits
 from backy_gevent.db.queries import channel_name
 from backy_gevent.runner.fetcher import Wakeup
 
@@ -87,6 +88,9 @@ class Listener:
         self._wanted = Event()
         self._wanted.set()
         self._conn: Any = None
+        #: What the connection's socket is waited on with between notifications, bounded
+        #: by ``poll_interval``: made once per connection, as its queries' are.
+        self._between: Waits | None = None
         self._last_heard = 0.0  # time.monotonic() of the server's last sign of life
         self._behind_pooler = False
         #: What recent job notifications said (see ``_read_news``), by payload.
@@ -131,6 +135,7 @@ class Listener:
             )
             return
         self._conn = conn
+        self._between = Waits(gevent.get_hub(), conn.fileno(), self.poll_interval)
         self._listen()
 
     def _listen(self) -> None:
@@ -160,10 +165,11 @@ class Listener:
         self.catch_up(False)
 
     def _receive(self) -> None:
-        conn = self._conn
+        conn, between = self._conn, self._between
+        assert between is not None  # made with the connection
         try:
-            gevent.socket.wait_read(conn.fileno(), timeout=self.poll_interval)
-        except TimeoutError:
+            between.wait(between.read)
+        except DatabaseSilent:  # nothing for a poll interval
             self._ping_if_quiet()
         else:
             conn.poll()
