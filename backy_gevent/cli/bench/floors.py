@@ -251,7 +251,8 @@ _RAW_CLAIMER = r"""
 import select, sys, time
 import psycopg2
 dsn, channel, prepare_claim, claim, prepare_delete, delete = sys.argv[1:7]
-worker, mode, gap, limit, stamp = sys.argv[7:12]
+worker, mode, stamp = sys.argv[7], sys.argv[8], sys.argv[11]
+gap, limit = float(sys.argv[9]), int(sys.argv[10])
 listener = psycopg2.connect(dsn)
 listener.autocommit = True
 if mode == "listen":
@@ -266,12 +267,12 @@ last = 0.0
 while True:
     if mode == "listen":
         select.select([listener], [], [], 1.0)
-    if float(gap) > 0:
-        time.sleep(max(0.0, last + float(gap) - time.monotonic()))
+    if gap > 0:
+        time.sleep(max(0.0, last + gap - time.monotonic()))
         last = time.monotonic()
     listener.poll()
     listener.notifies.clear()
-    cur.execute(claim, {"worker": worker, "limit": int(limit)})
+    cur.execute(claim, {"worker": worker, "limit": limit})
     ids = [row[0] for row in cur.fetchall()]
     now = time.time()
     if stamp == "stamp":
